@@ -1,0 +1,210 @@
+"""Normalization passes: bring any exporter's output to one standard form.
+
+Each pass fixes one exporter habit that would otherwise confuse analysis or
+corrupt a rewrite (initializers listed as inputs, weights in Constant nodes,
+weights shared through Identity nodes, shapes computed at run time).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from spa_compiler.errors import ModelLoadError
+from spa_compiler.registry import register
+
+MIN_OPSET = 7
+UPGRADE_BELOW = 11
+UPGRADE_TO = 13
+
+
+@register("normalize", "strip_initializer_inputs")
+def strip_initializer_inputs(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
+    """Drop graph inputs that are initializers (IR < 4 exporters list weights as inputs)."""
+    names = {init.name for init in model.graph.initializer}
+    inputs = [vi for vi in model.graph.input if vi.name not in names]
+    removed = len(model.graph.input) - len(inputs)
+    if removed:
+        del model.graph.input[:]
+        model.graph.input.extend(inputs)
+        notes.append(f"strip_initializer_inputs: {removed} initializers were listed as graph inputs")
+    return model
+
+
+@register("normalize", "upgrade_opset")
+def upgrade_opset(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
+    """Convert models older than opset 11 to opset 13, where operands moved from attributes to inputs."""
+    version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if version < MIN_OPSET:
+        raise ModelLoadError(f"opset {version} is too old (spa-compiler supports opset >= {MIN_OPSET})")
+    if version >= UPGRADE_BELOW:
+        return model
+    from onnx import version_converter
+
+    try:
+        upgraded = version_converter.convert_version(model, UPGRADE_TO)
+    except Exception as exc:  # noqa: BLE001 - the converter raises many types
+        notes.append(f"upgrade_opset: kept opset {version} ({str(exc).splitlines()[0][:120]})")
+        return model
+    notes.append(f"upgrade_opset: {version} -> {UPGRADE_TO}")
+    return upgraded
+
+
+@register("normalize", "constants_to_initializers")
+def constants_to_initializers(graph: gs.Graph, notes: list[str]) -> None:
+    """Turn ``Constant`` nodes into initializers (PaddlePaddle and spox keep all weights in them)."""
+    count = 0
+    for node in list(graph.nodes):
+        if node.op != "Constant" or len(node.outputs) != 1:
+            continue
+        value = node.attrs.get("value")
+        if value is None:
+            for key, make in (("value_float", np.float32), ("value_int", np.int64)):
+                if key in node.attrs:
+                    value = np.array(node.attrs[key], dtype=make)
+            for key, make in (("value_floats", np.float32), ("value_ints", np.int64)):
+                if key in node.attrs:
+                    value = np.array(node.attrs[key], dtype=make)
+        if value is None:
+            continue
+        if isinstance(value, gs.Constant):
+            value = value.values
+        out = node.outputs[0]
+        if out in graph.outputs:
+            continue
+        const = gs.Constant(out.name, np.asarray(value))
+        for consumer in list(out.outputs):
+            for i, tensor in enumerate(consumer.inputs):
+                if tensor is out:
+                    consumer.inputs[i] = const
+        node.outputs.clear()
+        count += 1
+    if count:
+        graph.cleanup()
+        notes.append(f"constants_to_initializers: {count} Constant nodes")
+
+
+@register("normalize", "remove_identity")
+def remove_identity(graph: gs.Graph, notes: list[str]) -> None:
+    """Bypass Identity nodes (TorchScript shares deduplicated weights through them)."""
+    count = 0
+    for node in list(graph.nodes):
+        if node.op != "Identity" or len(node.inputs) != 1 or len(node.outputs) != 1:
+            continue
+        src, out = node.inputs[0], node.outputs[0]
+        if out in graph.outputs or src in graph.outputs:
+            continue
+        for consumer in list(out.outputs):
+            for i, tensor in enumerate(consumer.inputs):
+                if tensor is out:
+                    consumer.inputs[i] = src
+        node.inputs.clear()
+        node.outputs.clear()
+        count += 1
+    if count:
+        graph.cleanup()
+        notes.append(f"remove_identity: {count} Identity nodes")
+
+
+@register("normalize", "fold_constants")
+def fold_constants(graph: gs.Graph, notes: list[str]) -> None:
+    """Fold constant subgraphs and static Shape chains so shape constants become rewritable."""
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)  # gs folds with onnxruntime; its optimizer warnings are noise
+    start = len(graph.nodes)
+    for _ in range(MAX_FOLD_ROUNDS):  # folding reveals shapes, shapes reveal more folds
+        before = len(graph.nodes)
+        graph.fold_constants(fold_shapes=True, error_ok=True, size_threshold=64 * 1024 * 1024)
+        graph.cleanup()
+        if len(graph.nodes) == before:
+            break
+        infer_shapes(graph, [])
+    if len(graph.nodes) != start:
+        notes.append(f"fold_constants: {start - len(graph.nodes)} nodes folded")
+
+
+MAX_FOLD_ROUNDS = 32
+
+
+@register("normalize", "unshare_initializers")
+def unshare_initializers(graph: gs.Graph, notes: list[str]) -> None:
+    """Give every use of a shared non-scalar constant its own copy, so one layer's cut never hits another."""
+    uses: dict[int, list[tuple[gs.Node, int]]] = defaultdict(list)
+    tensors: dict[int, gs.Constant] = {}
+    for node in graph.nodes:
+        for i, tensor in enumerate(node.inputs):
+            if isinstance(tensor, gs.Constant):
+                uses[id(tensor)].append((node, i))
+                tensors[id(tensor)] = tensor
+    taken = set(graph.tensors().keys())
+    count = 0
+    for key, sites in uses.items():
+        const = tensors[key]
+        if len(sites) < 2 or np.prod(const.shape) <= 1:
+            continue
+        for k, (node, i) in enumerate(sites[1:], start=1):
+            name = f"{const.name}__use{k}"
+            while name in taken:
+                name += "_"
+            taken.add(name)
+            node.inputs[i] = gs.Constant(name, np.array(const.values, copy=True))
+            count += 1
+    if count:
+        notes.append(f"unshare_initializers: {count} shared uses copied")
+
+
+@register("normalize", "cleanup")
+def cleanup(graph: gs.Graph, notes: list[str]) -> None:
+    """Remove dead nodes and sort topologically."""
+    graph.cleanup().toposort()
+
+
+@register("normalize", "infer_shapes")
+def infer_shapes(graph: gs.Graph, notes: list[str]) -> None:
+    """ONNX shape inference with data propagation, run on a weightless copy of the graph.
+
+    Large constants become typed graph inputs in the copy, so inference never
+    serializes the weights (seconds on a VGG, minutes on a multi-GB model);
+    the inferred shapes are written back onto the graph's variables.
+    """
+    light = graph.copy()
+    for tensor in list(light.tensors().values()):
+        if isinstance(tensor, gs.Constant) and int(np.prod(tensor.shape)) > LIGHT_CONSTANT_LIMIT:
+            dtype = tensor.dtype
+            shape = list(tensor.shape)
+            tensor.to_variable(dtype=dtype, shape=shape)
+            tensor.type = "tensor_type"  # gs's in-place conversion forgets this attribute
+            light.inputs.append(tensor)
+    model = gs.export_onnx(light, do_type_check=False)
+    del model.opset_import[:]
+    model.opset_import.extend(graph_opsets(graph))
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as exc:  # noqa: BLE001
+        notes.append(f"infer_shapes: failed ({str(exc).splitlines()[0][:160]}); exporter shapes kept")
+        return
+    shapes = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                    for d in vi.type.tensor_type.shape.dim]
+            shapes[vi.name] = (dims, vi.type.tensor_type.elem_type)
+    for name, tensor in graph.tensors().items():
+        if isinstance(tensor, gs.Variable) and name in shapes and tensor not in graph.inputs:
+            dims, elem = shapes[name]
+            tensor.shape = dims
+            if tensor.dtype is None and elem:
+                tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+
+
+LIGHT_CONSTANT_LIMIT = 4096
+
+
+def graph_opsets(graph: gs.Graph) -> list[onnx.OperatorSetIdProto]:
+    """The opset imports of a gs graph as protos (gs keeps them in ``graph.import_domains``)."""
+    if graph.import_domains:
+        return list(graph.import_domains)
+    return [onnx.helper.make_opsetid("", graph.opset)]

@@ -1,0 +1,71 @@
+"""What rules may look at while analysing (shapes, facts) and use while rewriting (kept channels)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..ir import const_values, static_shape
+
+
+@dataclass
+class AnalysisContext:
+    """Read-only view of the graph for rules, plus ``facts`` they leave for their own rewrite."""
+
+    graph: gs.Graph
+    opset: int
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def shape(self, tensor: gs.Tensor) -> Optional[list[Optional[int]]]:
+        if isinstance(tensor, gs.Constant):
+            return list(tensor.shape)
+        return static_shape(tensor)
+
+    def rank(self, tensor: gs.Tensor) -> Optional[int]:
+        shape = self.shape(tensor)
+        return None if shape is None else len(shape)
+
+    def dim(self, tensor: gs.Tensor, axis: int) -> Optional[int]:
+        shape = self.shape(tensor)
+        if shape is None or not 0 <= axis < len(shape):
+            return None
+        return shape[axis]
+
+
+@dataclass
+class RewriteContext:
+    """Kept positions per changed space, and the edits a rule makes to constants and attributes."""
+
+    graph: gs.Graph
+    facts: dict[str, Any]
+    kept_of: Callable[[str, int], Optional[np.ndarray]]
+    changed: list[str] = field(default_factory=list)
+    _taken: set[str] = field(default_factory=set)
+
+    def fresh_name(self, base: str) -> str:
+        """A tensor name not used anywhere in the graph (shared constants get one copy per use)."""
+        if not self._taken:
+            self._taken.update(self.graph.tensors().keys())
+        name, k = f"{base}__spa", 1
+        while name in self._taken:
+            k += 1
+            name = f"{base}__spa{k}"
+        self._taken.add(name)
+        return name
+
+    def kept(self, tensor: gs.Tensor, axis: int) -> Optional[np.ndarray]:
+        """Kept positions of (tensor, axis), or None when that space is untouched."""
+        return self.kept_of(tensor.name, axis)
+
+    def new_dim(self, tensor: gs.Tensor, axis: int, old: Optional[int]) -> Optional[int]:
+        kept = self.kept(tensor, axis)
+        return old if kept is None else int(len(kept))
+
+    def replace_const(self, node: gs.Node, index: int, values: np.ndarray) -> None:
+        """Give input *index* of *node* new constant values (a fresh tensor: never edit a shared one)."""
+        old = node.inputs[index]
+        dtype = const_values(old).dtype if isinstance(old, gs.Constant) else values.dtype
+        node.inputs[index] = gs.Constant(self.fresh_name(old.name), np.asarray(values, dtype=dtype))
+        self.changed.append(f"{node.name}: input {index} {old.name} -> {list(np.shape(values))}")

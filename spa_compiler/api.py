@@ -1,0 +1,103 @@
+"""The Python API: ``prune()`` as an export-time pass, returning the model and a report."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import onnx
+
+from .analysis import PRODUCER
+from .cost import totals
+from .errors import UsageError
+from .modelio import ModelLike, check_output_path, save_model
+from .pipeline import Compiled, apply_plan, compile_model, plan_pruning, require_prunable, score_groups
+from .plan import Plan, PlanOptions
+from .verify import check_runs
+
+
+@dataclass
+class PruneResult:
+    """The pruned model, the plan that produced it, and a JSON-ready report."""
+
+    model: onnx.ModelProto
+    plan: Plan
+    report: dict
+    compiled: Compiled = field(repr=False)
+
+
+def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global_ranking: bool = False,
+          round_to: int = 1, exclude: Sequence[str] = (), target_macs: Optional[float] = None,
+          max_group_ratio: float = 0.9, reduce: str = "sum", seed: int = 0, verify: bool = True,
+          output: Optional[str] = None, force: bool = False,
+          progress: Optional[Callable[[str], None]] = None) -> PruneResult:
+    """Prune whole channels of *model* (a path or an ``onnx.ModelProto``).
+
+    ratio: fraction of each group's channels removed (or of all channels with
+    ``global_ranking``); target_macs: instead of a ratio, prune until the MACs
+    are at most this fraction of the original.  With *output*, the model is
+    written atomically after verification.  Raises :class:`SpacError`
+    subclasses with one-line messages.
+    """
+    say = progress or (lambda _msg: None)
+    options = PlanOptions(ratio=ratio, global_ranking=global_ranking, max_group_ratio=max_group_ratio,
+                          round_to=round_to, exclude=tuple(exclude))
+    options.validate()
+    input_path = None if isinstance(model, onnx.ModelProto) else str(model)
+    if output is not None:
+        check_output_path(output, input_path, force)
+    t0 = time.perf_counter()
+    say("analyzing")
+    compiled = compile_model(model)
+    require_prunable(compiled)
+    t1 = time.perf_counter()
+    say(f"scoring {len(compiled.analysis.prunable_groups)} groups with {criterion}")
+    scores = score_groups(compiled, criterion, seed=seed, reduce=reduce)
+    plan = plan_pruning(compiled, scores, options, target_macs)
+    if not plan.removed and ratio > 0 and target_macs is None:
+        raise UsageError(f"{compiled.source}: ratio {ratio} removes no channel (groups too small or excluded)")
+    say(f"rewriting {len(plan.removed)} groups")
+    pruned, graph, log = apply_plan(compiled, plan)
+    t2 = time.perf_counter()
+    verification = None
+    if verify:
+        say("verifying with onnxruntime")
+        verification = check_runs(compiled.to_model(), pruned)
+    report = build_report(compiled, graph, plan, log, criterion, options, target_macs)
+    report["verify"] = verification
+    report["seconds"] = {"analyze": round(t1 - t0, 3), "prune": round(t2 - t1, 3),
+                         "total": round(time.perf_counter() - t0, 3)}
+    if output is not None:
+        save_model(pruned, output)
+        report["output"] = str(output)
+    return PruneResult(pruned, plan, report, compiled)
+
+
+def build_report(compiled: Compiled, pruned_graph, plan: Plan, log, criterion: str, options: PlanOptions,
+                 target_macs: Optional[float]) -> dict:
+    params0, macs0 = totals(compiled.graph)
+    params1, macs1 = totals(pruned_graph)
+    analysis = compiled.analysis
+    groups = []
+    for gid, removed in sorted(plan.removed.items()):
+        group = analysis.groups[gid]
+        producers = sorted({p.node for p in group.params_by_role(PRODUCER)})
+        groups.append({"group": gid, "layers": producers, "atoms": group.n_atoms,
+                       "atoms_removed": int(len(removed)), "exact": group.exact})
+    return {
+        "source": compiled.source,
+        "criterion": criterion,
+        "ratio": options.ratio,
+        "global": options.global_ranking,
+        "round_to": options.round_to,
+        "target_macs": target_macs,
+        "params": {"before": params0, "after": params1},
+        "macs": {"before": macs0, "after": macs1},
+        "groups": {"total": len(analysis.groups), "prunable": len(analysis.prunable_groups),
+                   "pruned": len(plan.removed), "frozen": sum(1 for g in analysis.groups if g.frozen),
+                   "skipped": {str(k): v for k, v in plan.skipped.items()}},
+        "removed": groups,
+        "initializers": {k: {"before": v[0], "after": v[1]} for k, v in log.initializers.items()},
+        "edits": log.edits,
+        "normalize": compiled.notes,
+    }

@@ -1,0 +1,270 @@
+"""``spac``: the command line.  Every error is one line on stderr and a documented exit code."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from functools import wraps
+from typing import Optional
+
+import click
+
+from .errors import SpacError, UsageError
+
+EXIT_CODES = {0: "success", 1: "compile failure", 2: "usage or bad input", 3: "verification failed"}
+
+
+def _emit_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, default=_json_default))
+
+
+def _json_default(value):
+    import numpy as np
+
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def handled(func):
+    """Turn SpacError (and anything unexpected) into one stderr line and an exit code."""
+
+    @wraps(func)
+    def wrapper(*args, **kwargs):
+        debug = os.environ.get("SPAC_DEBUG") == "1" or kwargs.get("debug", False)
+        try:
+            return func(*args, **kwargs)
+        except SpacError as exc:
+            if debug:
+                traceback.print_exc()
+            click.echo(f"spac: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("spac: interrupted (no output written)", err=True)
+            sys.exit(130)
+        except click.exceptions.Exit:
+            raise
+        except Exception as exc:  # noqa: BLE001 - last line of defence: no traceback for users
+            if debug:
+                traceback.print_exc()
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            click.echo(f"spac: error: internal error ({type(exc).__name__}: {first}); "
+                       "rerun with --debug and report it", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def _fmt(n: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+class _Group(click.Group):
+    def main(self, *args, **kwargs):
+        # click's own usage errors exit 2 already; keep it that way and silence tracebacks
+        kwargs.setdefault("standalone_mode", True)
+        return super().main(*args, **kwargs)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="spa-compiler")
+def main() -> None:
+    """spa-compiler: structurally prune any ONNX model.
+
+    Exit codes: 0 success, 1 compile failure, 2 usage or bad input, 3 verification failed.
+    """
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Pruned model path [default: MODEL.pruned.onnx].")
+@click.option("--ratio", type=float, default=0.5, show_default=True, help="Fraction of channels removed.")
+@click.option("--criterion", default="l2", show_default=True, help="Importance criterion pass (see `spac passes`).")
+@click.option("--global/--local", "global_ranking", default=False, show_default=True,
+              help="Rank channels across groups (capped per group) instead of the same ratio per group.")
+@click.option("--max-group-ratio", type=float, default=0.9, show_default=True,
+              help="With --global: at most this fraction of any group is removed.")
+@click.option("--round-to", type=int, default=1, show_default=True, help="Keep channel counts multiples of N.")
+@click.option("--exclude", multiple=True, help="Leave groups touching nodes matching this glob alone (repeatable).")
+@click.option("--target-macs", type=float, default=None, help="Prune until MACs <= this fraction of the original.")
+@click.option("--reduce", type=click.Choice(["sum", "mean", "max"]), default="sum", show_default=True,
+              help="How scores of coupled parameter slices combine.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--no-verify", is_flag=True, help="Skip the onnxruntime check of the pruned model.")
+@click.option("--force", is_flag=True, help="Allow overwriting the input model.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the JSON report here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@handled
+def prune(model, output, ratio, criterion, global_ranking, max_group_ratio, round_to, exclude, target_macs,
+          reduce, seed, no_verify, force, report_path, as_json, debug):
+    """Prune MODEL and write a smaller ONNX model."""
+    from .api import prune as run_prune
+
+    if output is None:
+        root, _ = os.path.splitext(model)
+        output = root + ".pruned.onnx"
+    quiet = as_json
+
+    def progress(msg: str) -> None:
+        if not quiet:
+            click.echo(f"[spac] {msg}", err=True)
+
+    result = run_prune(model, ratio=ratio, criterion=criterion, global_ranking=global_ranking,
+                       round_to=round_to, exclude=exclude, target_macs=target_macs,
+                       max_group_ratio=max_group_ratio, reduce=reduce, seed=seed, verify=not no_verify,
+                       output=output, force=force, progress=progress)
+    report = result.report
+    if report_path:
+        from .modelio import check_output_path
+
+        check_output_path(report_path)
+        with open(report_path, "w") as fh:
+            json.dump(report, fh, indent=2, default=_json_default)
+    if as_json:
+        _emit_json(report)
+        return
+    p, m, g = report["params"], report["macs"], report["groups"]
+    click.echo(f"pruned {g['pruned']} of {g['prunable']} prunable groups ({g['frozen']} frozen) with {criterion}")
+    click.echo(f"params {_fmt(p['before'])} -> {_fmt(p['after'])} ({p['after'] / max(p['before'], 1):.1%})")
+    click.echo(f"MACs   {_fmt(m['before'])} -> {_fmt(m['after'])} ({m['after'] / max(m['before'], 1):.1%})")
+    if report.get("verify"):
+        click.echo(f"verified: onnxruntime ({report['verify']['provider']}) runs it, output shapes unchanged")
+    click.echo(f"wrote {output}")
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--all", "show_all", is_flag=True, help="List every group, not only prunable and frozen summaries.")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--debug", is_flag=True)
+@handled
+def groups(model, show_all, as_json, debug):
+    """Show dependency groups, their atoms, and why frozen groups are frozen."""
+    from .pipeline import compile_model
+
+    compiled = compile_model(model)
+    rows = []
+    for g in compiled.analysis.groups:
+        rows.append({"group": g.id, "prunable": g.prunable, "atoms": g.n_atoms, "width": g.width,
+                     "spaces": len(g.spaces), "exact": g.exact, "layers": g.describe(),
+                     "frozen": g.frozen, "inexact": g.inexact,
+                     "params": [f"{p.tensor}[axis {p.axis}] ({p.role})" for p in g.params]})
+    if as_json:
+        _emit_json({"source": compiled.source, "groups": rows})
+        return
+    prunable = [r for r in rows if r["prunable"]]
+    click.echo(f"{compiled.source}: {len(rows)} groups, {len(prunable)} prunable")
+    for r in rows:
+        if r["prunable"] or show_all or r["frozen"]:
+            state = "prunable" if r["prunable"] else ("frozen: " + "; ".join(r["frozen"][:2]) if r["frozen"]
+                                                      else "too small")
+            click.echo(f"  #{r['group']:<4} atoms {r['atoms']:>5}  width {r['width']:>5}  spaces {r['spaces']:>3}  "
+                       f"{r['layers'][:60]:<60}  {state}")
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--debug", is_flag=True)
+@handled
+def inspect(model, as_json, debug):
+    """Per-layer parameters and MACs."""
+    from .cost import layer_costs, totals
+    from .pipeline import compile_model
+
+    compiled = compile_model(model)
+    layers = [c for c in layer_costs(compiled.graph) if c.params or c.macs]
+    params, macs = totals(compiled.graph)
+    if as_json:
+        _emit_json({"source": compiled.source, "params": params, "macs": macs,
+                    "layers": [c.__dict__ for c in layers]})
+        return
+    click.echo(f"{'layer':<60} {'op':<20} {'params':>10} {'MACs':>10}")
+    for c in layers:
+        click.echo(f"{c.name[:60]:<60} {c.op:<20} {_fmt(c.params):>10} {_fmt(c.macs):>10}")
+    click.echo(f"{'total':<60} {'':<20} {_fmt(params):>10} {_fmt(macs):>10}")
+
+
+@main.command()
+@click.argument("model_a", type=click.Path(dir_okay=False))
+@click.argument("model_b", type=click.Path(dir_okay=False))
+@click.option("--batch", type=int, default=1, show_default=True)
+@click.option("--runs", type=int, default=30, show_default=True)
+@click.option("--warmup", type=int, default=5, show_default=True)
+@click.option("--threads", type=int, default=0, show_default=True, help="Intra-op threads (0 = onnxruntime default).")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--debug", is_flag=True)
+@handled
+def bench(model_a, model_b, batch, runs, warmup, threads, as_json, debug):
+    """Latency of A and B on the same provider and threads; prints B/A next to the MACs ratio."""
+    from .cost import totals
+    from .modelio import load_model
+    from .normalize import normalize
+    from .verify import bench_pair
+
+    if batch < 1 or runs < 1 or warmup < 0:
+        raise UsageError("--batch and --runs must be >= 1, --warmup >= 0")
+    a, b = load_model(model_a), load_model(model_b)
+    try:
+        ta, tb, provider = bench_pair(a, b, batch=batch, warmup=warmup, runs=runs, threads=threads)
+    except Exception as exc:  # noqa: BLE001
+        raise UsageError(f"cannot run the models in onnxruntime: {str(exc).splitlines()[0][:200]}") from None
+    macs_a = totals(normalize(a).graph)[1]
+    macs_b = totals(normalize(b).graph)[1]
+    data = {"provider": provider, "batch": batch, "threads": threads,
+            "a": {"path": model_a, "median_ms": ta.median_ms, "p10_ms": ta.p10_ms, "p90_ms": ta.p90_ms, "macs": macs_a},
+            "b": {"path": model_b, "median_ms": tb.median_ms, "p10_ms": tb.p10_ms, "p90_ms": tb.p90_ms, "macs": macs_b},
+            "latency_ratio": tb.median_ms / ta.median_ms, "macs_ratio": macs_b / max(macs_a, 1)}
+    if as_json:
+        _emit_json(data)
+        return
+    click.echo(f"provider {provider}, batch {batch}, {ta.runs} runs each")
+    for key, t in (("A", ta), ("B", tb)):
+        click.echo(f"  {key}: median {t.median_ms:.3f} ms  (p10 {t.p10_ms:.3f}, p90 {t.p90_ms:.3f})")
+    click.echo(f"latency B/A {data['latency_ratio']:.3f}   MACs B/A {data['macs_ratio']:.3f}")
+
+
+@main.command()
+@click.argument("original", type=click.Path(dir_okay=False))
+@click.argument("pruned", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--debug", is_flag=True)
+@handled
+def verify(original, pruned, as_json, debug):
+    """Check that PRUNED passes onnx.checker, runs, and keeps ORIGINAL's output shapes."""
+    from .modelio import load_model
+    from .verify import check_runs
+
+    result = check_runs(load_model(original), load_model(pruned))
+    if as_json:
+        _emit_json({"ok": True, **result})
+    else:
+        click.echo(f"ok: {pruned} runs on {result['provider']} with the output shapes of {original}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@handled
+def passes(as_json):
+    """List the registered passes (built-in and plugins)."""
+    from .registry import all_passes
+
+    rows = [{"name": p.name, "kind": p.kind, "summary": p.summary, "origin": p.origin} for p in all_passes()]
+    if as_json:
+        _emit_json(rows)
+        return
+    for r in rows:
+        click.echo(f"{r['kind']:<10} {r['name']:<28} {r['summary']}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,165 @@
+"""Thin helpers over onnx-graphsurgeon's IR, the in-memory form every pass works on.
+
+Why gs: its Graph/Node/Tensor objects know producers and consumers, so passes
+walk the graph without rebuilding name maps, and Constant tensors load their
+values lazily.  Conversions to and from ``onnx.ModelProto`` live here and only
+here, so the rest of the compiler never sees protobufs.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Optional, Sequence
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import helper
+
+# onnx-graphsurgeon logs warnings for things the compiler handles itself.
+gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
+logging.getLogger("onnx_graphsurgeon").setLevel(logging.ERROR)
+
+
+@dataclass
+class ModelMeta:
+    """What ``gs.export_onnx`` would forget: the model-level fields of the input."""
+
+    ir_version: int
+    opset_imports: list[onnx.OperatorSetIdProto]
+    producer_name: str = ""
+    producer_version: str = ""
+    doc_string: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    functions: list[onnx.FunctionProto] = field(default_factory=list)
+
+    @property
+    def opset(self) -> int:
+        """The default-domain opset version."""
+        for op in self.opset_imports:
+            if op.domain in ("", "ai.onnx"):
+                return op.version
+        return 1
+
+
+def meta_of(model: onnx.ModelProto) -> ModelMeta:
+    """Capture a model's top-level fields so a rewritten graph can be re-wrapped faithfully."""
+    return ModelMeta(
+        ir_version=model.ir_version,
+        opset_imports=[onnx.OperatorSetIdProto(domain=o.domain, version=o.version)
+                       for o in model.opset_import],
+        producer_name=model.producer_name,
+        producer_version=model.producer_version,
+        doc_string=model.doc_string,
+        metadata={p.key: p.value for p in model.metadata_props},
+        functions=list(model.functions),
+    )
+
+
+def to_graph(model: onnx.ModelProto) -> gs.Graph:
+    """Import a model into the gs IR."""
+    return gs.import_onnx(model)
+
+
+@lru_cache(maxsize=1)
+def max_runtime_ir_version() -> int:
+    """The newest IR version the installed onnxruntime loads (probed once).
+
+    onnx may write a newer IR than onnxruntime reads (onnx 1.23 writes 14 while
+    onnxruntime 1.31 stops at 13), and a compiler must never emit a file its own
+    verifier cannot open.
+    """
+    import onnxruntime as ort
+
+    for ir in range(onnx.IR_VERSION, 3, -1):
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
+                                  [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                                  [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+        probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        probe.ir_version = ir
+        try:
+            ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+            return ir
+        except Exception:  # noqa: BLE001 - any refusal means "too new"
+            continue
+    return 7
+
+
+def choose_ir_version(meta: ModelMeta) -> int:
+    """Keep the input's IR version when the runtime reads it, never below what the opsets need."""
+    needed = helper.find_min_ir_version_for(meta.opset_imports, ignore_unknown=True)
+    return max(needed, min(meta.ir_version or onnx.IR_VERSION, max_runtime_ir_version()))
+
+
+def to_model(graph: gs.Graph, meta: ModelMeta) -> onnx.ModelProto:
+    """Export the gs IR back to a ModelProto with the input's opsets, IR version and metadata."""
+    model = gs.export_onnx(graph, do_type_check=False)
+    del model.opset_import[:]
+    model.opset_import.extend(meta.opset_imports)
+    model.ir_version = choose_ir_version(meta)
+    model.producer_name = meta.producer_name or "spa-compiler"
+    model.producer_version = meta.producer_version
+    model.doc_string = meta.doc_string
+    del model.metadata_props[:]
+    for key, value in meta.metadata.items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    if meta.functions and not model.functions:
+        model.functions.extend(meta.functions)
+    return model
+
+
+def is_const(tensor: gs.Tensor) -> bool:
+    return isinstance(tensor, gs.Constant)
+
+
+def const_values(tensor: gs.Tensor) -> Optional[np.ndarray]:
+    """The values of a constant tensor, or None for a variable (or an empty optional input)."""
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    return None
+
+
+def static_shape(tensor: gs.Tensor) -> Optional[list[Optional[int]]]:
+    """The tensor's shape with symbolic or unknown dims as None; None when the rank is unknown."""
+    shape = tensor.shape
+    if shape is None:
+        return None
+    return [d if isinstance(d, (int, np.integer)) and d >= 0 else None for d in shape]
+
+
+def node_label(node: gs.Node) -> str:
+    """How errors and reports name a node: its name and op type."""
+    return f"{node.name or '<unnamed>'} ({node.op})"
+
+
+def attr(node: gs.Node, name: str, default=None):
+    return node.attrs.get(name, default)
+
+
+def input_at(node: gs.Node, index: int) -> Optional[gs.Tensor]:
+    """Input *index*, or None when absent or an empty optional input."""
+    if index >= len(node.inputs):
+        return None
+    tensor = node.inputs[index]
+    if tensor is None or (not is_const(tensor) and tensor.name == ""):
+        return None
+    return tensor
+
+
+def int_list(node: gs.Node, attr_name: str, input_index: int) -> Optional[list[int]]:
+    """Read a list-valued operand that moved from an attribute to an input across opsets.
+
+    (Split sizes, Slice starts, Reduce axes, Squeeze axes, Pad pads...)  Returns
+    None when it is neither present as a constant input nor as an attribute.
+    """
+    tensor = input_at(node, input_index)
+    if tensor is not None:
+        values = const_values(tensor)
+        return None if values is None else [int(v) for v in np.atleast_1d(values)]
+    value = node.attrs.get(attr_name)
+    return None if value is None else [int(v) for v in np.atleast_1d(value)]
+
+
+def normalize_axes(axes: Sequence[int], rank: int) -> list[int]:
+    return [a + rank if a < 0 else a for a in axes]

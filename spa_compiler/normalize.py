@@ -1,0 +1,65 @@
+"""The normalize stage: run the registered normalization passes in a fixed order.
+
+Two levels: *model* passes take and return an ``onnx.ModelProto`` (opset
+upgrade, shape inference need the proto), *graph* passes edit the gs IR in
+place.  Each pass appends what it did to ``notes`` so the report can say it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from . import registry
+from .errors import CompileError, SpacError
+from .ir import ModelMeta, meta_of, to_graph, to_model
+
+MODEL_PIPELINE_BEFORE = ("strip_initializer_inputs", "upgrade_opset")
+GRAPH_PIPELINE = ("constants_to_initializers", "remove_identity", "infer_shapes", "fold_constants",
+                  "unshare_initializers", "cleanup", "infer_shapes")
+
+
+@dataclass
+class Normalized:
+    """A normalized model: the gs graph passes edit, plus what export needs to rebuild the proto."""
+
+    graph: gs.Graph
+    meta: ModelMeta
+    notes: list[str] = field(default_factory=list)
+
+    def to_model(self) -> onnx.ModelProto:
+        return to_model(self.graph, self.meta)
+
+
+def _run(kind_name: str, obj, notes: list[str]):
+    info = registry.get("normalize", kind_name)
+    try:
+        return info.factory(obj, notes)
+    except SpacError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a failing pass must name itself
+        raise CompileError(f"normalize pass {kind_name} failed: {str(exc).splitlines()[0][:200]}") from exc
+
+
+def normalize(model: onnx.ModelProto) -> Normalized:
+    """Run the whole normalization pipeline on a copy of *model*."""
+    notes: list[str] = []
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    for name in MODEL_PIPELINE_BEFORE:
+        work = _run(name, work, notes)
+    meta = meta_of(work)
+    graph = to_graph(work)
+    for name in GRAPH_PIPELINE:
+        _run(name, graph, notes)
+    return Normalized(graph, meta, notes)
+
+
+def reinfer_shapes(graph: gs.Graph, meta: ModelMeta) -> gs.Graph:
+    """Forget intermediate shapes and infer them again (after a rewrite changed channel counts)."""
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Variable) and tensor not in graph.outputs and tensor not in graph.inputs:
+            tensor.shape = None
+    _run("infer_shapes", graph, [])
+    return graph

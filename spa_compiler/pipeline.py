@@ -1,0 +1,104 @@
+"""The compiler driver: load -> normalize -> analyze -> score -> plan -> rewrite -> verify -> save.
+
+``Compiled`` keeps the normalized graph and its analysis so that several
+plans (a MACs search, the oracle, the CLI's ``groups``) reuse one analysis.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from . import registry
+from .analysis import DependencyAnalysis, analyze
+from .cost import estimate_macs, totals
+from .errors import CompileError, NothingToPruneError, SpacError
+from .importance import REDUCTIONS, ScoringContext
+from .ir import ModelMeta
+from .modelio import ModelLike, load_model
+from .normalize import normalize
+from .plan import Plan, PlanOptions, make_plan, search_ratio
+from .rewrite import RewriteLog, kept_fraction, rewrite
+
+
+@dataclass
+class Compiled:
+    """A normalized model with its dependency analysis (analysis facts change nothing)."""
+
+    graph: gs.Graph
+    meta: ModelMeta
+    analysis: DependencyAnalysis
+    notes: list[str] = field(default_factory=list)
+    source: str = "<in-memory model>"
+
+    def to_model(self) -> onnx.ModelProto:
+        from .ir import to_model
+
+        return to_model(self.graph, self.meta)
+
+
+def compile_model(source: ModelLike) -> Compiled:
+    """Load, normalize and analyse a model."""
+    model = load_model(source)
+    where = "<in-memory model>" if isinstance(source, onnx.ModelProto) else str(source)
+    try:
+        normalized = normalize(model)
+        analysis = analyze(normalized.graph, normalized.meta.opset)
+    except SpacError as exc:
+        raise type(exc)(f"{where}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - never a traceback for a model we accepted
+        raise CompileError(f"{where}: analysis failed ({type(exc).__name__}: {exc})") from exc
+    return Compiled(normalized.graph, normalized.meta, analysis, normalized.notes, where)
+
+
+def score_groups(compiled: Compiled, criterion: str = "l2", seed: int = 0, reduce: str = "sum",
+                 groups=None) -> dict[int, np.ndarray]:
+    """Run a registered criterion pass on every prunable group."""
+    if reduce not in REDUCTIONS:
+        raise CompileError(f"unknown reduction {reduce!r}")
+    info = registry.get("criterion", criterion)
+    pass_ = info.factory(reduce=reduce)
+    ctx = ScoringContext(compiled.graph, compiled.analysis, np.random.default_rng(seed))
+    scores = {}
+    for group in (groups if groups is not None else compiled.analysis.prunable_groups):
+        values = np.asarray(pass_.score(ctx, group), dtype=np.float64)
+        if values.shape != (group.n_atoms,):
+            raise CompileError(f"criterion {criterion} returned {values.shape} scores for "
+                               f"{group.n_atoms} atoms of group {group.id}")
+        scores[group.id] = values
+    return scores
+
+
+def plan_pruning(compiled: Compiled, scores: dict[int, np.ndarray], options: PlanOptions,
+                 target_macs: Optional[float] = None) -> Plan:
+    """A plan for a ratio, or the smallest ratio whose estimated MACs meet *target_macs*."""
+    if target_macs is None:
+        return make_plan(compiled.analysis, scores, options)
+    _, dense = totals(compiled.graph)
+
+    def make(ratio: float) -> Plan:
+        return make_plan(compiled.analysis, scores, PlanOptions(**{**options.__dict__, "ratio": ratio}))
+
+    def cost(plan: Plan) -> float:
+        return estimate_macs(compiled.graph, kept_fraction(compiled.analysis, plan)) / max(dense, 1)
+
+    plan, _ = search_ratio(make, cost, target_macs)
+    return plan
+
+
+def apply_plan(compiled: Compiled, plan: Plan) -> tuple[onnx.ModelProto, gs.Graph, RewriteLog]:
+    """Rewrite a copy of the compiled graph; the compiled graph stays the dense original."""
+    from .ir import to_model
+
+    graph, log = rewrite(compiled.graph, compiled.meta, compiled.analysis, plan)
+    return to_model(graph, compiled.meta), graph, log
+
+
+def require_prunable(compiled: Compiled) -> None:
+    if not compiled.analysis.prunable_groups:
+        reasons = sorted({g.frozen[0] for g in compiled.analysis.groups if g.frozen})[:3]
+        hint = f" (e.g. {'; '.join(reasons)})" if reasons else ""
+        raise NothingToPruneError(f"{compiled.source}: no prunable group: every group is frozen{hint}")

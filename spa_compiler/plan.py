@@ -1,0 +1,163 @@
+"""Planning: which atoms of which groups go, from scores and the user's targets.
+
+Local mode removes the same fraction of every group; global mode ranks the
+(normalized) atoms of all groups together, capped per group so no layer
+collapses.  ``round_to`` keeps channel counts hardware friendly; a MACs
+target searches the ratio that meets it with the analytic cost model.
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from .analysis import DependencyAnalysis, Group
+from .errors import UsageError
+from .importance import normalize_scores
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    ratio: float = 0.5
+    global_ranking: bool = False
+    max_group_ratio: float = 0.9
+    round_to: int = 1
+    exclude: Sequence[str] = ()
+    normalize: str = "mean"
+
+    def validate(self) -> None:
+        if not 0.0 <= self.ratio < 1.0:
+            raise UsageError(f"--ratio must be in [0, 1), got {self.ratio}")
+        if self.round_to < 1:
+            raise UsageError(f"--round-to must be >= 1, got {self.round_to}")
+        if not 0.0 < self.max_group_ratio < 1.0:
+            raise UsageError(f"max group ratio must be in (0, 1), got {self.max_group_ratio}")
+
+
+@dataclass
+class Plan:
+    """Removed atom ids per group id, and why some prunable groups were left alone."""
+
+    removed: dict[int, np.ndarray] = field(default_factory=dict)
+    skipped: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def n_removed(self) -> int:
+        return int(sum(len(v) for v in self.removed.values()))
+
+
+def excluded_by(group: Group, patterns: Sequence[str]) -> Optional[str]:
+    for pattern in patterns:
+        for node in group.nodes:
+            if fnmatch.fnmatchcase(node, pattern):
+                return f"excluded by pattern {pattern!r} (node {node})"
+    return None
+
+
+def _atom_channels(group: Group) -> int:
+    """Channels one atom holds in the group's widest producer space (1 for plain channels)."""
+    return max(1, group.width // max(group.n_atoms, 1))
+
+
+def _rounded_keep(group: Group, keep: int, round_to: int) -> int:
+    """Round the kept atom count up so kept channels are a multiple of *round_to*."""
+    n = group.n_atoms
+    step = round_to // math.gcd(round_to, _atom_channels(group))
+    keep = max(1, keep)
+    if step > 1:
+        keep = min(n, int(math.ceil(keep / step) * step))
+    return keep
+
+
+def candidate_groups(analysis: DependencyAnalysis, options: PlanOptions, plan: Plan) -> list[Group]:
+    groups = []
+    for group in analysis.prunable_groups:
+        reason = excluded_by(group, options.exclude)
+        if reason:
+            plan.skipped[group.id] = reason
+        else:
+            groups.append(group)
+    return groups
+
+
+def make_plan(analysis: DependencyAnalysis, scores: dict[int, np.ndarray], options: PlanOptions) -> Plan:
+    """Choose the atoms to remove (lowest scores first) under *options*."""
+    options.validate()
+    plan = Plan()
+    groups = [g for g in candidate_groups(analysis, options, plan) if g.id in scores]
+    if options.ratio == 0 or not groups:
+        return plan
+    if options.global_ranking:
+        counts = _global_counts(groups, scores, options)
+    else:
+        counts = {g.id: int(math.floor(options.ratio * g.n_atoms + 1e-9)) for g in groups}
+    for group in groups:
+        keep = _rounded_keep(group, group.n_atoms - counts[group.id], options.round_to)
+        n_remove = group.n_atoms - keep
+        if n_remove <= 0:
+            continue
+        order = np.argsort(scores[group.id], kind="stable")
+        removed = _keep_every_space(group, order[:n_remove], scores[group.id])
+        if len(removed):
+            plan.removed[group.id] = removed
+    return plan
+
+
+def _keep_every_space(group: Group, removed: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Give back the best atom of any space that would lose every position (no 0-channel tensors).
+
+    Atoms can be uneven (a ShuffleNet stream, a DenseNet concat), so keeping
+    atoms in the group does not by itself keep a channel in every tensor.
+    """
+    gone = np.zeros(group.n_atoms, dtype=bool)
+    gone[removed] = True
+    for space in group.spaces:
+        atoms = group.atom_of[space]
+        if len(atoms) and gone[atoms].all():
+            candidates = np.unique(atoms)
+            gone[candidates[np.argmax(scores[candidates])]] = False
+    return np.flatnonzero(gone)
+
+
+def _global_counts(groups: list[Group], scores: dict[int, np.ndarray], options: PlanOptions) -> dict[int, int]:
+    """How many atoms each group loses when all atoms are ranked together."""
+    pool_scores, pool_groups = [], []
+    for group in groups:
+        pool_scores.append(normalize_scores(np.asarray(scores[group.id], dtype=np.float64), options.normalize))
+        pool_groups.append(np.full(group.n_atoms, group.id))
+    flat_scores = np.concatenate(pool_scores)
+    flat_groups = np.concatenate(pool_groups)
+    target = int(math.floor(options.ratio * len(flat_scores) + 1e-9))
+    caps = {g.id: min(g.n_atoms - 1, int(math.floor(options.max_group_ratio * g.n_atoms))) for g in groups}
+    counts = {g.id: 0 for g in groups}
+    taken = 0
+    for index in np.argsort(flat_scores, kind="stable"):
+        if taken >= target:
+            break
+        gid = int(flat_groups[index])
+        if counts[gid] < caps[gid]:
+            counts[gid] += 1
+            taken += 1
+    return counts
+
+
+def search_ratio(make: Callable[[float], Plan], cost_of: Callable[[Plan], float], target: float,
+                 iterations: int = 14) -> tuple[Plan, float]:
+    """Bisect the ratio so the plan's cost is at most *target* (a fraction of the dense cost)."""
+    if not 0.0 < target <= 1.0:
+        raise UsageError(f"--target-macs must be in (0, 1], got {target}")
+    lo, hi = 0.0, 0.95
+    best = make(hi)
+    if cost_of(best) > target:
+        return best, hi  # the closest we can get
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        plan = make(mid)
+        if cost_of(plan) <= target:
+            hi, best = mid, plan
+        else:
+            lo = mid
+    return best, hi

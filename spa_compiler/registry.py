@@ -1,0 +1,75 @@
+"""One registry for every named pass: normalizations, criteria, and third-party additions.
+
+Built-in passes live in the top-level ``passes`` package and register through
+the same entry-point group (``spa_compiler.passes``) an outside package uses,
+so they have no privileges an outside pass lacks.  ``spac passes`` lists them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import import_module
+from importlib.metadata import entry_points
+from typing import Callable, Dict, TypeVar
+
+from .errors import UsageError
+
+KINDS = ("normalize", "criterion")
+ENTRY_POINT_GROUP = "spa_compiler.passes"
+BUILTIN_MODULES = ("passes.normalize", "passes.criteria")
+
+
+@dataclass(frozen=True)
+class PassInfo:
+    name: str
+    kind: str
+    summary: str
+    factory: Callable
+    origin: str
+
+
+_REGISTRY: Dict[str, Dict[str, PassInfo]] = {kind: {} for kind in KINDS}
+_loaded = False
+
+T = TypeVar("T")
+
+
+def register(kind: str, name: str) -> Callable[[T], T]:
+    """Class or function decorator: make a pass available by *name*."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown pass kind {kind!r}")
+
+    def wrap(obj: T) -> T:
+        doc = (obj.__doc__ or "").strip().splitlines()
+        _REGISTRY[kind][name] = PassInfo(name, kind, doc[0] if doc else "", obj,
+                                         getattr(obj, "__module__", "?"))
+        return obj
+
+    return wrap
+
+
+def load_passes() -> None:
+    """Import the built-in passes and every installed plugin once."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module in BUILTIN_MODULES:
+        import_module(module)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.value.split(":")[0] in BUILTIN_MODULES:
+            continue
+        ep.load()
+
+
+def get(kind: str, name: str) -> PassInfo:
+    load_passes()
+    try:
+        return _REGISTRY[kind][name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY[kind]))
+        raise UsageError(f"unknown {kind} pass {name!r} (known: {known})") from None
+
+
+def all_passes() -> list[PassInfo]:
+    load_passes()
+    return [info for kind in KINDS for info in _REGISTRY[kind].values()]

@@ -1,0 +1,92 @@
+"""The rewrite transform: physically remove the planned atoms.
+
+Slices every parameter slice of every changed space, lets each touched node's
+rule fix its attributes and shape constants (group counts, Reshape targets,
+Split sizes, Slice bounds), then re-infers shapes.  It invalidates every
+analysis: the returned graph must be analysed afresh.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .analysis import DependencyAnalysis, Space
+from .analysis.context import RewriteContext
+from .analysis.rules import rule_for
+from .errors import CompileError
+from .ir import ModelMeta, node_label
+from .normalize import reinfer_shapes
+from .plan import Plan
+
+
+@dataclass
+class RewriteLog:
+    """What the rewrite changed, for the report."""
+
+    initializers: dict[str, tuple[list[int], list[int]]] = field(default_factory=dict)
+    edits: list[str] = field(default_factory=list)
+
+
+def kept_positions(analysis: DependencyAnalysis, plan: Plan) -> dict[Space, np.ndarray]:
+    """Kept positions of every space in every group the plan touches."""
+    kept: dict[Space, np.ndarray] = {}
+    for gid, removed in plan.removed.items():
+        group = analysis.groups[gid]
+        gone = np.zeros(group.n_atoms, dtype=bool)
+        gone[removed] = True
+        for space in group.spaces:
+            kept[space] = np.flatnonzero(~gone[group.atom_of[space]])
+    return kept
+
+
+def kept_fraction(analysis: DependencyAnalysis, plan: Plan):
+    """A function (tensor, axis) -> kept fraction (None when untouched), for the cost model."""
+    fractions: dict[Space, float] = {}
+    for gid, removed in plan.removed.items():
+        group = analysis.groups[gid]
+        gone = np.zeros(group.n_atoms, dtype=bool)
+        gone[removed] = True
+        for space in group.spaces:
+            size = group.sizes[space]
+            if size:
+                fractions[space] = float((~gone[group.atom_of[space]]).sum()) / size
+    return lambda name, axis: fractions.get((name, axis))
+
+
+def rewrite(graph: gs.Graph, meta: ModelMeta, analysis: DependencyAnalysis, plan: Plan) -> tuple[gs.Graph, RewriteLog]:
+    """Return a pruned copy of *graph* (the input graph is left untouched)."""
+    work = graph.copy()
+    kept = kept_positions(analysis, plan)
+    log = RewriteLog()
+    constants = {name: t for name, t in work.tensors().items() if isinstance(t, gs.Constant)}
+    for gid in plan.removed:
+        for param in analysis.groups[gid].params:
+            const = constants.get(param.tensor)
+            if const is None:
+                raise CompileError(f"parameter {param.tensor} of {param.node} ({param.op}) not found")
+            before = list(const.shape)
+            values = np.asarray(const.values)
+            if values.shape[param.axis] != analysis.groups[gid].sizes[param.space]:
+                raise CompileError(f"{param.node} ({param.op}): {param.tensor} axis {param.axis} has "
+                                   f"{values.shape[param.axis]} entries, expected {analysis.groups[gid].sizes[param.space]}")
+            const.values = np.take(values, kept[param.space], axis=param.axis)
+            first = log.initializers.get(param.tensor, (before, None))[0]
+            log.initializers[param.tensor] = (first, list(const.shape))
+    rx = RewriteContext(graph=work, facts=analysis.facts, kept_of=lambda name, axis: kept.get((name, axis)))
+    touched_tensors = {name for name, _ in kept}
+    for node in list(work.nodes):
+        names = {t.name for t in node.inputs if t is not None} | {t.name for t in node.outputs}
+        if not names & touched_tensors:
+            continue
+        rule = rule_for(node)
+        if rule is None:
+            continue
+        try:
+            rule.rewrite(node, rx)
+        except Exception as exc:  # noqa: BLE001
+            raise CompileError(f"rewrite of {node_label(node)} failed: {exc}") from exc
+    log.edits = rx.changed
+    work.cleanup()
+    return reinfer_shapes(work, meta), log

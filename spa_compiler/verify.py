@@ -1,0 +1,162 @@
+"""Verification and measurement with onnxruntime: does it run, what does it compute, how fast.
+
+Provider choice: CUDA when onnxruntime-gpu is installed *and* a session can
+actually be created on it, else CPU; provider errors are silenced so a
+machine without a GPU prints nothing alarming.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Optional, Sequence
+
+import numpy as np
+import onnx
+
+from .errors import VerificationError
+
+
+def _ort():
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)
+    return ort
+
+
+@lru_cache(maxsize=1)
+def default_providers() -> tuple[str, ...]:
+    """('CUDAExecutionProvider', 'CPUExecutionProvider') when a GPU session works, else CPU only."""
+    ort = _ort()
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        probe = onnx.helper.make_model(
+            onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "probe",
+                                   [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])]),
+            opset_imports=[onnx.helper.make_opsetid("", 13)])
+        probe.ir_version = 8
+        try:
+            session = ort.InferenceSession(probe.SerializeToString(), _options(),
+                                           providers=["CUDAExecutionProvider"])
+            if "CUDAExecutionProvider" in session.get_providers():
+                return ("CUDAExecutionProvider", "CPUExecutionProvider")
+        except Exception:  # noqa: BLE001 - any failure means "no usable GPU"
+            pass
+    return ("CPUExecutionProvider",)
+
+
+def _options(threads: int = 0):
+    ort = _ort()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
+def session(model: onnx.ModelProto, providers: Optional[Sequence[str]] = None, threads: int = 0):
+    ort = _ort()
+    return ort.InferenceSession(model.SerializeToString(), _options(threads),
+                                providers=list(providers or default_providers()))
+
+
+_NP_TYPES = {
+    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
+}
+
+
+def random_inputs(sess, batch: int = 1, seed: int = 0, dims: Optional[dict[str, int]] = None) -> dict[str, np.ndarray]:
+    """Seeded random feeds for every graph input (symbolic dims: batch for the first, else 1 or *dims*)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for arg in sess.get_inputs():
+        shape = []
+        for i, d in enumerate(arg.shape):
+            if isinstance(d, int) and d >= 0:
+                shape.append(d)
+            elif dims and isinstance(d, str) and d in dims:
+                shape.append(dims[d])
+            else:
+                shape.append(batch if i == 0 else 1)
+        dtype = _NP_TYPES.get(arg.type, np.float32)
+        if np.issubdtype(dtype, np.floating):
+            feeds[arg.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[arg.name] = rng.random(shape) > 0.5
+        else:
+            feeds[arg.name] = rng.integers(0, 8, size=shape).astype(dtype)
+    return feeds
+
+
+def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], providers=None) -> list[np.ndarray]:
+    sess = session(model, providers)
+    return sess.run(None, feeds)
+
+
+def check_runs(original: onnx.ModelProto, pruned: onnx.ModelProto, batch: int = 2) -> dict:
+    """Checker + onnxruntime run of the pruned model; its output shapes must equal the original's."""
+    try:
+        onnx.checker.check_model(pruned)
+    except onnx.checker.ValidationError as exc:
+        raise VerificationError(f"pruned model fails onnx.checker: {str(exc).splitlines()[0][:200]}") from None
+    providers = default_providers()
+    try:
+        ref = session(original, providers)
+        feeds = random_inputs(ref, batch=batch)
+        ref_out = ref.run(None, feeds)
+    except Exception as exc:  # noqa: BLE001
+        raise VerificationError(f"original model does not run in onnxruntime: {str(exc).splitlines()[0][:200]}") from None
+    try:
+        new_out = session(pruned, providers).run(None, feeds)
+    except Exception as exc:  # noqa: BLE001
+        raise VerificationError(f"pruned model does not run in onnxruntime: {str(exc).splitlines()[0][:240]}") from None
+    for a, b, meta in zip(ref_out, new_out, ref.get_outputs()):
+        if np.shape(a) != np.shape(b):
+            raise VerificationError(f"output {meta.name} changed shape {np.shape(a)} -> {np.shape(b)}")
+    return {"provider": providers[0], "outputs": len(new_out)}
+
+
+@dataclass
+class Timing:
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    runs: int
+
+
+def time_session(sess, feeds, warmup: int = 5, runs: int = 30) -> Timing:
+    for _ in range(warmup):
+        sess.run(None, feeds)
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        sess.run(None, feeds)
+        samples.append((time.perf_counter() - start) * 1000)
+    samples.sort()
+    return Timing(statistics.median(samples), samples[len(samples) // 10],
+                  samples[min(len(samples) - 1, (len(samples) * 9) // 10)], runs)
+
+
+def bench_pair(a: onnx.ModelProto, b: onnx.ModelProto, batch: int = 1, warmup: int = 5, runs: int = 30,
+               threads: int = 0, providers=None) -> tuple[Timing, Timing, str]:
+    """Latency of two models on the same provider and threads, interleaved rounds to share noise."""
+    providers = list(providers or default_providers())
+    sa, sb = session(a, providers, threads), session(b, providers, threads)
+    fa = random_inputs(sa, batch=batch)
+    fb = random_inputs(sb, batch=batch)
+    rounds = 3
+    ta, tb = [], []
+    for _ in range(rounds):
+        ta.append(time_session(sa, fa, warmup, max(1, runs // rounds)))
+        tb.append(time_session(sb, fb, warmup, max(1, runs // rounds)))
+    return _merge(ta), _merge(tb), providers[0]
+
+
+def _merge(timings: list[Timing]) -> Timing:
+    medians = sorted(t.median_ms for t in timings)
+    return Timing(statistics.median(medians), min(t.p10_ms for t in timings),
+                  max(t.p90_ms for t in timings), sum(t.runs for t in timings))
