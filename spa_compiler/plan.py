@@ -100,24 +100,26 @@ def make_plan(analysis: DependencyAnalysis, scores: dict[int, np.ndarray], optio
         if n_remove <= 0:
             continue
         order = np.argsort(scores[group.id], kind="stable")
-        removed = _keep_every_space(group, order[:n_remove], scores[group.id])
+        removed = _keep_every_space(group, order[:n_remove], scores[group.id], options.max_group_ratio)
         if len(removed):
             plan.removed[group.id] = removed
     return plan
 
 
-def _keep_every_space(group: Group, removed: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Give back the best atom of any space that would lose every position (no 0-channel tensors).
+def _keep_every_space(group: Group, removed: np.ndarray, scores: np.ndarray, max_ratio: float) -> np.ndarray:
+    """Give back the best atoms of any tensor that would keep less than ``1 - max_ratio`` of its channels.
 
-    Atoms can be uneven (a ShuffleNet stream, a DenseNet concat), so keeping
-    atoms in the group does not by itself keep a channel in every tensor.
+    Atoms can be uneven (a ShuffleNet stream, a DenseNet concat), so a group-level
+    ratio does not by itself keep channels in every tensor; a tensor left with
+    none would be a 0-channel tensor no runtime accepts.
     """
     gone = np.zeros(group.n_atoms, dtype=bool)
     gone[removed] = True
     for space in group.spaces:
         atoms = group.atom_of[space]
-        if len(atoms) and gone[atoms].all():
-            candidates = np.unique(atoms)
+        need = max(1, int(math.ceil((1.0 - max_ratio) * len(atoms))))
+        while len(atoms) and (~gone[atoms]).sum() < need:
+            candidates = np.unique(atoms[gone[atoms]])
             gone[candidates[np.argmax(scores[candidates])]] = False
     return np.flatnonzero(gone)
 

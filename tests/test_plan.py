@@ -1,0 +1,87 @@
+"""Planning options: local and global ratios, round-to, exclusions, a MACs target."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models import builders
+from spa_compiler import prune
+from spa_compiler.errors import UsageError
+from spa_compiler.pipeline import compile_model, score_groups
+from spa_compiler.plan import PlanOptions, make_plan
+
+
+@pytest.fixture(scope="module")
+def demo():
+    compiled = compile_model(builders.demo_cnn())
+    return compiled, score_groups(compiled, "l2")
+
+
+def test_local_ratio_removes_the_fraction_of_every_group(demo):
+    compiled, scores = demo
+    plan = make_plan(compiled.analysis, scores, PlanOptions(ratio=0.25))
+    for group in compiled.analysis.prunable_groups:
+        assert len(plan.removed[group.id]) == int(0.25 * group.n_atoms)
+
+
+def test_lowest_scores_go_first(demo):
+    compiled, scores = demo
+    plan = make_plan(compiled.analysis, scores, PlanOptions(ratio=0.5))
+    for gid, removed in plan.removed.items():
+        if len(set(compiled.analysis.groups[gid].sizes.values())) > 1:
+            continue  # uneven groups may give atoms back so every tensor keeps channels
+        kept = np.setdiff1d(np.arange(len(scores[gid])), removed)
+        assert scores[gid][removed].max() <= scores[gid][kept].min()
+
+
+def test_every_tensor_keeps_a_share_of_its_channels(demo):
+    compiled, scores = demo
+    plan = make_plan(compiled.analysis, scores, PlanOptions(ratio=0.8, max_group_ratio=0.9))
+    for gid, removed in plan.removed.items():
+        group = compiled.analysis.groups[gid]
+        for space in group.spaces:
+            kept = (~np.isin(group.atom_of[space], removed)).sum()
+            assert kept >= 0.1 * group.sizes[space] and kept >= 1
+
+
+def test_round_to_keeps_multiples(demo):
+    compiled, scores = demo
+    plan = make_plan(compiled.analysis, scores, PlanOptions(ratio=0.3, round_to=8))
+    for group in compiled.analysis.prunable_groups:
+        kept = group.n_atoms - len(plan.removed.get(group.id, []))
+        assert kept % 8 == 0 or kept == group.n_atoms
+
+
+def test_global_ranking_caps_every_group(demo):
+    compiled, scores = demo
+    plan = make_plan(compiled.analysis, scores, PlanOptions(ratio=0.6, global_ranking=True, max_group_ratio=0.7))
+    total = sum(g.n_atoms for g in compiled.analysis.prunable_groups)
+    target = int(0.6 * total)
+    assert 0.9 * target <= plan.n_removed <= target  # per-tensor floors may give a few atoms back
+    for group in compiled.analysis.prunable_groups:
+        assert len(plan.removed.get(group.id, [])) <= int(0.7 * group.n_atoms)
+
+
+def test_exclude_pattern_protects_groups(demo):
+    compiled, scores = demo
+    plan = make_plan(compiled.analysis, scores, PlanOptions(ratio=0.5, exclude=("conv2",)))
+    protected = [g for g in compiled.analysis.prunable_groups if "conv2" in g.nodes]
+    assert protected and all(g.id not in plan.removed for g in protected)
+    assert all(g.id in plan.skipped for g in protected)
+
+
+@pytest.mark.parametrize("target", [0.7, 0.4])
+def test_target_macs_is_met(target):
+    result = prune(builders.demo_cnn(), criterion="l2", target_macs=target)
+    macs = result.report["macs"]
+    assert macs["after"] <= target * macs["before"] * 1.02
+    assert macs["after"] >= (target - 0.2) * macs["before"], "should not overshoot far below the target"
+
+
+def test_bad_options():
+    with pytest.raises(UsageError):
+        PlanOptions(ratio=1.0).validate()
+    with pytest.raises(UsageError):
+        PlanOptions(round_to=0).validate()
+    with pytest.raises(UsageError):
+        prune(builders.demo_cnn(), target_macs=1.5)
