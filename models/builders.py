@@ -223,8 +223,56 @@ def unknown_op() -> onnx.ModelProto:
     return net.model(_head(net, _cbr(net, y, 8)))
 
 
+def activations() -> onnx.ModelProto:
+    """Every common activation, Pad, Resize, pooling and a decomposed Erf-GELU on one channel stream."""
+    net = Net("activations", opset=18)
+    x = net.bn(net.conv("x", 8))
+    for op, attrs in (("Relu", {}), ("Sigmoid", {}), ("HardSigmoid", {"alpha": 0.2}), ("HardSwish", {}),
+                      ("Tanh", {}), ("Elu", {}), ("Selu", {}), ("Softplus", {}), ("Mish", {}),
+                      ("LeakyRelu", {"alpha": 0.01}), ("Dropout", {}), ("Identity", {})):
+        x = net.act(x, op, **attrs)
+    half = net.init("half", np.array(0.5, np.float32))
+    inv_sqrt2 = net.init("inv_sqrt2", np.array(1 / np.sqrt(2), np.float32))
+    one = net.init("one", np.array(1.0, np.float32))
+    erf = net.act(net.binary("Mul", x, inv_sqrt2), "Erf")
+    x = net.binary("Mul", net.binary("Mul", x, net.binary("Add", erf, one)), half)  # GELU, as old exporters write it
+    lo, hi = net.init("lo", np.array(0.0, np.float32)), net.init("hi", np.array(6.0, np.float32))
+    x = net.node("Clip", [x, lo, hi], 8, net.hw[x])
+    pads = net.init("pads", np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))
+    x = net.node("Pad", [x, pads], 8, net.hw[x] + 2)
+    x = net.channel_const("Sub", x)
+    x = net.channel_const("Div", x)
+    x = net.node("AveragePool", [x], 8, net.hw[x] // 2, kernel_shape=[2, 2], strides=[2, 2])
+    scales = net.init("scales", np.array([1, 1, 2, 2], np.float32))
+    x = net.node("Resize", [x, "", scales], 8, net.hw[x] * 2, mode="nearest")
+    y = net.conv(x, 8)
+    g = net.node("GlobalMaxPool", [y], 8, 1)
+    return net.model([net.gemm(net.flatten(g), 5)])
+
+
+def linear_layouts() -> onnx.ModelProto:
+    """ConvTranspose, channels-last MatMul (Transpose NCHW->NHWC and back) and Gemm with transB=0."""
+    net = Net("linear_layouts")
+    x = net.act(net.conv("x", 8))
+    w = net.init("deconv_w", net.rng.normal(0, 0.3, (8, 6, 2, 2)).astype(np.float32))
+    b = net.init("deconv_b", net.rng.normal(0, 0.1, 6).astype(np.float32))
+    x = net.node("ConvTranspose", [x, w, b], 6, net.hw[x] * 2, kernel_shape=[2, 2], strides=[2, 2])
+    x = net.act(x)
+    t = net.node("Transpose", [x], 6, net.hw[x], perm=[0, 2, 3, 1])
+    m = net.init("mm_w", net.rng.normal(0, 0.4, (6, 10)).astype(np.float32))
+    t = net.act(net.node("MatMul", [t, m], 10, net.hw[x]))
+    m2 = net.init("mm_w2", net.rng.normal(0, 0.4, (10, 7)).astype(np.float32))
+    t = net.node("MatMul", [t, m2], 7, net.hw[x])
+    x = net.node("Transpose", [t], 7, net.hw[x], perm=[0, 3, 1, 2])
+    x = net.flatten(net.gap(net.act(x)))
+    wt = net.init("fc_kn", net.rng.normal(0, 0.4, (7, 9)).astype(np.float32))
+    bt = net.init("fc_kn_b", net.rng.normal(0, 0.1, 9).astype(np.float32))
+    h = net.act(net.node("Gemm", [x, wt, bt], 9, None))
+    return net.model([net.gemm(h, 4)])
+
+
 RULE_MODELS = {f.__name__: f for f in (residual, concat_dense, split_branches, depthwise, grouped, se_block,
-                                        flatten_gemm, channel_shuffle)}
+                                        flatten_gemm, channel_shuffle, activations, linear_layouts)}
 
 
 def demo_cnn(seed: int = 0) -> onnx.ModelProto:

@@ -52,6 +52,14 @@ def upgrade_opset(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
     return upgraded
 
 
+def replace_uses(old: gs.Tensor, new: gs.Tensor) -> None:
+    """Make every consumer of *old* read *new* instead."""
+    for consumer in list(old.outputs):
+        for i, tensor in enumerate(consumer.inputs):
+            if tensor is old:
+                consumer.inputs[i] = new
+
+
 @register("normalize", "constants_to_initializers")
 def constants_to_initializers(graph: gs.Graph, notes: list[str]) -> None:
     """Turn ``Constant`` nodes into initializers (PaddlePaddle and spox keep all weights in them)."""
@@ -74,11 +82,7 @@ def constants_to_initializers(graph: gs.Graph, notes: list[str]) -> None:
         out = node.outputs[0]
         if out in graph.outputs:
             continue
-        const = gs.Constant(out.name, np.asarray(value))
-        for consumer in list(out.outputs):
-            for i, tensor in enumerate(consumer.inputs):
-                if tensor is out:
-                    consumer.inputs[i] = const
+        replace_uses(out, gs.Constant(out.name, np.asarray(value)))
         node.outputs.clear()
         count += 1
     if count:
@@ -96,10 +100,7 @@ def remove_identity(graph: gs.Graph, notes: list[str]) -> None:
         src, out = node.inputs[0], node.outputs[0]
         if out in graph.outputs or src in graph.outputs:
             continue
-        for consumer in list(out.outputs):
-            for i, tensor in enumerate(consumer.inputs):
-                if tensor is out:
-                    consumer.inputs[i] = src
+        replace_uses(out, src)
         node.inputs.clear()
         node.outputs.clear()
         count += 1

@@ -91,6 +91,7 @@ def analyze(graph: gs.Graph, opset: int) -> DependencyAnalysis:
     graph_inputs = {t.name for t in graph.inputs}
     graph_outputs = {t.name for t in graph.outputs}
     implicit = _subgraph_names(graph)
+    top_level = {id(node) for node in graph.nodes}
 
     space_graph = nx.Graph()
     sizes: dict[Space, int] = {}
@@ -179,8 +180,13 @@ def analyze(graph: gs.Graph, opset: int) -> DependencyAnalysis:
         if name in implicit:
             reasons.setdefault(space, []).append(f"tensor {name} is read inside a subgraph")
         for producer in tensor.inputs:
+            if id(producer) not in top_level:
+                continue
             visit(producer, space, ("out", producer.outputs.index(tensor)))
         for consumer in tensor.outputs:
+            if id(consumer) not in top_level:  # gs links outer tensors to nodes inside subgraphs
+                reasons.setdefault(space, []).append(f"tensor {name} is read inside a subgraph")
+                continue
             for i, inp in enumerate(consumer.inputs):
                 if inp is tensor:
                     visit(consumer, space, ("in", i))

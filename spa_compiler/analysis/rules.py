@@ -30,6 +30,14 @@ def _space(tensor: gs.Tensor, axis: int) -> Space:
     return (tensor.name, axis)
 
 
+def _axis_tie(node: gs.Node, in_axis: int, out_axis: int, cx: AnalysisContext) -> Effect:
+    """Identity tie between axis *in_axis* of the data input and *out_axis* of the output."""
+    size = cx.dim(node.outputs[0], out_axis)
+    if size is None:
+        return frozen(f"{node.name} ({node.op}) size of axis {out_axis} unknown")
+    return Effect(ties=[Tie(_space(node.inputs[0], in_axis), _space(node.outputs[0], out_axis), identity(size))])
+
+
 def _param(node: gs.Node, index: int, axis: int, role: str, space: Space) -> ParamSlice:
     return ParamSlice(space=space, tensor=node.inputs[index].name, axis=axis, role=role,
                       node=node.name, op=node.op, input_index=index)
@@ -296,13 +304,9 @@ class Pool(Rule):
             return frozen(f"{node.name} ({node.op}) pooling indices are used")
         if port != ("in", 0) and port != ("out", 0):
             return frozen(f"{node.name} ({node.op}) unexpected operand")
-        x, y = node.inputs[0], node.outputs[0]
-        if axis > 1 and cx.dim(x, axis) != cx.dim(y, axis):
+        if axis > 1 and cx.dim(node.inputs[0], axis) != cx.dim(node.outputs[0], axis):
             return frozen(f"{node.name} ({node.op}) resizes axis {axis}")
-        size = cx.dim(y, axis)
-        if size is None:
-            return frozen(f"{node.name} ({node.op}) size unknown")
-        return Effect(ties=[Tie(_space(x, axis), _space(y, axis), identity(size))])
+        return _axis_tie(node, axis, axis, cx)
 
 
 class Resize(Pool):
@@ -315,10 +319,9 @@ class Pad(Rule):
     def analyze(self, node, port, axis, cx):
         if port != ("in", 0) and port != ("out", 0):
             return frozen(f"{node.name} ({node.op}) pads computed at run time")
-        x, y = node.inputs[0], node.outputs[0]
-        if cx.dim(x, axis) != cx.dim(y, axis) or cx.dim(y, axis) is None:
+        if cx.dim(node.inputs[0], axis) != cx.dim(node.outputs[0], axis):
             return frozen(f"{node.name} ({node.op}) pads axis {axis}")
-        return Effect(ties=[Tie(_space(x, axis), _space(y, axis), identity(cx.dim(y, axis)))])
+        return _axis_tie(node, axis, axis, cx)
 
 
 class Reduce(Rule):
@@ -354,11 +357,7 @@ class Reduce(Rule):
             if in_axis in axes:
                 return frozen(f"{node.name} ({node.op}) reduced axis reached")
             out_axis = axis
-        size = cx.dim(node.outputs[0], out_axis)
-        if size is None:
-            return frozen(f"{node.name} ({node.op}) size unknown")
-        return Effect(ties=[Tie(_space(node.inputs[0], in_axis), _space(node.outputs[0], out_axis),
-                                identity(size))])
+        return _axis_tie(node, in_axis, out_axis, cx)
 
 
 class Transpose(Rule):
@@ -368,11 +367,7 @@ class Transpose(Rule):
             return frozen(f"{node.name} ({node.op}) rank unknown")
         perm = list(attr(node, "perm", list(range(rank))[::-1]))
         in_axis, out_axis = (axis, perm.index(axis)) if port[0] == "in" else (perm[axis], axis)
-        size = cx.dim(node.outputs[0], out_axis)
-        if size is None:
-            return frozen(f"{node.name} ({node.op}) size unknown")
-        return Effect(ties=[Tie(_space(node.inputs[0], in_axis), _space(node.outputs[0], out_axis),
-                                identity(size))])
+        return _axis_tie(node, in_axis, out_axis, cx)
 
 
 class SqueezeLike(Rule):
@@ -404,7 +399,7 @@ class SqueezeLike(Rule):
             in_axis, out_axis = mapping[axis], axis
             if in_axis is None:
                 return frozen(f"{node.name} ({node.op}) inserted axis")
-        return Effect(ties=[Tie(_space(x, in_axis), _space(y, out_axis), identity(out_shape[out_axis]))])
+        return _axis_tie(node, in_axis, out_axis, cx)
 
 
 class Concat(Rule):

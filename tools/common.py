@@ -1,0 +1,67 @@
+"""Shared helpers for the benchmarks: cached torchvision exports and measured subprocesses.
+
+Every measurement runs in a fresh Python process so wall time and peak RSS
+(``ru_maxrss``) belong to that one job; numbers are reported side by side
+from the same run, never compared across runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / "tools" / "out"
+
+
+def torchvision_onnx(name: str, size: int = 224) -> Path:
+    """Export (once) a torchvision model with random weights, BatchNorm kept, dynamic batch."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / f"{name}_{size}.onnx"
+    if not path.exists():
+        sys.path.insert(0, str(ROOT))
+        from models.export_torchvision import export
+
+        export(name, str(path), size)
+    return path
+
+
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child would report its parent's peak.
+MEASURE = r'''
+import json, sys, time
+def _hwm_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+base = _hwm_mb()
+t0 = time.perf_counter()
+exec(sys.argv[1])
+print("@@RESULT@@" + json.dumps({"seconds": time.perf_counter() - t0, "peak_rss_mb": _hwm_mb(),
+      "start_rss_mb": base, **globals().get("extra", {})}))
+'''
+
+
+def measure(code: str, python: str = sys.executable, timeout: int = 1800) -> dict:
+    """Run *code* in a fresh interpreter; return its wall seconds, peak RSS and any ``extra`` dict it sets."""
+    proc = subprocess.run([python, "-c", MEASURE, code], capture_output=True, text=True, timeout=timeout,
+                          cwd=str(ROOT), env={**os.environ, "PYTHONPATH": str(ROOT)})
+    for line in proc.stdout.splitlines():
+        if line.startswith("@@RESULT@@"):
+            return json.loads(line[len("@@RESULT@@"):])
+    return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1][:300]}
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        out.append("| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |")
+    return "\n".join(out)
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
