@@ -8,6 +8,8 @@ initializer becomes a typed graph input listed in the metadata key
 seeded random values.  Needs ``pip install -e .[zoo-torch]``.
 
     python models/export_torchvision.py resnet18 mobilenet_v2 --size 64 --skeleton -o models/torchvision
+    python models/export_torchvision.py resnet18 densenet121 shufflenet_v2_x1_0 --skeleton --dynamo \
+        -o models/torchvision_dynamo
 """
 from __future__ import annotations
 
@@ -26,14 +28,25 @@ TEST_MODELS = ["resnet18", "mobilenet_v2", "efficientnet_b0", "densenet121", "sq
 SIZE_OVERRIDES = {"vgg11_bn": 224}
 
 
-def export(name: str, path: str, size: int, dynamic_batch: bool = True, opset: int = 17) -> None:
-    """Export one torchvision model in eval mode, keeping BatchNorm (no constant folding)."""
+def export(name: str, path: str, size: int, dynamic_batch: bool = True, opset: int = 17,
+           dynamo: bool = False) -> None:
+    """Export one torchvision model in eval mode, keeping BatchNorm.
+
+    TorchScript exporter: ``do_constant_folding=False``; dynamo exporter:
+    ``optimize=False`` (both would otherwise fold BatchNorm into the convs).
+    """
     import torch
     import torchvision
 
     kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
     model = torchvision.models.get_model(name, weights=None, **kwargs).eval()
     x = torch.randn(1, 3, size, size)
+    if dynamo:
+        shapes = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic_batch else None
+        program = torch.onnx.export(model, (x,), dynamo=True, optimize=False, dynamic_shapes=shapes,
+                                    input_names=["input"], output_names=["logits"], verbose=False)
+        program.save(path)
+        return
     axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
     torch.onnx.export(model, (x,), path, input_names=["input"], output_names=["logits"],
                       dynamic_axes=axes, opset_version=opset, do_constant_folding=False,
@@ -46,11 +59,12 @@ def main() -> None:
     parser.add_argument("-o", "--out-dir", default=os.path.join(os.path.dirname(__file__), "torchvision"))
     parser.add_argument("--size", type=int, default=64, help="input height and width")
     parser.add_argument("--skeleton", action="store_true", help="strip weights (see module doc)")
+    parser.add_argument("--dynamo", action="store_true", help="use the dynamo exporter (optimize=False)")
     args = parser.parse_args()
     os.makedirs(args.out_dir, exist_ok=True)
     for name in args.names:
         path = os.path.join(args.out_dir, f"{name}.onnx")
-        export(name, path, SIZE_OVERRIDES.get(name, args.size))
+        export(name, path, SIZE_OVERRIDES.get(name, args.size), dynamo=args.dynamo)
         if args.skeleton:
             import onnx
             onnx.save(strip_weights(onnx.load(path)), path)

@@ -90,6 +90,77 @@ def constants_to_initializers(graph: gs.Graph, notes: list[str]) -> None:
         notes.append(f"constants_to_initializers: {count} Constant nodes")
 
 
+@register("normalize", "castlike_constants")
+def castlike_constants(graph: gs.Graph, notes: list[str]) -> None:
+    """Turn ``CastLike(constant, activation)`` into a constant of the activation's dtype.
+
+    The dynamo exporter (``optimize=False``) builds absent conv biases as
+    ``Expand(CastLike(0, x), Shape(W))``; the activation is read only for its
+    dtype, yet it stops constant folding and ties the bias to the data path.
+    """
+    count = 0
+    for node in list(graph.nodes):
+        if node.op != "CastLike" or len(node.inputs) != 2 or not isinstance(node.inputs[0], gs.Constant):
+            continue
+        like = node.inputs[1]
+        dtype = like.values.dtype if isinstance(like, gs.Constant) else like.dtype
+        if dtype is None:
+            continue
+        try:
+            np_dtype = np.dtype(dtype) if not isinstance(dtype, int) else \
+                onnx.helper.tensor_dtype_to_np_dtype(dtype)
+        except TypeError:
+            continue
+        out = node.outputs[0]
+        if out in graph.outputs:
+            continue
+        replace_uses(out, gs.Constant(out.name, np.asarray(node.inputs[0].values).astype(np_dtype)))
+        node.outputs.clear()
+        count += 1
+    if count:
+        graph.cleanup()
+        notes.append(f"castlike_constants: {count} CastLike of constants")
+
+
+@register("normalize", "sequence_split_to_split")
+def sequence_split_to_split(graph: gs.Graph, notes: list[str]) -> None:
+    """``SplitToSequence`` read only by ``SequenceAt`` at constant positions becomes a plain ``Split``.
+
+    The dynamo exporter writes ``torch.chunk`` this way (ShuffleNet); a Split
+    has a rule, sequences do not.
+    """
+    count = 0
+    for node in list(graph.nodes):
+        if node.op != "SplitToSequence" or not node.attrs.get("keepdims", 1):
+            continue
+        seq = node.outputs[0]
+        readers = list(seq.outputs)
+        if seq in graph.outputs or not readers or any(
+                r.op != "SequenceAt" or not isinstance(r.inputs[1], gs.Constant) for r in readers):
+            continue
+        x = node.inputs[0]
+        axis = int(node.attrs.get("axis", 0))
+        split = node.inputs[1].values if len(node.inputs) > 1 and isinstance(node.inputs[1], gs.Constant) else None
+        dim = x.shape[axis] if x.shape is not None and axis < len(x.shape) else None
+        if split is None or not isinstance(dim, (int, np.integer)):
+            continue
+        split = np.asarray(split).astype(np.int64)
+        sizes = split if split.ndim == 1 else np.array(
+            [int(split)] * (dim // int(split)) + ([dim % int(split)] if dim % int(split) else []), np.int64)
+        outs = [gs.Variable(f"{seq.name}_part{i}", dtype=x.dtype) for i in range(len(sizes))]
+        graph.nodes.append(gs.Node("Split", name=f"{node.name}_as_split", attrs={"axis": axis},
+                                   inputs=[x, gs.Constant(f"{seq.name}_sizes", sizes)], outputs=outs))
+        for reader in readers:
+            position = int(np.asarray(reader.inputs[1].values))
+            replace_uses(reader.outputs[0], outs[position])
+            reader.outputs.clear()
+        node.outputs.clear()
+        count += 1
+    if count:
+        graph.cleanup().toposort()
+        notes.append(f"sequence_split_to_split: {count} SplitToSequence nodes")
+
+
 @register("normalize", "remove_identity")
 def remove_identity(graph: gs.Graph, notes: list[str]) -> None:
     """Bypass Identity nodes (TorchScript shares deduplicated weights through them)."""

@@ -16,7 +16,8 @@ from .errors import CompileError, SpacError
 from .ir import ModelMeta, meta_of, to_graph, to_model
 
 MODEL_PIPELINE_BEFORE = ("strip_initializer_inputs", "upgrade_opset")
-GRAPH_PIPELINE = ("constants_to_initializers", "remove_identity", "infer_shapes", "fold_constants",
+GRAPH_PIPELINE = ("constants_to_initializers", "castlike_constants", "remove_identity", "infer_shapes",
+                  "sequence_split_to_split", "infer_shapes", "fold_constants",
                   "unshare_initializers", "cleanup", "infer_shapes")
 
 

@@ -1,4 +1,4 @@
-"""The oracle on real torchvision exports (TorchScript exporter, BatchNorm kept, random weights).
+"""The oracle on real torchvision exports (both torch exporters, BatchNorm kept, random weights).
 
 The models are committed as weightless skeletons (models/skeleton.py); they
 were produced by ``models/export_torchvision.py --skeleton``.
@@ -17,16 +17,23 @@ from .conftest import TORCHVISION_DIR, torchvision_models
 
 REQUIRED = {"resnet18", "mobilenet_v2", "efficientnet_b0", "densenet121", "squeezenet1_1", "googlenet",
             "shufflenet_v2_x1_0", "regnet_y_400mf", "vgg11_bn"}
+# The dynamo exporter (optimize=False) writes biases as Expand(CastLike(0, x), Shape(W)) and chunks as
+# SplitToSequence/SequenceAt: its own normalization paths.
+DYNAMO = {"resnet18", "densenet121", "shufflenet_v2_x1_0"}
+DYNAMO_DIR = TORCHVISION_DIR.parent / "torchvision_dynamo"
+CASES = [(TORCHVISION_DIR, n) for n in sorted(REQUIRED)] + [(DYNAMO_DIR, n) for n in sorted(DYNAMO)]
 
 
 def test_all_required_models_are_committed():
     assert REQUIRED <= set(torchvision_models())
+    assert DYNAMO <= {p.stem for p in DYNAMO_DIR.glob("*.onnx")}
 
 
-@pytest.fixture(scope="module", params=sorted(REQUIRED))
+@pytest.fixture(scope="module", params=CASES, ids=[f"{d.name}-{n}" for d, n in CASES])
 def compiled(request):
-    model = load_materialized(str(TORCHVISION_DIR / f"{request.param}.onnx"))
-    return request.param, compile_model(model)
+    folder, name = request.param
+    model = load_materialized(str(folder / f"{name}.onnx"))
+    return name, compile_model(model)
 
 
 def test_oracle(compiled):
@@ -46,6 +53,7 @@ def test_macs_fall_at_half_ratio(compiled):
     name, c = compiled
     scores = score_groups(c, "l2")
     plan = make_plan(c.analysis, scores, PlanOptions(ratio=0.5))
+    assert set(plan.removed) == {g.id for g in c.analysis.prunable_groups}, "every prunable group shrinks"
     _, graph, _ = apply_plan(c, plan)
     _, dense = totals(c.graph)
     _, pruned = totals(graph)

@@ -175,6 +175,8 @@ class Conv(Rule):
             return frozen(f"{node.name} ({node.op}) spatial or batch axis {axis}")
         groups = int(attr(node, "group", 1))
         x, y = node.inputs[0], node.outputs[0]
+        if input_at(node, 2) is not None and const_values(node.inputs[2]) is None:
+            return frozen(f"{node.name} ({node.op}) bias is computed at run time")
         c_out, c_in = w.shape[0], w.shape[1] * groups
         out_space = _space(y, 1)
         bias = input_at(node, 2)
@@ -218,6 +220,8 @@ class ConvTranspose(Rule):
             return frozen(f"{node.name} ({node.op}) weight or bias is computed at run time")
         if axis != 1:
             return frozen(f"{node.name} ({node.op}) spatial or batch axis {axis}")
+        if input_at(node, 2) is not None and const_values(node.inputs[2]) is None:
+            return frozen(f"{node.name} ({node.op}) bias is computed at run time")
         if port[0] == "in":
             return Effect(params=[_param(node, 1, 0, CONSUMER, _space(node.inputs[0], 1))])
         out_space = _space(node.outputs[0], 1)
@@ -819,10 +823,20 @@ class ChannelShuffle(Rule):
         _write_shape(node, rx, new, old)
 
 
+class CastLike(Elementwise):
+    """CastLike reads its second operand only for the dtype."""
+
+    def __init__(self):
+        super().__init__(data_inputs=1)
+
+    def analyze(self, node, port, axis, cx):
+        return NEUTRAL if port == ("in", 1) else super().analyze(node, port, axis, cx)
+
+
 UNARY = ("Relu", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
          "Celu", "Softplus", "Softsign", "Mish", "Gelu", "Erf", "Exp", "Log", "Sqrt", "Reciprocal", "Neg",
          "Abs", "Sin", "Cos", "Floor", "Ceil", "Round", "Sign", "ThresholdedRelu", "Swish", "Not",
-         "IsNaN", "IsInf", "Cast", "CastLike", "Dropout", "Identity", "Shrink")
+         "IsNaN", "IsInf", "Cast", "Dropout", "Identity", "Shrink")
 BINARY = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "Equal", "Less",
           "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Mod", "BitShift")
 
@@ -831,6 +845,7 @@ RULES: dict[str, Rule] = {
     **{op: Elementwise(data_inputs=1) for op in UNARY},
     "PRelu": Elementwise(),
     "Clip": Elementwise(data_inputs=1),
+    "CastLike": CastLike(),
     "BatchNormalization": Normalization(4),
     "InstanceNormalization": Normalization(2),
     "Softmax": Softmax(), "LogSoftmax": Softmax(), "Hardmax": Softmax(),
