@@ -258,18 +258,44 @@ def infer_shapes(graph: gs.Graph, notes: list[str]) -> None:
     except Exception as exc:  # noqa: BLE001
         notes.append(f"infer_shapes: failed ({str(exc).splitlines()[0][:160]}); exporter shapes kept")
         return
-    shapes = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
-        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
-            dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                    for d in vi.type.tensor_type.shape.dim]
-            shapes[vi.name] = (dims, vi.type.tensor_type.elem_type)
+    shapes = _value_shapes(inferred)
+    if any(_has_unknown(dims) for dims, _ in shapes.values()):
+        symbolic = _symbolic_shapes(inferred)
+        shapes.update({k: v for k, v in symbolic.items() if not _has_unknown(v[0]) or k not in shapes})
     for name, tensor in graph.tensors().items():
         if isinstance(tensor, gs.Variable) and name in shapes and tensor not in graph.inputs:
             dims, elem = shapes[name]
             tensor.shape = dims
             if tensor.dtype is None and elem:
                 tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+
+
+def _value_shapes(model: onnx.ModelProto) -> dict[str, tuple[list, int]]:
+    shapes = {}
+    for vi in list(model.graph.value_info) + list(model.graph.output):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                    for d in vi.type.tensor_type.shape.dim]
+            shapes[vi.name] = (dims, vi.type.tensor_type.elem_type)
+    return shapes
+
+
+def _has_unknown(dims: list) -> bool:
+    return any(d is None or (isinstance(d, str) and d.startswith("unk__")) for d in dims)
+
+
+def _symbolic_shapes(model: onnx.ModelProto) -> dict[str, tuple[list, int]]:
+    """onnxruntime's symbolic shape inference (sympy): resolves Reshape's -1 over dynamic dims.
+
+    Transformer exports reshape ``[batch, seq, H*D]`` to ``[batch, seq, -1, D]``;
+    plain ONNX inference cannot tell the head count there.
+    """
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        return _value_shapes(SymbolicShapeInference.infer_shapes(model, auto_merge=True))
+    except Exception:  # noqa: BLE001 - unsupported ops or no sympy: keep what ONNX inferred
+        return {}
 
 
 LIGHT_CONSTANT_LIMIT = 4096

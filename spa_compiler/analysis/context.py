@@ -23,6 +23,15 @@ class AnalysisContext:
             return list(tensor.shape)
         return static_shape(tensor)
 
+    def raw_shape(self, tensor: gs.Tensor) -> Optional[list]:
+        """The shape with symbolic dims kept as strings (``batch``, ``batch*seq``); unknown dims None."""
+        if isinstance(tensor, gs.Constant):
+            return list(tensor.shape)
+        if tensor.shape is None:
+            return None
+        return [d if isinstance(d, (int, np.integer)) and d >= 0 else (d if isinstance(d, str) and d else None)
+                for d in tensor.shape]
+
     def rank(self, tensor: gs.Tensor) -> Optional[int]:
         shape = self.shape(tensor)
         return None if shape is None else len(shape)

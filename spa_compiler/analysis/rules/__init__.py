@@ -1,0 +1,82 @@
+"""The op rule table: one entry per ONNX op, saying how channels flow through it.
+
+A rule answers, for one node and one space on one of its tensors:
+- which other spaces of the node are tied to it, and by which index map;
+- which parameter slices go with it (producer, consumer or passive);
+- whether the node is a *boundary* (Conv, Gemm, MatMul with a weight): it
+  consumes one space and produces an unrelated one, so it ties nothing across;
+- whether the space must be frozen (and why) or is only inexactly prunable.
+It also rewrites the node's shape constants and attributes after pruning.
+
+Ops missing from :data:`RULES` freeze every group they touch: unknown ops are
+never guessed to be elementwise.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import onnx_graphsurgeon as gs
+
+from ..effects import NEUTRAL
+from .base import Neutral, Rule
+from .elementwise import Elementwise, Normalization, Pad, Pool, Reduce, Resize, Softmax
+from .linear import Conv, ConvTranspose, Gemm, MatMul
+from .reshape import Reshape, reshape_runs
+from .shapes import Concat, Slice, Split, SqueezeLike, Transpose
+from .shuffle import ChannelShuffle
+
+
+class CastLike(Elementwise):
+    """CastLike reads its second operand only for the dtype."""
+
+    def __init__(self):
+        super().__init__(data_inputs=1)
+
+    def analyze(self, node, port, axis, cx):
+        return NEUTRAL if port == ("in", 1) else super().analyze(node, port, axis, cx)
+
+
+UNARY = ("Relu", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
+         "Celu", "Softplus", "Softsign", "Mish", "Gelu", "Erf", "Exp", "Log", "Sqrt", "Reciprocal", "Neg",
+         "Abs", "Sin", "Cos", "Floor", "Ceil", "Round", "Sign", "ThresholdedRelu", "Swish", "Not",
+         "IsNaN", "IsInf", "Cast", "Dropout", "Identity", "Shrink")
+BINARY = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "Equal", "Less",
+          "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Mod", "BitShift")
+
+RULES: dict[str, Rule] = {
+    **{op: Elementwise() for op in BINARY},
+    **{op: Elementwise(data_inputs=1) for op in UNARY},
+    "PRelu": Elementwise(),
+    "Clip": Elementwise(data_inputs=1),
+    "CastLike": CastLike(),
+    "BatchNormalization": Normalization(4),
+    "InstanceNormalization": Normalization(2),
+    "Softmax": Softmax(), "LogSoftmax": Softmax(), "Hardmax": Softmax(),
+    "Conv": Conv(),
+    "ConvTranspose": ConvTranspose(),
+    "Gemm": Gemm(),
+    "MatMul": MatMul(),
+    **{op: Pool() for op in ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
+                             "GlobalLpPool")},
+    "Resize": Resize(), "Upsample": Resize(),
+    "Pad": Pad(),
+    **{op: Reduce() for op in ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd",
+                               "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp",
+                               "ReduceSumSquare", "ArgMax", "ArgMin")},
+    "Transpose": Transpose(),
+    "Squeeze": SqueezeLike(), "Unsqueeze": SqueezeLike(),
+    "Reshape": Reshape(), "Flatten": Reshape(),
+    "Concat": Concat(),
+    "Split": Split(),
+    "Slice": Slice(),
+    "Shape": Neutral(), "Size": Neutral(),
+}
+
+SUBGRAPH_OPS = ("If", "Loop", "Scan")
+
+
+def rule_for(node: gs.Node) -> Optional[Rule]:
+    """The rule of *node*'s op in the default domain; None freezes (custom domains included)."""
+    if node.domain not in (None, "", "ai.onnx"):
+        return None
+    return RULES.get(node.op)

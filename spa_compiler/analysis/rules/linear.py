@@ -1,0 +1,158 @@
+"""Boundary rules: Conv, ConvTranspose, Gemm, MatMul consume one channel space and produce another."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ...ir import attr, const_values, input_at, int_list, normalize_axes
+from ..context import AnalysisContext, RewriteContext
+from ..effects import CONSUMER, NEUTRAL, PASSIVE, PRODUCER, Effect, ParamSlice, Space, Tie, frozen
+from ..maps import Affine, Block, Explicit, group_blocks, identity
+from .base import Rule, param, space_of
+from .reshape import static
+
+
+class Conv(Rule):
+    """Conv: a boundary for group == 1; grouped/depthwise convs tie input and output group-wise."""
+
+    def _weight(self, node) -> Optional[np.ndarray]:
+        return const_values(node.inputs[1]) if len(node.inputs) > 1 else None
+
+    def seeds(self, node, cx):
+        return [space_of(node.outputs[0], 1)] if self._weight(node) is not None else []
+
+    def analyze(self, node, port, axis, cx):
+        w = self._weight(node)
+        if w is None:
+            return frozen(f"{node.name} ({node.op}) weight is not a constant")
+        if port[0] == "in" and port[1] != 0:
+            return frozen(f"{node.name} ({node.op}) weight or bias is computed at run time")
+        if axis != 1:
+            return frozen(f"{node.name} ({node.op}) spatial or batch axis {axis}")
+        groups = int(attr(node, "group", 1))
+        x, y = node.inputs[0], node.outputs[0]
+        if input_at(node, 2) is not None and const_values(node.inputs[2]) is None:
+            return frozen(f"{node.name} ({node.op}) bias is computed at run time")
+        c_out, c_in = w.shape[0], w.shape[1] * groups
+        out_space = space_of(y, 1)
+        bias = input_at(node, 2)
+        if groups == 1:
+            if port[0] == "in":
+                return Effect(params=[param(node, 1, 1, CONSUMER, space_of(x, 1))])
+            params = [param(node, 1, 0, PRODUCER, out_space)]
+            if bias is not None:
+                params.append(param(node, 2, 0, PRODUCER, out_space))
+            return Effect(params=params)
+        params = [param(node, 1, 0, PRODUCER, out_space)]
+        if bias is not None:
+            params.append(param(node, 2, 0, PRODUCER, out_space))
+        return Effect(ties=[Tie(space_of(x, 1), out_space, group_blocks(c_in, c_out, groups))], params=params)
+
+    def rewrite(self, node, rx):
+        groups = int(attr(node, "group", 1))
+        if groups == 1:
+            return
+        kept = rx.kept(node.outputs[0], 1)
+        if kept is None:
+            return
+        out_per_group = static(node.outputs[0].shape)[1] // groups  # shapes are still the old ones
+        node.attrs["group"] = int(len(kept) // out_per_group)
+
+
+class ConvTranspose(Rule):
+    """ConvTranspose (group 1): weight is [C_in, C_out, k...], so the axes swap roles."""
+
+    def seeds(self, node, cx):
+        if const_values(node.inputs[1]) is None or int(attr(node, "group", 1)) != 1:
+            return []
+        return [space_of(node.outputs[0], 1)]
+
+    def analyze(self, node, port, axis, cx):
+        if const_values(node.inputs[1]) is None:
+            return frozen(f"{node.name} ({node.op}) weight is not a constant")
+        if int(attr(node, "group", 1)) != 1:
+            return frozen(f"{node.name} ({node.op}) grouped ConvTranspose has no rule yet")
+        if port[0] == "in" and port[1] != 0:
+            return frozen(f"{node.name} ({node.op}) weight or bias is computed at run time")
+        if axis != 1:
+            return frozen(f"{node.name} ({node.op}) spatial or batch axis {axis}")
+        if input_at(node, 2) is not None and const_values(node.inputs[2]) is None:
+            return frozen(f"{node.name} ({node.op}) bias is computed at run time")
+        if port[0] == "in":
+            return Effect(params=[param(node, 1, 0, CONSUMER, space_of(node.inputs[0], 1))])
+        out_space = space_of(node.outputs[0], 1)
+        params = [param(node, 1, 1, PRODUCER, out_space)]
+        if input_at(node, 2) is not None:
+            params.append(param(node, 2, 0, PRODUCER, out_space))
+        return Effect(params=params)
+
+
+class Gemm(Rule):
+    """Gemm with a constant B: a boundary between A's features and the output features."""
+
+    def seeds(self, node, cx):
+        ok = const_values(node.inputs[1]) is not None and not attr(node, "transA", 0)
+        return [space_of(node.outputs[0], 1)] if ok else []
+
+    def analyze(self, node, port, axis, cx):
+        if const_values(node.inputs[1]) is None:
+            return frozen(f"{node.name} ({node.op}) B is not a constant")
+        if attr(node, "transA", 0):
+            return frozen(f"{node.name} ({node.op}) transA=1")
+        trans_b = bool(attr(node, "transB", 0))
+        a, y = node.inputs[0], node.outputs[0]
+        if port[0] == "in" and port[1] != 0:
+            return frozen(f"{node.name} ({node.op}) operand {port[1]} is computed at run time")
+        if axis == 0:
+            rows = cx.dim(y, 0)
+            if rows is None:
+                return frozen(f"{node.name} ({node.op}) row count unknown")
+            return Effect(ties=[Tie(space_of(a, 0), space_of(y, 0), identity(rows))])
+        if port[0] == "in":
+            return Effect(params=[param(node, 1, 1 if trans_b else 0, CONSUMER, space_of(a, 1))])
+        out_space = space_of(y, 1)
+        params = [param(node, 1, 0 if trans_b else 1, PRODUCER, out_space)]
+        c = input_at(node, 2)
+        if c is not None:
+            cv = const_values(c)
+            if cv is None:
+                return frozen(f"{node.name} ({node.op}) C is computed at run time")
+            if cv.ndim >= 1 and cv.shape[-1] == cx.dim(y, 1) and cv.shape[-1] > 1:
+                params.append(param(node, 2, cv.ndim - 1, PRODUCER, out_space))
+            elif cv.ndim == 2 and cv.shape[0] > 1:
+                return frozen(f"{node.name} ({node.op}) C varies along rows")
+        return Effect(params=params)
+
+
+class MatMul(Rule):
+    """MatMul with a constant 2-D right operand: a boundary on the last axis, identity on the others."""
+
+    def _weight(self, node):
+        w = const_values(node.inputs[1])
+        return w if w is not None and w.ndim == 2 else None
+
+    def seeds(self, node, cx):
+        y = node.outputs[0]
+        if self._weight(node) is None or const_values(node.inputs[0]) is not None or cx.rank(y) is None:
+            return []
+        return [space_of(y, cx.rank(y) - 1)]
+
+    def analyze(self, node, port, axis, cx):
+        if self._weight(node) is None:
+            return frozen(f"{node.name} ({node.op}) of two activations (attention rule pending)")
+        if port[0] == "in" and port[1] != 0:
+            return frozen(f"{node.name} ({node.op}) weight reached as an activation")
+        a, y = node.inputs[0], node.outputs[0]
+        rank = cx.rank(y)
+        if rank is None or cx.rank(a) != rank:
+            return frozen(f"{node.name} ({node.op}) rank unknown or 1-D operand")
+        if axis == rank - 1:
+            if port[0] == "in":
+                return Effect(params=[param(node, 1, 0, CONSUMER, space_of(a, axis))])
+            return Effect(params=[param(node, 1, 1, PRODUCER, space_of(y, axis))])
+        size = cx.dim(y, axis)
+        if size is None:
+            return frozen(f"{node.name} ({node.op}) size of axis {axis} unknown")
+        return Effect(ties=[Tie(space_of(a, axis), space_of(y, axis), identity(size))])

@@ -1,0 +1,224 @@
+"""Reshape and Flatten as factorizations of axes, over static and symbolic dims.
+
+A reshape pairs runs of input axes with runs of output axes whose products
+match.  A 1:1 run is an identity; a merge (``C x H x W -> C*H*W``) ties each
+channel to its block of features; a split ties the channel to one factor:
+the outermost non-unit one (the heads of ``H*D -> H, D``).  Symbolic dims
+(``batch``, ``seq``, ``batch*seq``) take part as symbols, so the dynamic
+reshapes transformer exports are full of still factorize.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Optional, Union
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ...ir import const_values
+from ..context import RewriteContext
+from ..effects import Effect, Tie, frozen
+from ..maps import Block, identity
+from .base import Rule, space_of
+
+Dim = Union[int, str, None]
+
+
+class _Product:
+    """A product of dims: an integer coefficient times a multiset of symbols."""
+
+    def __init__(self, coef: int = 1, symbols: Optional[Counter] = None):
+        self.coef, self.symbols = coef, symbols or Counter()
+
+    def times(self, dim: Dim) -> Optional["_Product"]:
+        if isinstance(dim, (int, np.integer)):
+            return _Product(self.coef * int(dim), self.symbols.copy())
+        if isinstance(dim, str):
+            symbols = self.symbols.copy()
+            coef = self.coef
+            for part in dim.replace(" ", "").split("*"):
+                if part.isdigit():
+                    coef *= int(part)
+                elif part.isidentifier():
+                    symbols[part] += 1
+                else:
+                    return None  # sums, quotients: not a product we can reason about
+            return _Product(coef, symbols)
+        return None
+
+    def divides(self, other: "_Product") -> bool:
+        return other.coef % self.coef == 0 and not (self.symbols - other.symbols)
+
+    def smaller(self, other: "_Product") -> bool:
+        """Strictly smaller: divides it, or (all static) is numerically less: this side grows next."""
+        if self == other:
+            return False
+        if not self.symbols and not other.symbols:
+            return self.coef < other.coef
+        return self.divides(other)
+
+    def __eq__(self, other) -> bool:  # noqa: D105
+        return self.coef == other.coef and self.symbols == other.symbols
+
+
+def reshape_runs(in_dims: list, out_dims: list) -> Optional[list[tuple[list[int], list[int]]]]:
+    """Pair up runs of input and output axes whose products match; None when they cannot be paired."""
+    runs: list[tuple[list[int], list[int]]] = []
+    i = j = 0
+    while i < len(in_dims) or j < len(out_dims):
+        if i < len(in_dims) and j < len(out_dims) and in_dims[i] is None and out_dims[j] is None:
+            runs.append(([i], [j]))  # unknown dims facing each other alone, as a batch axis does
+            i, j = i + 1, j + 1
+            continue
+        ins, outs = [], []
+        p_in, p_out = _Product(), _Product()
+        while not (ins and outs and p_in == p_out):
+            take_in = i < len(in_dims) and (not ins or (p_in.smaller(p_out)))
+            take_out = j < len(out_dims) and (not outs or (p_out.smaller(p_in)))
+            if take_in and (not take_out or not ins):
+                p_in = p_in.times(in_dims[i])
+                ins.append(i)
+                i += 1
+            elif take_out:
+                p_out = p_out.times(out_dims[j])
+                outs.append(j)
+                j += 1
+            else:
+                return None
+            if p_in is None or p_out is None:
+                return None
+        # trailing unit axes join the run that ends here
+        while i < len(in_dims) and in_dims[i] == 1 and (j >= len(out_dims) or out_dims[j] != 1):
+            ins.append(i)
+            i += 1
+        while j < len(out_dims) and out_dims[j] == 1 and (i >= len(in_dims) or in_dims[i] != 1):
+            outs.append(j)
+            j += 1
+        runs.append((ins, outs))
+    return runs
+
+
+def outermost(axes: list[int], dims: list) -> Optional[int]:
+    """The first axis of a run whose size is not 1 (the factor a channel ties to)."""
+    for a in axes:
+        if dims[a] != 1:
+            return a
+    return axes[0] if axes else None
+
+
+def _int_prod(dims: list) -> Optional[int]:
+    if any(not isinstance(d, (int, np.integer)) for d in dims):
+        return None
+    return int(np.prod(dims, dtype=np.int64)) if dims else 1
+
+
+class Reshape(Rule):
+    """Reshape/Flatten; the ShuffleNet Reshape-Transpose-Reshape is recognised as a whole."""
+
+    def analyze(self, node, port, axis, cx):
+        from .shuffle import ChannelShuffle
+
+        shuffle = ChannelShuffle.match(node, cx)
+        if shuffle is not None:
+            return shuffle.analyze(node, port, axis, cx)
+        if port[0] == "in" and port[1] != 0:
+            return frozen(f"{node.name} ({node.op}) shape computed from a channel tensor")
+        in_shape, out_shape = cx.raw_shape(node.inputs[0]), cx.raw_shape(node.outputs[0])
+        runs = None if in_shape is None or out_shape is None else reshape_runs(in_shape, out_shape)
+        if runs is None:
+            return frozen(f"{node.name} ({node.op}) shapes unknown or not a factorization")
+        x, y = node.inputs[0], node.outputs[0]
+        for ins, outs in runs:
+            if (port[0] == "in" and axis in ins) or (port[0] == "out" and axis in outs):
+                break
+        else:
+            return frozen(f"{node.name} ({node.op}) axis not found")
+        if len(ins) > 1 and len(outs) > 1:
+            return frozen(f"{node.name} ({node.op}) mixes axes {ins} into {outs}")
+        if len(outs) == 1:  # identity or merge
+            in_axis = axis if port[0] == "in" else outermost(ins, in_shape)
+            out_axis = outs[0]
+            outer = _int_prod([in_shape[a] for a in ins if a < in_axis])
+            inner = _int_prod([in_shape[a] for a in ins if a > in_axis])
+            size, total = in_shape[in_axis], out_shape[out_axis]
+            if outer is None or inner is None or not isinstance(size, (int, np.integer)):
+                return frozen(f"{node.name} ({node.op}) merges the channel axis with dynamic axes")
+            imap = identity(size) if outer == inner == 1 else Block(size, int(total), outer, inner)
+            return Effect(ties=[Tie(space_of(x, in_axis), space_of(y, out_axis), imap)])
+        in_axis = ins[0]
+        out_axis = outermost(outs, out_shape)
+        if port[0] == "out" and axis != out_axis:
+            return frozen(f"{node.name} ({node.op}) inner factor of a split axis")
+        inner = _int_prod([out_shape[a] for a in outs if a > out_axis])
+        if inner is None or not isinstance(out_shape[out_axis], (int, np.integer)):
+            return frozen(f"{node.name} ({node.op}) splits the channel axis into dynamic axes")
+        imap = Block(int(out_shape[out_axis]), int(in_shape[in_axis]), 1, inner)
+        return Effect(ties=[Tie(space_of(y, out_axis), space_of(x, in_axis), imap)])
+
+    def rewrite(self, node, rx):
+        from .shuffle import ChannelShuffle
+
+        shuffle = rx.facts.get("shuffle", {}).get(node.name)
+        if shuffle is not None:
+            ChannelShuffle.rewrite_reshape(node, rx, shuffle)
+            return
+        in_shape, out_shape = list(node.inputs[0].shape or []), list(node.outputs[0].shape or [])
+        runs = reshape_runs(in_shape, out_shape)
+        if runs is None:
+            return
+        new_out = list(out_shape)
+        for ins, outs in runs:
+            new_in = [rx.new_dim(node.inputs[0], a, in_shape[a]) for a in ins]
+            if new_in == [in_shape[a] for a in ins]:
+                continue
+            if len(outs) == 1:
+                new_out[outs[0]] = _int_prod(new_in)
+            else:
+                o = outermost(outs, out_shape)
+                others = _int_prod([out_shape[a] for a in outs if a != o])
+                new_out[o] = None if others is None or new_in[0] is None else int(new_in[0] // others)
+        if new_out != out_shape:
+            write_shape(node, rx, static(new_out), static(out_shape))
+
+
+def static(shape) -> list:
+    """Shape with symbolic or unknown dims as None."""
+    return [d if isinstance(d, (int, np.integer)) and d >= 0 else None for d in (shape or [])]
+
+
+def write_shape(node: gs.Node, rx: RewriteContext, new_out: list, old_out: list, index: int = 1) -> None:
+    """Update the literal entries of a shape operand (Reshape, Expand) that held old channel counts.
+
+    Entries 0 and -1 adapt by themselves; a shape built at run time by a
+    ``Concat`` has its constant pieces rewritten in place (a fresh copy each).
+    """
+    if node.op == "Flatten":
+        return
+    shape_tensor = node.inputs[index]
+    values = const_values(shape_tensor)
+    if values is not None:
+        values = values.astype(np.int64).copy()
+        for k, (new, old) in enumerate(zip(new_out, old_out)):
+            if new is not None and new != old and values[k] == old:
+                values[k] = new
+        rx.replace_const(node, index, values)
+        return
+    producer = shape_tensor.inputs[0] if shape_tensor.inputs else None
+    if producer is None or producer.op != "Concat":
+        return
+    offset = 0
+    for i, piece in enumerate(producer.inputs):
+        piece_values = const_values(piece)
+        length = int(np.prod(piece.shape)) if piece.shape is not None and None not in static(piece.shape) else 1
+        if piece_values is not None:
+            flat = np.atleast_1d(piece_values).astype(np.int64).copy()
+            touched = False
+            for k in range(len(flat)):
+                pos = offset + k
+                if pos < len(new_out) and new_out[pos] is not None and new_out[pos] != old_out[pos] \
+                        and flat[k] == old_out[pos]:
+                    flat[k] = new_out[pos]
+                    touched = True
+            if touched:
+                rx.replace_const(producer, i, flat.reshape(np.shape(piece_values)))
+        offset += length

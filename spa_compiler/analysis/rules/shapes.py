@@ -1,0 +1,206 @@
+"""Rules for ops that move channels between axes and tensors: layout, concat, split, slice, reshape."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ...ir import attr, const_values, input_at, int_list, normalize_axes
+from ..context import AnalysisContext, RewriteContext
+from ..effects import CONSUMER, NEUTRAL, PASSIVE, PRODUCER, Effect, ParamSlice, Space, Tie, frozen
+from ..maps import Affine, Block, Explicit, group_blocks, identity
+from .base import Rule, axis_tie, param, space_of
+
+
+class Transpose(Rule):
+    def analyze(self, node, port, axis, cx):
+        rank = cx.rank(node.inputs[0])
+        if rank is None:
+            return frozen(f"{node.name} ({node.op}) rank unknown")
+        perm = list(attr(node, "perm", list(range(rank))[::-1]))
+        in_axis, out_axis = (axis, perm.index(axis)) if port[0] == "in" else (perm[axis], axis)
+        return axis_tie(node, in_axis, out_axis, cx)
+
+
+class SqueezeLike(Rule):
+    """Squeeze/Unsqueeze: axes map one to one after removing/inserting unit axes."""
+
+    def analyze(self, node, port, axis, cx):
+        x, y = node.inputs[0], node.outputs[0]
+        in_shape, out_shape = cx.shape(x), cx.shape(y)
+        if in_shape is None or out_shape is None:
+            return frozen(f"{node.name} ({node.op}) shapes unknown")
+        axes = int_list(node, "axes", 1)
+        if node.op == "Squeeze":
+            axes = normalize_axes(axes, len(in_shape)) if axes is not None else \
+                [i for i, d in enumerate(in_shape) if d == 1]
+            mapping = [i for i in range(len(in_shape)) if i not in axes]  # out axis -> in axis
+        else:
+            if axes is None:
+                return frozen(f"{node.name} ({node.op}) axes unknown")
+            axes = normalize_axes(axes, len(out_shape))
+            mapping = [None] * len(out_shape)
+            src = iter(range(len(in_shape)))
+            for i in range(len(out_shape)):
+                mapping[i] = None if i in axes else next(src)
+        if port[0] == "in":
+            if axis not in mapping:
+                return frozen(f"{node.name} ({node.op}) squeezes the channel axis")
+            in_axis, out_axis = axis, mapping.index(axis)
+        else:
+            in_axis, out_axis = mapping[axis], axis
+            if in_axis is None:
+                return frozen(f"{node.name} ({node.op}) inserted axis")
+        return axis_tie(node, in_axis, out_axis, cx)
+
+
+class Concat(Rule):
+    """Concat: offset map along its axis, identity (and equal sizes) on the others."""
+
+    def _axis(self, node, cx):
+        return normalize_axes([int(attr(node, "axis", 0))], cx.rank(node.outputs[0]) or 0)[0]
+
+    def analyze(self, node, port, axis, cx):
+        if cx.rank(node.outputs[0]) is None:
+            return frozen(f"{node.name} ({node.op}) rank unknown")
+        cat_axis = self._axis(node, cx)
+        y = node.outputs[0]
+        effect = Effect()
+        if axis == cat_axis:
+            offset = 0
+            total = cx.dim(y, axis)
+            for i, tensor in enumerate(node.inputs):
+                size = cx.dim(tensor, axis)
+                if size is None or total is None:
+                    return frozen(f"{node.name} ({node.op}) sizes unknown")
+                if isinstance(tensor, gs.Constant):
+                    return frozen(f"{node.name} ({node.op}) concatenates a constant on the channel axis")
+                if size:
+                    effect.ties.append(Tie(space_of(tensor, axis), space_of(y, axis), Affine(size, total, offset, 1)))
+                offset += size
+            return effect
+        size = cx.dim(y, axis)
+        if size is None:
+            return frozen(f"{node.name} ({node.op}) size unknown")
+        for tensor in node.inputs:
+            if isinstance(tensor, gs.Constant):
+                return frozen(f"{node.name} ({node.op}) constant operand along a channel axis")
+            effect.ties.append(Tie(space_of(tensor, axis), space_of(y, axis), identity(size)))
+        return effect
+
+
+class Split(Rule):
+    """Split: each output is an offset window of the input along the split axis."""
+
+    def _axis(self, node, cx):
+        return normalize_axes([int(attr(node, "axis", 0))], cx.rank(node.inputs[0]) or 0)[0]
+
+    def analyze(self, node, port, axis, cx):
+        x = node.inputs[0]
+        if port[0] == "in" and port[1] != 0:
+            return frozen(f"{node.name} ({node.op}) split sizes computed at run time")
+        if cx.rank(x) is None:
+            return frozen(f"{node.name} ({node.op}) rank unknown")
+        split_axis = self._axis(node, cx)
+        total = cx.dim(x, axis)
+        if total is None:
+            return frozen(f"{node.name} ({node.op}) size unknown")
+        effect = Effect()
+        if axis != split_axis:
+            for y in node.outputs:
+                effect.ties.append(Tie(space_of(x, axis), space_of(y, axis), identity(total)))
+            return effect
+        offset = 0
+        for y in node.outputs:
+            size = cx.dim(y, axis)
+            if size is None:
+                return frozen(f"{node.name} ({node.op}) output sizes unknown")
+            if size:
+                effect.ties.append(Tie(space_of(y, axis), space_of(x, axis), Affine(size, total, offset, 1)))
+            offset += size
+        return effect
+
+    def rewrite(self, node, rx):
+        axis = self._axis_from_shape(node)
+        kept = [rx.kept(y, axis) for y in node.outputs]
+        if all(k is None for k in kept):
+            return
+        sizes = np.array([len(k) if k is not None else int(y.shape[axis])
+                          for k, y in zip(kept, node.outputs)], dtype=np.int64)
+        node.attrs.pop("num_outputs", None)
+        if "split" in node.attrs:
+            node.attrs["split"] = [int(s) for s in sizes]
+        elif input_at(node, 1) is not None:
+            rx.replace_const(node, 1, sizes)
+        elif rx.facts["opset"] >= 13:
+            node.inputs.append(gs.Constant(rx.fresh_name(f"{node.name}_split"), sizes))
+        else:
+            node.attrs["split"] = [int(s) for s in sizes]
+
+    def _axis_from_shape(self, node):
+        return int(attr(node, "axis", 0)) if int(attr(node, "axis", 0)) >= 0 else \
+            int(attr(node, "axis", 0)) + len(node.inputs[0].shape)
+
+
+class Slice(Rule):
+    """Slice with constant bounds: an affine window of its input (step 1 on channel axes)."""
+
+    def _params(self, node, cx, axis):
+        shape = cx.shape(node.inputs[0])
+        if shape is None:
+            return None
+        starts = int_list(node, "starts", 1)
+        ends = int_list(node, "ends", 2)
+        axes = int_list(node, "axes", 3)
+        steps = int_list(node, "steps", 4)
+        if starts is None or ends is None:
+            return None
+        axes = normalize_axes(axes if axes is not None else list(range(len(starts))), len(shape))
+        steps = steps if steps is not None else [1] * len(starts)
+        if axis not in axes:
+            return 0, shape[axis], 1, False
+        k = axes.index(axis)
+        size = shape[axis]
+        if size is None:
+            return None
+        start, stop, step = slice(starts[k], ends[k], steps[k]).indices(size)
+        return start, stop, step, True
+
+    def analyze(self, node, port, axis, cx):
+        if port[0] == "in" and port[1] != 0:
+            return frozen(f"{node.name} ({node.op}) bounds computed at run time")
+        params = self._params(node, cx, axis)
+        x, y = node.inputs[0], node.outputs[0]
+        if params is None:
+            return frozen(f"{node.name} ({node.op}) bounds not constant")
+        start, stop, step, sliced = params
+        out = cx.dim(y, axis)
+        if out is None or cx.dim(x, axis) is None:
+            return frozen(f"{node.name} ({node.op}) size unknown")
+        if sliced and step != 1:
+            return frozen(f"{node.name} ({node.op}) strided slice on axis {axis}")
+        if sliced:
+            cx.facts.setdefault("slices", {})[(node.name, axis)] = (start, stop)
+        return Effect(ties=[Tie(space_of(y, axis), space_of(x, axis), Affine(out, cx.dim(x, axis), start, 1))])
+
+    def rewrite(self, node, rx):
+        for (name, axis), (start, stop) in rx.facts.get("slices", {}).items():
+            if name != node.name:
+                continue
+            kept = rx.kept(node.inputs[0], axis)
+            if kept is None:
+                continue
+            new_start = int(np.searchsorted(kept, start))
+            new_stop = int(np.searchsorted(kept, stop))
+            axes = int_list(node, "axes", 3)
+            rank = len(node.inputs[0].shape)
+            axes = normalize_axes(axes if axes is not None else list(range(rank)), rank)
+            k = axes.index(axis)
+            for index, attr_name, value in ((1, "starts", new_start), (2, "ends", new_stop)):
+                values = np.array(int_list(node, attr_name, index), dtype=np.int64)
+                values[k] = value
+                if attr_name in node.attrs:
+                    node.attrs[attr_name] = [int(v) for v in values]
+                else:
+                    rx.replace_const(node, index, values)
