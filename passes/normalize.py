@@ -240,8 +240,19 @@ def infer_shapes(graph: gs.Graph, notes: list[str]) -> None:
 
     Large constants become typed graph inputs in the copy, so inference never
     serializes the weights (seconds on a VGG, minutes on a multi-GB model);
-    the inferred shapes are written back onto the graph's variables.
+    the inferred shapes are written back onto the graph's variables.  Only
+    shapes ONNX proves are used here, because constant folding trusts them.
     """
+    _infer(graph, notes, symbolic=False)
+
+
+@register("normalize", "infer_shapes_symbolic")
+def infer_shapes_symbolic(graph: gs.Graph, notes: list[str]) -> None:
+    """Shape inference plus onnxruntime's symbolic inference where ONNX leaves dims unknown (for analysis only)."""
+    _infer(graph, notes, symbolic=True)
+
+
+def _infer(graph: gs.Graph, notes: list[str], symbolic: bool) -> None:
     light = graph.copy()
     for tensor in list(light.tensors().values()):
         if isinstance(tensor, gs.Constant) and int(np.prod(tensor.shape)) > LIGHT_CONSTANT_LIMIT:
@@ -259,7 +270,7 @@ def infer_shapes(graph: gs.Graph, notes: list[str]) -> None:
         notes.append(f"infer_shapes: failed ({str(exc).splitlines()[0][:160]}); exporter shapes kept")
         return
     shapes = _value_shapes(inferred)
-    if any(_has_unknown(dims) for dims, _ in shapes.values()):
+    if symbolic and any(_has_unknown(dims) for dims, _ in shapes.values()):
         symbolic = _symbolic_shapes(inferred)
         shapes.update({k: v for k, v in symbolic.items() if not _has_unknown(v[0]) or k not in shapes})
     for name, tensor in graph.tensors().items():

@@ -95,6 +95,9 @@ def choose_ir_version(meta: ModelMeta) -> int:
 def to_model(graph: gs.Graph, meta: ModelMeta) -> onnx.ModelProto:
     """Export the gs IR back to a ModelProto with the input's opsets, IR version and metadata."""
     model = gs.export_onnx(graph, do_type_check=False)
+    # Intermediate shapes are the compiler's own inference (symbolic dims merged for analysis):
+    # runtimes infer their own, and a merged dim written here could contradict them.
+    del model.graph.value_info[:]
     del model.opset_import[:]
     model.opset_import.extend(meta.opset_imports)
     model.ir_version = choose_ir_version(meta)

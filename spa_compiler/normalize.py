@@ -18,7 +18,7 @@ from .ir import ModelMeta, meta_of, to_graph, to_model
 MODEL_PIPELINE_BEFORE = ("strip_initializer_inputs", "upgrade_opset")
 GRAPH_PIPELINE = ("constants_to_initializers", "castlike_constants", "remove_identity", "infer_shapes",
                   "sequence_split_to_split", "infer_shapes", "fold_constants",
-                  "unshare_initializers", "cleanup", "infer_shapes")
+                  "unshare_initializers", "cleanup", "infer_shapes_symbolic")
 
 
 @dataclass
@@ -62,5 +62,5 @@ def reinfer_shapes(graph: gs.Graph, meta: ModelMeta) -> gs.Graph:
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Variable) and tensor not in graph.outputs and tensor not in graph.inputs:
             tensor.shape = None
-    _run("infer_shapes", graph, [])
+    _run("infer_shapes_symbolic", graph, [])
     return graph

@@ -19,10 +19,10 @@ import onnx_graphsurgeon as gs
 
 from ..effects import NEUTRAL
 from .base import Neutral, Rule
-from .elementwise import Elementwise, Normalization, Pad, Pool, Reduce, Resize, Softmax
+from .elementwise import Elementwise, LayerNorm, Normalization, Pad, Pool, Reduce, Resize, Softmax
 from .linear import Conv, ConvTranspose, Gemm, MatMul
 from .reshape import Reshape, reshape_runs
-from .shapes import Concat, Slice, Split, SqueezeLike, Transpose
+from .shapes import Concat, Expand, Gather, Slice, Split, SqueezeLike, Transpose
 from .shuffle import ChannelShuffle
 
 
@@ -70,6 +70,9 @@ RULES: dict[str, Rule] = {
     "Split": Split(),
     "Slice": Slice(),
     "Shape": Neutral(), "Size": Neutral(),
+    "LayerNormalization": LayerNorm(), "RMSNormalization": LayerNorm(),
+    "Gather": Gather(),
+    "Expand": Expand(),
 }
 
 SUBGRAPH_OPS = ("If", "Loop", "Scan")

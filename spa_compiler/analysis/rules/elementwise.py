@@ -165,3 +165,24 @@ class Reduce(Rule):
                 return frozen(f"{node.name} ({node.op}) reduced axis reached")
             out_axis = axis
         return axis_tie(node, in_axis, out_axis, cx)
+
+
+class LayerNorm(Rule):
+    """LayerNormalization/RMSNormalization: exact on the axes it does not normalize.
+
+    Removing channels of the normalized (hidden) axis changes the statistics;
+    such groups freeze (residual-stream pruning is an opt-in, inexact mode).
+    """
+
+    def analyze(self, node, port, axis, cx):
+        if any(o.outputs for o in node.outputs[1:]):
+            return frozen(f"{node.name} ({node.op}) statistics outputs are used")
+        if port[0] == "in" and port[1] != 0:
+            return frozen(f"{node.name} ({node.op}) scale or bias computed at run time")
+        rank = cx.rank(node.inputs[0])
+        if rank is None:
+            return frozen(f"{node.name} ({node.op}) rank unknown")
+        first = normalize_axes([int(attr(node, "axis", -1))], rank)[0]
+        if axis >= first:
+            return frozen(f"{node.name} ({node.op}) normalizes over the channel axis")
+        return axis_tie(node, axis, axis, cx)

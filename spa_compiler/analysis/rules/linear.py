@@ -127,32 +127,89 @@ class Gemm(Rule):
 
 
 class MatMul(Rule):
-    """MatMul with a constant 2-D right operand: a boundary on the last axis, identity on the others."""
+    """MatMul: a boundary when one operand is a 2-D constant, a set of axis ties when both are activations.
 
-    def _weight(self, node):
-        w = const_values(node.inputs[1])
-        return w if w is not None and w.ndim == 2 else None
+    With a weight W on the right (``x @ W``) the last axis is the boundary; with
+    W on the left (``W @ x``) the second-to-last.  Between two activations
+    (attention scores ``Q @ K^T`` and context ``P @ V``) leading axes tie as
+    broadcast batch axes (the head axis), rows tie to output rows, columns to
+    output columns, and the contracted axes of both operands tie together
+    (inexactly: removing them changes the sum).
+    """
+
+    def _weights(self, node):
+        wa, wb = const_values(node.inputs[0]), const_values(node.inputs[1])
+        return (wa if wa is not None and wa.ndim == 2 else None), (wb if wb is not None and wb.ndim == 2 else None)
 
     def seeds(self, node, cx):
         y = node.outputs[0]
-        if self._weight(node) is None or const_values(node.inputs[0]) is not None or cx.rank(y) is None:
+        rank = cx.rank(y)
+        wa, wb = self._weights(node)
+        if rank is None or rank < 2:
             return []
-        return [space_of(y, cx.rank(y) - 1)]
+        if wb is not None and const_values(node.inputs[0]) is None:
+            return [space_of(y, rank - 1)]
+        if wa is not None and const_values(node.inputs[1]) is None:
+            return [space_of(y, rank - 2)]
+        return []
 
     def analyze(self, node, port, axis, cx):
-        if self._weight(node) is None:
-            return frozen(f"{node.name} ({node.op}) of two activations (attention rule pending)")
-        if port[0] == "in" and port[1] != 0:
+        wa, wb = self._weights(node)
+        a_const, b_const = const_values(node.inputs[0]) is not None, const_values(node.inputs[1]) is not None
+        if wb is not None and not a_const:
+            return self._with_weight(node, port, axis, cx, data=0, contract=-1)
+        if wa is not None and not b_const:
+            return self._with_weight(node, port, axis, cx, data=1, contract=-2)
+        if not a_const and not b_const:
+            return self._activations(node, port, axis, cx)
+        return frozen(f"{node.name} ({node.op}) constant operand of rank > 2")
+
+    def _with_weight(self, node, port, axis, cx, data: int, contract: int) -> Effect:
+        """x @ W (data=0, contracting x's last axis) or W @ x (data=1, contracting x's second-to-last)."""
+        if port[0] == "in" and port[1] != data:
             return frozen(f"{node.name} ({node.op}) weight reached as an activation")
-        a, y = node.inputs[0], node.outputs[0]
+        x, y = node.inputs[data], node.outputs[0]
         rank = cx.rank(y)
-        if rank is None or cx.rank(a) != rank:
+        if rank is None or cx.rank(x) != rank:
             return frozen(f"{node.name} ({node.op}) rank unknown or 1-D operand")
-        if axis == rank - 1:
+        channel = rank + contract
+        if axis == channel:
+            w_in, w_out = (0, 1) if data == 0 else (1, 0)
             if port[0] == "in":
-                return Effect(params=[param(node, 1, 0, CONSUMER, space_of(a, axis))])
-            return Effect(params=[param(node, 1, 1, PRODUCER, space_of(y, axis))])
+                return Effect(params=[param(node, 1 - data, w_in, CONSUMER, space_of(x, axis))])
+            return Effect(params=[param(node, 1 - data, w_out, PRODUCER, space_of(y, axis))])
         size = cx.dim(y, axis)
         if size is None:
             return frozen(f"{node.name} ({node.op}) size of axis {axis} unknown")
-        return Effect(ties=[Tie(space_of(a, axis), space_of(y, axis), identity(size))])
+        return Effect(ties=[Tie(space_of(x, axis), space_of(y, axis), identity(size))])
+
+    def _activations(self, node, port, axis, cx) -> Effect:
+        a, b, y = node.inputs[0], node.inputs[1], node.outputs[0]
+        ra, rb, ry = cx.rank(a), cx.rank(b), cx.rank(y)
+        if None in (ra, rb, ry) or ra < 2 or rb < 2:
+            return frozen(f"{node.name} ({node.op}) operand ranks unknown or 1-D")
+        if port[0] == "out":
+            cls = "N" if axis == ry - 1 else "M" if axis == ry - 2 else axis
+        elif port[1] == 0:
+            cls = "K" if axis == ra - 1 else "M" if axis == ra - 2 else axis + ry - ra
+        else:
+            cls = "K" if axis == rb - 2 else "N" if axis == rb - 1 else axis + ry - rb
+        if cls == "M":
+            members = [(a, ra - 2), (y, ry - 2)]
+        elif cls == "N":
+            members = [(b, rb - 1), (y, ry - 1)]
+        elif cls == "K":
+            members = [(a, ra - 1), (b, rb - 2)]
+        else:
+            size = cx.dim(y, cls)
+            members = [(y, cls)] + [(t, cls - (ry - r)) for t, r in ((a, ra), (b, rb))
+                                    if cls - (ry - r) >= 0 and cx.dim(t, cls - (ry - r)) == size]
+        sizes = {cx.dim(t, ax) for t, ax in members}
+        if len(sizes) != 1 or None in sizes:
+            return frozen(f"{node.name} ({node.op}) tied axes have unknown or different sizes")
+        size = sizes.pop()
+        anchor = space_of(*members[0])
+        effect = Effect(ties=[Tie(anchor, space_of(t, ax), identity(size)) for t, ax in members[1:]])
+        if cls == "K":
+            effect.inexact = f"{node.name} ({node.op}) contracts over this axis (removing entries changes the sum)"
+        return effect

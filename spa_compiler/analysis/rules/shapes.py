@@ -204,3 +204,71 @@ class Slice(Rule):
                     node.attrs[attr_name] = [int(v) for v in values]
                 else:
                     rx.replace_const(node, index, values)
+
+
+class Gather(Rule):
+    """Gather: an embedding lookup produces channels; gathering other axes keeps them in place.
+
+    With a constant 2-D table gathered on axis 0 (token embeddings) the
+    output's last axis is the table's axis 1: a producer, like a layer's
+    output.  With constant indices on an activation, every other axis maps
+    through (shifted by the index rank); gathering along a channel axis freezes.
+    """
+
+    def seeds(self, node, cx):
+        table = const_values(node.inputs[0])
+        y = node.outputs[0]
+        if table is None or table.ndim != 2 or int(attr(node, "axis", 0)) != 0 or cx.rank(y) is None:
+            return []
+        return [space_of(y, cx.rank(y) - 1)]
+
+    def analyze(self, node, port, axis, cx):
+        data, indices, y = node.inputs[0], node.inputs[1], node.outputs[0]
+        rank_d, rank_i, rank_y = cx.rank(data), cx.rank(indices), cx.rank(y)
+        if None in (rank_d, rank_i, rank_y):
+            return frozen(f"{node.name} ({node.op}) ranks unknown")
+        g = normalize_axes([int(attr(node, "axis", 0))], rank_d)[0]
+        table = const_values(data)
+        if table is not None:
+            if table.ndim == 2 and g == 0 and port[0] == "out" and axis == rank_y - 1:
+                return Effect(params=[param(node, 0, 1, PRODUCER, space_of(y, axis))])
+            return frozen(f"{node.name} ({node.op}) gathers rows of a constant")
+        if port[0] == "in" and port[1] == 1:
+            return frozen(f"{node.name} ({node.op}) index tensor reached")
+        if port[0] == "in":
+            if axis == g:
+                return frozen(f"{node.name} ({node.op}) gathers along the channel axis")
+            out_axis = axis if axis < g else axis + rank_i - 1
+            in_axis = axis
+        else:
+            if g <= axis < g + rank_i:
+                return frozen(f"{node.name} ({node.op}) index axis reached")
+            in_axis = axis if axis < g else axis - rank_i + 1
+            out_axis = axis
+        return axis_tie(node, in_axis, out_axis, cx)
+
+
+class Expand(Rule):
+    """Expand: axes the data already has keep their channels; broadcast (size-1) axes tie nothing."""
+
+    def analyze(self, node, port, axis, cx):
+        if port[0] == "in" and port[1] != 0:
+            return NEUTRAL
+        x, y = node.inputs[0], node.outputs[0]
+        rx_, ry = cx.rank(x), cx.rank(y)
+        if rx_ is None or ry is None:
+            return frozen(f"{node.name} ({node.op}) ranks unknown")
+        in_axis, out_axis = (axis, axis + ry - rx_) if port[0] == "in" else (axis - (ry - rx_), axis)
+        if in_axis < 0 or cx.dim(x, in_axis) != cx.dim(y, out_axis):
+            return NEUTRAL if port[0] == "out" else frozen(f"{node.name} ({node.op}) broadcasts axis {axis}")
+        return axis_tie(node, in_axis, out_axis, cx)
+
+    def rewrite(self, node, rx):
+        from .reshape import static, write_shape
+
+        x, y = node.inputs[0], node.outputs[0]
+        old = static(y.shape)
+        shift = len(old) - len(x.shape or [])
+        new = [rx.new_dim(x, k - shift, d) if k >= shift else d for k, d in enumerate(old)]
+        if new != old:
+            write_shape(node, rx, new, old)
