@@ -25,7 +25,9 @@ TEST_MODELS = ["resnet18", "mobilenet_v2", "efficientnet_b0", "densenet121", "sq
                "googlenet", "shufflenet_v2_x1_0", "regnet_y_400mf", "vgg11_bn"]
 
 # VGG's AdaptiveAvgPool2d(7) exports only when the feature map is a multiple of 7.
-SIZE_OVERRIDES = {"vgg11_bn": 224}
+SIZE_OVERRIDES = {"vgg11_bn": 224, "vit_b_16": 32}
+MODEL_KWARGS = {"googlenet": {"aux_logits": False, "init_weights": True}, "vit_b_16": {"image_size": 32}}
+TRANSFORMER_MODELS = ["vit_b_16", "swin_t", "convnext_tiny"]
 
 
 def export(name: str, path: str, size: int, dynamic_batch: bool = True, opset: int = 17,
@@ -38,7 +40,7 @@ def export(name: str, path: str, size: int, dynamic_batch: bool = True, opset: i
     import torch
     import torchvision
 
-    kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
+    kwargs = MODEL_KWARGS.get(name, {})
     model = torchvision.models.get_model(name, weights=None, **kwargs).eval()
     x = torch.randn(1, 3, size, size)
     if dynamo:

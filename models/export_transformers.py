@@ -74,7 +74,7 @@ def export(name: str, path: str, dynamo: bool = False) -> None:
     wrapped = _Logits(model).eval()
     if dynamo:
         program = torch.onnx.export(wrapped, args, dynamo=True, optimize=False, input_names=names,
-                                    output_names=["out"], verbose=False)
+                                    output_names=["out"], dynamic_axes=axes, verbose=False)
         program.save(path)
         return
     axes = {**axes, "out": {0: "batch"}}

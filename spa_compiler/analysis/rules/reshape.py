@@ -112,6 +112,83 @@ def _int_prod(dims: list) -> Optional[int]:
     return int(np.prod(dims, dtype=np.int64)) if dims else 1
 
 
+def split_factor(node: gs.Node, outs: list[int], out_shape: list, cx) -> Optional[int]:
+    """The output axis a split channel axis ties to: the outermost non-unit factor not selected apart.
+
+    ``[3*E] -> [3, H, D]`` (fused QKV) is followed by a Gather/Split/Slice that
+    picks q, k and v out of the ``3`` axis: that factor is a selector, so the
+    channel ties to the heads ``H`` instead (remembered for the rewrite).
+    """
+    cache = cx.facts.setdefault("split_factor", {})
+    if node.name in cache:
+        return cache[node.name]
+    choice = None
+    for a in outs:
+        if out_shape[a] == 1:
+            continue
+        if not _is_selector(node.outputs[0], a, cx):
+            choice = a
+            break
+    cache[node.name] = choice
+    return choice
+
+
+_SELECTORS = ("Gather", "Split", "Slice")
+_AXIS_MOVERS = ("Transpose", "Unsqueeze", "Squeeze")
+
+
+def _is_selector(tensor: gs.Tensor, axis: int, cx, depth: int = 6) -> bool:
+    """True when every path from *tensor* picks entries of *axis* apart by constant indices."""
+    if depth == 0 or not tensor.outputs:
+        return False
+    for consumer in tensor.outputs:
+        if consumer.op in _SELECTORS:
+            if not _selects_axis(consumer, axis, cx):
+                return False
+        elif consumer.op in _AXIS_MOVERS and consumer.inputs[0] is tensor:
+            moved = _moved_axis(consumer, axis, cx)
+            if moved is None or not _is_selector(consumer.outputs[0], moved, cx, depth - 1):
+                return False
+        else:
+            return False
+    return True
+
+
+def _selects_axis(node: gs.Node, axis: int, cx) -> bool:
+    from ...ir import attr, int_list, normalize_axes
+
+    rank = cx.rank(node.inputs[0]) or 0
+    if node.op == "Gather":
+        return normalize_axes([int(attr(node, "axis", 0))], rank)[0] == axis and \
+            const_values(node.inputs[1]) is not None
+    if node.op == "Split":
+        return normalize_axes([int(attr(node, "axis", 0))], rank)[0] == axis
+    axes = int_list(node, "axes", 3)
+    return axes is not None and axis in normalize_axes(axes, rank)
+
+
+def _moved_axis(node: gs.Node, axis: int, cx) -> Optional[int]:
+    from ...ir import attr, int_list, normalize_axes
+
+    rank = cx.rank(node.inputs[0])
+    if rank is None:
+        return None
+    if node.op == "Transpose":
+        perm = list(attr(node, "perm", list(range(rank))[::-1]))
+        return perm.index(axis)
+    axes = int_list(node, "axes", 1)
+    if axes is None:
+        return None
+    if node.op == "Unsqueeze":
+        axes = normalize_axes(axes, rank + len(axes))
+        out = [a for a in range(rank + len(axes)) if a not in axes]
+        return out[axis]
+    axes = normalize_axes(axes, rank)
+    if axis in axes:
+        return None
+    return axis - sum(1 for a in axes if a < axis)
+
+
 class Reshape(Rule):
     """Reshape/Flatten; the ShuffleNet Reshape-Transpose-Reshape is recognised as a whole."""
 
@@ -146,13 +223,16 @@ class Reshape(Rule):
             imap = identity(size) if outer == inner == 1 else Block(size, int(total), outer, inner)
             return Effect(ties=[Tie(space_of(x, in_axis), space_of(y, out_axis), imap)])
         in_axis = ins[0]
-        out_axis = outermost(outs, out_shape)
+        out_axis = split_factor(node, outs, out_shape, cx)
+        if out_axis is None:
+            return frozen(f"{node.name} ({node.op}) every factor of the split channel axis is selected apart")
         if port[0] == "out" and axis != out_axis:
             return frozen(f"{node.name} ({node.op}) inner factor of a split axis")
+        outer = _int_prod([out_shape[a] for a in outs if a < out_axis])
         inner = _int_prod([out_shape[a] for a in outs if a > out_axis])
-        if inner is None or not isinstance(out_shape[out_axis], (int, np.integer)):
+        if outer is None or inner is None or not isinstance(out_shape[out_axis], (int, np.integer)):
             return frozen(f"{node.name} ({node.op}) splits the channel axis into dynamic axes")
-        imap = Block(int(out_shape[out_axis]), int(in_shape[in_axis]), 1, inner)
+        imap = Block(int(out_shape[out_axis]), int(in_shape[in_axis]), outer, inner)
         return Effect(ties=[Tie(space_of(y, out_axis), space_of(x, in_axis), imap)])
 
     def rewrite(self, node, rx):
@@ -174,7 +254,7 @@ class Reshape(Rule):
             if len(outs) == 1:
                 new_out[outs[0]] = _int_prod(new_in)
             else:
-                o = outermost(outs, out_shape)
+                o = rx.facts.get("split_factor", {}).get(node.name, outermost(outs, out_shape))
                 others = _int_prod([out_shape[a] for a in outs if a != o])
                 new_out[o] = None if others is None or new_in[0] is None else int(new_in[0] // others)
         if new_out != out_shape:
