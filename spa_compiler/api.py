@@ -29,13 +29,15 @@ class PruneResult:
 def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global_ranking: bool = False,
           round_to: int = 1, exclude: Sequence[str] = (), target_macs: Optional[float] = None,
           max_group_ratio: float = 0.9, reduce: str = "sum", seed: int = 0, verify: bool = True,
+          prune_hidden: bool = False,
           output: Optional[str] = None, force: bool = False,
           progress: Optional[Callable[[str], None]] = None) -> PruneResult:
     """Prune whole channels of *model* (a path or an ``onnx.ModelProto``).
 
     ratio: fraction of each group's channels removed (or of all channels with
     ``global_ranking``); target_macs: instead of a ratio, prune until the MACs
-    are at most this fraction of the original.  With *output*, the model is
+    are at most this fraction of the original; prune_hidden: also prune a
+    transformer's residual-stream width (inexact through LayerNorm, opt-in).  With *output*, the model is
     written atomically after verification.  Raises :class:`SpacError`
     subclasses with one-line messages.
     """
@@ -48,7 +50,7 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
         check_output_path(output, input_path, force)
     t0 = time.perf_counter()
     say("analyzing")
-    compiled = compile_model(model)
+    compiled = compile_model(model, prune_hidden=prune_hidden)
     require_prunable(compiled)
     t1 = time.perf_counter()
     say(f"scoring {len(compiled.analysis.prunable_groups)} groups with {criterion}")

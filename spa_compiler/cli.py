@@ -98,6 +98,8 @@ def main() -> None:
 @click.option("--reduce", type=click.Choice(["sum", "mean", "max"]), default="sum", show_default=True,
               help="How scores of coupled parameter slices combine.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--prune-hidden", is_flag=True,
+              help="Also prune a transformer's residual-stream width (inexact through LayerNorm).")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime check of the pruned model.")
 @click.option("--force", is_flag=True, help="Allow overwriting the input model.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the JSON report here.")
@@ -105,7 +107,7 @@ def main() -> None:
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @handled
 def prune(model, output, ratio, criterion, global_ranking, max_group_ratio, round_to, exclude, target_macs,
-          reduce, seed, no_verify, force, report_path, as_json, debug):
+          reduce, seed, prune_hidden, no_verify, force, report_path, as_json, debug):
     """Prune MODEL and write a smaller ONNX model."""
     from .api import prune as run_prune
 
@@ -121,6 +123,7 @@ def prune(model, output, ratio, criterion, global_ranking, max_group_ratio, roun
     result = run_prune(model, ratio=ratio, criterion=criterion, global_ranking=global_ranking,
                        round_to=round_to, exclude=exclude, target_macs=target_macs,
                        max_group_ratio=max_group_ratio, reduce=reduce, seed=seed, verify=not no_verify,
+                       prune_hidden=prune_hidden,
                        output=output, force=force, progress=progress)
     report = result.report
     if report_path:
@@ -144,14 +147,15 @@ def prune(model, output, ratio, criterion, global_ranking, max_group_ratio, roun
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--all", "show_all", is_flag=True, help="List every group, not only prunable and frozen summaries.")
+@click.option("--prune-hidden", is_flag=True, help="Analyse as `spac prune --prune-hidden` would.")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--debug", is_flag=True)
 @handled
-def groups(model, show_all, as_json, debug):
+def groups(model, show_all, prune_hidden, as_json, debug):
     """Show dependency groups, their atoms, and why frozen groups are frozen."""
     from .pipeline import compile_model
 
-    compiled = compile_model(model)
+    compiled = compile_model(model, prune_hidden=prune_hidden)
     rows = []
     for g in compiled.analysis.groups:
         rows.append({"group": g.id, "prunable": g.prunable, "atoms": g.n_atoms, "width": g.width,

@@ -40,7 +40,7 @@ def _prune_exact(compiled, ratio=0.5, seed=0):
 
 
 def _feeds(model, seq):
-    return random_inputs(session(model), batch=2, seed=seq, dims={"seq": seq, "s1": seq})
+    return random_inputs(session(model), batch=2 if seq < 8 else 3, seed=seq, dims={"seq": seq, "s1": seq})
 
 
 def test_pruned_equals_masked_original_at_two_sequence_lengths(case):
@@ -68,10 +68,12 @@ def test_heads_and_mlp_units_are_atoms(folder, name):
     assert atoms.count(MLP[name]) == 2, f"one MLP group per layer: {atoms}"
 
 
-def test_swin_heads_prune_through_fused_qkv():
-    compiled = compile_model(load_materialized(str(MODELS / "torchvision_transformers" / "swin_t.onnx")))
-    heads = sorted({g.n_atoms for g in compiled.analysis.prunable_groups if g.n_atoms < 32})
-    assert heads == [3, 6, 12, 24], heads
+@pytest.mark.parametrize("name,heads", [("swin_t", [3, 6, 12, 24]), ("vit_b_16", [12])])
+def test_torchvision_heads_prune(name, heads):
+    """Swin: fused QKV picked apart by Gather; ViT: nn.MultiheadAttention folds heads into the batch."""
+    compiled = compile_model(load_materialized(str(MODELS / "torchvision_transformers" / f"{name}.onnx")))
+    found = sorted({g.n_atoms for g in compiled.analysis.prunable_groups if g.n_atoms < 32})
+    assert found == heads, found
 
 
 def test_pruned_head_count_is_rewritten():
@@ -83,3 +85,22 @@ def test_pruned_head_count_is_rewritten():
     widths = sorted({int(t.shape[-1]) for t in graph.tensors().values()
                      if hasattr(t, "values") and t.shape and len(t.shape) == 2 and "query" in t.name})
     assert widths == [16], widths  # 4 heads of 8 -> 2 heads of 8
+
+
+@pytest.mark.parametrize("folder,name", [("transformers", "gpt2"), ("transformers", "llama"),
+                                         ("transformers_dynamo", "gpt2")])
+def test_prune_hidden_shrinks_the_residual_stream(folder, name):
+    import spa_compiler
+
+    model = load_materialized(str(MODELS / folder / f"{name}.onnx"))
+    default = compile_model(model)
+    assert not any(g.n_atoms == 32 for g in default.analysis.prunable_groups), "hidden is frozen by default"
+    hidden = [g for g in compile_model(model, prune_hidden=True).analysis.prunable_groups if g.n_atoms == 32]
+    assert len(hidden) == 1 and not hidden[0].exact, "one inexact residual-stream group"
+    result = spa_compiler.prune(model, ratio=0.25, prune_hidden=True)
+    widths = {int(t.dims[0]) for t in result.model.graph.initializer
+              if len(t.dims) == 1 and ("ln" in t.name or "norm" in t.name)}
+    assert widths == {24}, widths  # every norm of the stream lost the same 8 of 32 channels
+    for seq in (5, 11):
+        out = session(result.model).run(None, _feeds(result.model, seq))[0]
+        assert out.shape == (2 if seq < 8 else 3, seq, 100) and np.isfinite(out).all()

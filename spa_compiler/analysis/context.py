@@ -17,6 +17,7 @@ class AnalysisContext:
     graph: gs.Graph
     opset: int
     facts: dict[str, Any] = field(default_factory=dict)
+    prune_hidden: bool = False  # opt-in: tie channels through normalizations over them (inexact)
 
     def shape(self, tensor: gs.Tensor) -> Optional[list[Optional[int]]]:
         if isinstance(tensor, gs.Constant):
@@ -37,9 +38,13 @@ class AnalysisContext:
         return None if shape is None else len(shape)
 
     def dim(self, tensor: gs.Tensor, axis: int) -> Optional[int]:
+        """Static size of an axis; a folded ``k*batch`` axis (heads folded into the batch) counts as k."""
         shape = self.shape(tensor)
         if shape is None or not 0 <= axis < len(shape):
             return None
+        if shape[axis] is None:
+            raw = tensor.shape[axis] if tensor.shape is not None else None
+            return self.facts.get("periodic", {}).get(raw) if isinstance(raw, str) else None
         return shape[axis]
 
 

@@ -155,6 +155,8 @@ class Reduce(Rule):
         rank = cx.rank(node.inputs[0])
         if port[0] == "in":
             if axis in axes:
+                if cx.prune_hidden and keep and node.op in HIDDEN_STATISTICS:
+                    return Effect(inexact=f"{node.name} ({node.op}) statistic over the channel axis changes")
                 return frozen(f"{node.name} ({node.op}) reduces over the channel axis")
             out_axis = axis if keep else axis - sum(1 for a in axes if a < axis)
             in_axis = axis
@@ -165,6 +167,9 @@ class Reduce(Rule):
                 return frozen(f"{node.name} ({node.op}) reduced axis reached")
             out_axis = axis
         return axis_tie(node, in_axis, out_axis, cx)
+
+
+HIDDEN_STATISTICS = ("ReduceMean", "ReduceSumSquare", "ReduceL2")
 
 
 class LayerNorm(Rule):
@@ -183,6 +188,16 @@ class LayerNorm(Rule):
         if rank is None:
             return frozen(f"{node.name} ({node.op}) rank unknown")
         first = normalize_axes([int(attr(node, "axis", -1))], rank)[0]
-        if axis >= first:
-            return frozen(f"{node.name} ({node.op}) normalizes over the channel axis")
-        return axis_tie(node, axis, axis, cx)
+        if axis < first:
+            return axis_tie(node, axis, axis, cx)
+        if not cx.prune_hidden or axis != rank - 1 or first != rank - 1:
+            return frozen(f"{node.name} ({node.op}) normalizes over the channel axis (see --prune-hidden)")
+        effect = axis_tie(node, axis, axis, cx)
+        out = space_of(node.outputs[0], axis)
+        for i in (1, 2):
+            if input_at(node, i) is not None:
+                if const_values(node.inputs[i]) is None:
+                    return frozen(f"{node.name} ({node.op}) scale or bias computed at run time")
+                effect.params.append(param(node, i, 0, PASSIVE, out))
+        effect.inexact = f"{node.name} ({node.op}) statistics over the pruned axis change"
+        return effect

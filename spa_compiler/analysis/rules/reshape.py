@@ -211,7 +211,7 @@ class Reshape(Rule):
         else:
             return frozen(f"{node.name} ({node.op}) axis not found")
         if len(ins) > 1 and len(outs) > 1:
-            return frozen(f"{node.name} ({node.op}) mixes axes {ins} into {outs}")
+            return _fold_heads_into_batch(node, ins, outs, in_shape, out_shape, port, axis, cx)
         if len(outs) == 1:  # identity or merge
             in_axis = axis if port[0] == "in" else outermost(ins, in_shape)
             out_axis = outs[0]
@@ -223,6 +223,14 @@ class Reshape(Rule):
             imap = identity(size) if outer == inner == 1 else Block(size, int(total), outer, inner)
             return Effect(ties=[Tie(space_of(x, in_axis), space_of(y, out_axis), imap)])
         in_axis = ins[0]
+        period = cx.facts.get("periodic", {}).get(in_shape[in_axis])
+        if period is not None:  # [k*batch] -> [batch, k]: the heads come back out of the batch
+            out_axis = next((a for a in outs if out_shape[a] == period), None)
+            if out_axis is None or (port[0] == "out" and axis != out_axis):
+                return frozen(f"{node.name} ({node.op}) unfolds a folded axis unexpectedly")
+            cx.facts.setdefault("split_factor", {})[node.name] = out_axis
+            cx.facts.setdefault("unfold", {})[node.name] = (in_axis, out_axis)
+            return Effect(ties=[Tie(space_of(x, in_axis), space_of(y, out_axis), identity(period))])
         out_axis = split_factor(node, outs, out_shape, cx)
         if out_axis is None:
             return frozen(f"{node.name} ({node.op}) every factor of the split channel axis is selected apart")
@@ -243,6 +251,20 @@ class Reshape(Rule):
             ChannelShuffle.rewrite_reshape(node, rx, shuffle)
             return
         in_shape, out_shape = list(node.inputs[0].shape or []), list(node.outputs[0].shape or [])
+        fold = rx.facts.get("fold", {}).get(node.name)
+        if fold is not None:
+            kept = rx.kept(node.outputs[0], fold[0])
+            if kept is not None:
+                rewrite_folded_factor(node, rx, fold[0], fold[1], len(kept))
+            return
+        unfold = rx.facts.get("unfold", {}).get(node.name)
+        if unfold is not None:
+            kept = rx.kept(node.inputs[0], unfold[0])
+            if kept is not None:
+                new_out = list(static(out_shape))
+                new_out[unfold[1]] = len(kept)
+                write_shape(node, rx, new_out, static(out_shape))
+            return
         runs = reshape_runs(in_shape, out_shape)
         if runs is None:
             return
@@ -259,6 +281,60 @@ class Reshape(Rule):
                 new_out[o] = None if others is None or new_in[0] is None else int(new_in[0] // others)
         if new_out != out_shape:
             write_shape(node, rx, static(new_out), static(out_shape))
+
+
+def _fold_heads_into_batch(node, ins, outs, in_shape, out_shape, port, axis, cx) -> Effect:
+    """``[.., batch, H*D] -> [.., H*batch, D]``: torch.nn.MultiheadAttention folds heads into the batch.
+
+    The folded axis becomes a *periodic* space of size H (position ``b*H + h`` is
+    head h of sample b), registered by its symbolic dim name so every tensor
+    that carries the same ``H*batch`` axis sees H channels there.
+    """
+    blame = frozen(f"{node.name} ({node.op}) mixes axes {ins} into {outs}")
+    if len(ins) != 2 or len(outs) != 2:
+        return blame
+    (b, e), (f, d) = ins, outs
+    batch, folded = _Product().times(in_shape[b]), _Product().times(out_shape[f])
+    if batch is None or folded is None or not batch.symbols or batch.coef != 1 or folded.symbols != batch.symbols:
+        return blame
+    heads, width, head_dim = folded.coef, in_shape[e], out_shape[d]
+    if not all(isinstance(v, (int, np.integer)) for v in (width, head_dim)) or heads * head_dim != width:
+        return blame
+    if (port[0] == "in" and axis != e) or (port[0] == "out" and axis != f):
+        return frozen(f"{node.name} ({node.op}) batch or head-dim axis of a head fold")
+    cx.facts.setdefault("periodic", {})[out_shape[f]] = heads
+    cx.facts.setdefault("fold", {})[node.name] = (f, heads)
+    imap = Block(heads, int(width), 1, int(head_dim))
+    return Effect(ties=[Tie(space_of(node.outputs[0], f), space_of(node.inputs[0], e), imap)])
+
+
+def rewrite_folded_factor(node: gs.Node, rx: RewriteContext, axis: int, old: int, new: int) -> None:
+    """Rewrite the head count inside a run-time shape entry such as ``Unsqueeze(Mul(batch, H))``."""
+    shape_tensor = node.inputs[1]
+    producer = shape_tensor.inputs[0] if shape_tensor.inputs else None
+    if producer is None or producer.op != "Concat":
+        return
+    offset = 0
+    for piece in producer.inputs:
+        length = int(np.prod(piece.shape)) if piece.shape is not None and None not in static(piece.shape) else 1
+        if offset <= axis < offset + length:
+            _replace_factor(piece, rx, old, new, depth=4)
+            return
+        offset += length
+
+
+def _replace_factor(tensor: gs.Tensor, rx: RewriteContext, old: int, new: int, depth: int) -> None:
+    if depth == 0 or not tensor.inputs:
+        return
+    node = tensor.inputs[0]
+    if node.op == "Mul":
+        for i, operand in enumerate(node.inputs):
+            values = const_values(operand)
+            if values is not None and values.size == 1 and int(values.reshape(-1)[0]) == old:
+                rx.replace_const(node, i, np.full_like(values, new))
+                return
+    if node.op in ("Unsqueeze", "Cast", "Mul", "Reshape"):
+        _replace_factor(node.inputs[0], rx, old, new, depth - 1)
 
 
 def static(shape) -> list:
