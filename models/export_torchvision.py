@@ -40,7 +40,9 @@ def export(name: str, path: str, size: int, dynamic_batch: bool = True, opset: i
     import torch
     import torchvision
 
-    kwargs = MODEL_KWARGS.get(name, {})
+    kwargs = dict(MODEL_KWARGS.get(name, {}))
+    if "image_size" in kwargs:
+        kwargs["image_size"] = size
     model = torchvision.models.get_model(name, weights=None, **kwargs).eval()
     x = torch.randn(1, 3, size, size)
     if dynamo:

@@ -180,6 +180,74 @@ def remove_identity(graph: gs.Graph, notes: list[str]) -> None:
         notes.append(f"remove_identity: {count} Identity nodes")
 
 
+def _np_transpose(node, x):
+    perm = node.attrs.get("perm")
+    return np.transpose(x, perm) if perm is not None else np.transpose(x)
+
+
+def _np_axes(node, arrays):
+    axes = node.attrs.get("axes")
+    if axes is None and len(arrays) > 1:
+        axes = arrays[1].tolist()
+    return [int(a) for a in np.atleast_1d(axes)] if axes is not None else None
+
+
+def _np_unsqueeze(node, *arrays):
+    out = arrays[0]
+    axes = _np_axes(node, arrays)
+    for a in sorted(a + out.ndim + len(axes) if a < 0 else a for a in axes):
+        out = np.expand_dims(out, a)
+    return out
+
+
+def _np_squeeze(node, *arrays):
+    axes = _np_axes(node, arrays)
+    return np.squeeze(arrays[0], axis=tuple(axes)) if axes is not None else np.squeeze(arrays[0])
+
+
+def _np_reshape(node, x, shape):
+    shape = [x.shape[i] if d == 0 and not node.attrs.get("allowzero", 0) else int(d) for i, d in enumerate(shape)]
+    return np.reshape(x, shape)
+
+
+_NUMPY_FOLDS = {
+    "Transpose": _np_transpose,
+    "Reshape": _np_reshape,
+    "Unsqueeze": _np_unsqueeze,
+    "Squeeze": _np_squeeze,
+    "Cast": lambda node, x: x.astype(onnx.helper.tensor_dtype_to_np_dtype(int(node.attrs["to"]))),
+    "Neg": lambda node, x: -x,
+}
+
+
+@register("normalize", "fold_weight_layouts")
+def fold_weight_layouts(graph: gs.Graph, notes: list[str]) -> None:
+    """Fold layout ops on constant weights (Transpose of a Linear weight, Cast, Reshape) with numpy.
+
+    Exporters without constant folding leave ``Transpose(W)`` before every
+    MatMul; doing these in numpy here spares the general folder (which runs
+    onnxruntime on serialized constants) most of its work on large models.
+    """
+    count = 0
+    for node in list(graph.nodes):
+        fold = _NUMPY_FOLDS.get(node.op)
+        if fold is None or len(node.outputs) != 1 or node.outputs[0] in graph.outputs:
+            continue
+        if not node.inputs or not all(isinstance(t, gs.Constant) for t in node.inputs):
+            continue
+        try:
+            value = np.ascontiguousarray(fold(node, *[np.asarray(t.values) for t in node.inputs]))
+        except Exception:  # noqa: BLE001 - leave anything unusual to the general folder
+            continue
+        out = node.outputs[0]
+        replace_uses(out, gs.Constant(out.name, value))
+        node.outputs.clear()
+        count += 1
+    if count:
+        graph.cleanup()
+        notes.append(f"fold_weight_layouts: {count} layout ops on constants")
+
+
 @register("normalize", "fold_constants")
 def fold_constants(graph: gs.Graph, notes: list[str]) -> None:
     """Fold constant subgraphs and static Shape chains so shape constants become rewritable."""
@@ -253,17 +321,7 @@ def infer_shapes_symbolic(graph: gs.Graph, notes: list[str]) -> None:
 
 
 def _infer(graph: gs.Graph, notes: list[str], symbolic: bool) -> None:
-    light = graph.copy()
-    for tensor in list(light.tensors().values()):
-        if isinstance(tensor, gs.Constant) and int(np.prod(tensor.shape)) > LIGHT_CONSTANT_LIMIT:
-            dtype = tensor.dtype
-            shape = list(tensor.shape)
-            tensor.to_variable(dtype=dtype, shape=shape)
-            tensor.type = "tensor_type"  # gs's in-place conversion forgets this attribute
-            light.inputs.append(tensor)
-    model = gs.export_onnx(light, do_type_check=False)
-    del model.opset_import[:]
-    model.opset_import.extend(graph_opsets(graph))
+    model = light_model(graph)
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as exc:  # noqa: BLE001
@@ -310,6 +368,33 @@ def _symbolic_shapes(model: onnx.ModelProto) -> dict[str, tuple[list, int]]:
 
 
 LIGHT_CONSTANT_LIMIT = 4096
+
+
+def light_model(graph: gs.Graph) -> onnx.ModelProto:
+    """The graph as a ModelProto whose large constants are typed inputs instead of data.
+
+    Built node by node with gs's exporter (no graph copy, no weight
+    serialization): what shape inference needs, at a fraction of the cost.
+    """
+    from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter, dtype_to_onnx
+
+    nodes = [OnnxExporter.export_node(node) for node in graph.nodes]
+    inputs = [OnnxExporter.export_value_info_proto(t, False) for t in graph.inputs]
+    outputs = [OnnxExporter.export_value_info_proto(t, False) for t in graph.outputs]
+    initializers = []
+    for tensor in graph.tensors().values():
+        if not isinstance(tensor, gs.Constant):
+            continue
+        if int(np.prod(tensor.shape)) > LIGHT_CONSTANT_LIMIT:
+            inputs.append(onnx.helper.make_tensor_value_info(tensor.name, dtype_to_onnx(tensor.dtype),
+                                                             list(tensor.shape)))
+        else:
+            initializers.append(OnnxExporter.export_tensor_proto(tensor))
+    model = onnx.helper.make_model(onnx.helper.make_graph(nodes, graph.name or "graph", inputs, outputs,
+                                                          initializers),
+                                   opset_imports=graph_opsets(graph))
+    model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    return model
 
 
 def graph_opsets(graph: gs.Graph) -> list[onnx.OperatorSetIdProto]:

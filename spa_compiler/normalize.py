@@ -17,7 +17,7 @@ from .ir import ModelMeta, meta_of, to_graph, to_model
 
 MODEL_PIPELINE_BEFORE = ("strip_initializer_inputs", "upgrade_opset")
 GRAPH_PIPELINE = ("constants_to_initializers", "castlike_constants", "remove_identity", "infer_shapes",
-                  "sequence_split_to_split", "infer_shapes", "fold_constants",
+                  "sequence_split_to_split", "fold_weight_layouts", "infer_shapes", "fold_constants",
                   "unshare_initializers", "cleanup", "infer_shapes_symbolic")
 
 
@@ -43,11 +43,18 @@ def _run(kind_name: str, obj, notes: list[str]):
         raise CompileError(f"normalize pass {kind_name} failed: {str(exc).splitlines()[0][:200]}") from exc
 
 
-def normalize(model: onnx.ModelProto) -> Normalized:
-    """Run the whole normalization pipeline on a copy of *model*."""
+def normalize(model: onnx.ModelProto, copy: bool = True) -> Normalized:
+    """Run the whole normalization pipeline on *model* (on a copy unless *copy* is False).
+
+    The compiler passes ``copy=False`` for models it loaded itself: a model
+    handed in by a caller is never modified, a file's model is nobody else's.
+    """
     notes: list[str] = []
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
+    if copy:
+        work = onnx.ModelProto()
+        work.CopyFrom(model)
+    else:
+        work = model
     for name in MODEL_PIPELINE_BEFORE:
         work = _run(name, work, notes)
     meta = meta_of(work)

@@ -45,7 +45,8 @@ def compile_model(source: ModelLike, prune_hidden: bool = False) -> Compiled:
     model = load_model(source)
     where = "<in-memory model>" if isinstance(source, onnx.ModelProto) else str(source)
     try:
-        normalized = normalize(model)
+        normalized = normalize(model, copy=isinstance(source, onnx.ModelProto))
+        del model  # the gs graph holds what is needed; let the protobuf go
         analysis = analyze(normalized.graph, normalized.meta.opset, prune_hidden=prune_hidden)
     except SpacError as exc:
         raise type(exc)(f"{where}: {exc}") from None

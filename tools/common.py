@@ -65,3 +65,30 @@ def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
     return str(value)
+
+
+def gpt2_onnx(layers: int = 12, width: int = 768, heads: int = 12, vocab: int = 50257) -> Path:
+    """Export (once) a GPT-2 built from a config (GPT-2 small by default), random weights, dynamic batch/seq."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / f"gpt2_{layers}x{width}.onnx"
+    if not path.exists():
+        import torch
+        import transformers as tf
+
+        cfg = tf.GPT2Config(vocab_size=vocab, n_embd=width, n_layer=layers, n_head=heads,
+                            attn_implementation="eager")
+        model = tf.GPT2LMHeadModel(cfg).eval()
+
+        class Logits(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.model = model
+
+            def forward(self, ids):
+                return self.model(ids, use_cache=False)[0]
+
+        torch.onnx.export(Logits().eval(), (torch.randint(0, vocab, (1, 16)),), str(path),
+                          input_names=["input_ids"], output_names=["logits"],
+                          dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}},
+                          opset_version=17, do_constant_folding=False, dynamo=False)
+    return path
