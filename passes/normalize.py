@@ -161,6 +161,60 @@ def sequence_split_to_split(graph: gs.Graph, notes: list[str]) -> None:
         notes.append(f"sequence_split_to_split: {count} SplitToSequence nodes")
 
 
+@register("normalize", "einsum_to_matmul")
+def einsum_to_matmul(graph: gs.Graph, notes: list[str]) -> None:
+    """Rewrite two-operand Einsums that are batched matrix products as Transpose + MatMul.
+
+    ``bhqd,bhkd->bhqk`` (attention scores written as einsum) becomes
+    ``MatMul(A, Transpose(B))``, which the MatMul rule understands.
+    """
+    count = 0
+    for node in list(graph.nodes):
+        if node.op != "Einsum" or len(node.inputs) != 2 or "..." in node.attrs.get("equation", "..."):
+            continue
+        plan = _einsum_as_matmul(node.attrs["equation"].replace(" ", ""))
+        if plan is None:
+            continue
+        base = node.name or node.outputs[0].name
+        operands = []
+        for tensor, perm in zip(node.inputs, plan):
+            if perm is None:
+                operands.append(tensor)
+                continue
+            moved = gs.Variable(f"{base}_{tensor.name}_t", dtype=tensor.dtype)
+            graph.nodes.append(gs.Node("Transpose", name=f"{moved.name}_node", attrs={"perm": perm},
+                                       inputs=[tensor], outputs=[moved]))
+            operands.append(moved)
+        graph.nodes.append(gs.Node("MatMul", name=f"{base}_as_matmul", inputs=operands,
+                                   outputs=list(node.outputs)))
+        node.outputs.clear()
+        count += 1
+    if count:
+        graph.cleanup().toposort()
+        notes.append(f"einsum_to_matmul: {count} Einsum nodes")
+
+
+def _einsum_as_matmul(equation: str):
+    """Permutations (or None) that bring both operands to ``batch..., m, k`` x ``batch..., k, n``."""
+    try:
+        lhs, out = equation.split("->")
+        a, b = lhs.split(",")
+    except ValueError:
+        return None
+    if len(set(a)) != len(a) or len(set(b)) != len(b) or len(out) < 2:
+        return None
+    batch, m, n = out[:-2], out[-2], out[-1]
+    contracted = [c for c in a if c in b and c not in out]
+    if len(contracted) != 1 or set(a) != set(batch) | {m, contracted[0]} or \
+            set(b) != set(batch) | {n, contracted[0]} or m in b or n in a:
+        return None
+    k = contracted[0]
+    want_a, want_b = batch + m + k, batch + k + n
+    perm_a = None if a == want_a else [a.index(c) for c in want_a]
+    perm_b = None if b == want_b else [b.index(c) for c in want_b]
+    return perm_a, perm_b
+
+
 @register("normalize", "remove_identity")
 def remove_identity(graph: gs.Graph, notes: list[str]) -> None:
     """Bypass Identity nodes (TorchScript shares deduplicated weights through them)."""

@@ -22,7 +22,7 @@ from .base import Neutral, Rule
 from .elementwise import Elementwise, LayerNorm, Normalization, Pad, Pool, Reduce, Resize, Softmax
 from .linear import Conv, ConvTranspose, Gemm, MatMul
 from .reshape import Reshape, reshape_runs
-from .shapes import Concat, Expand, Gather, Slice, Split, SqueezeLike, Transpose
+from .shapes import Concat, Expand, Gather, Slice, Split, SqueezeLike, Tile, Transpose
 from .shuffle import ChannelShuffle
 
 
@@ -73,6 +73,7 @@ RULES: dict[str, Rule] = {
     "LayerNormalization": LayerNorm(), "RMSNormalization": LayerNorm(),
     "Gather": Gather(),
     "Expand": Expand(),
+    "Tile": Tile(),
 }
 
 SUBGRAPH_OPS = ("If", "Loop", "Scan")

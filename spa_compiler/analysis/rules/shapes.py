@@ -272,3 +272,17 @@ class Expand(Rule):
         new = [rx.new_dim(x, k - shift, d) if k >= shift else d for k, d in enumerate(old)]
         if new != old:
             write_shape(node, rx, new, old)
+
+
+class Tile(Rule):
+    """Tile: axes repeated once keep their channels; a repeated channel axis freezes."""
+
+    def analyze(self, node, port, axis, cx):
+        if port[0] == "in" and port[1] != 0:
+            return NEUTRAL
+        repeats = const_values(node.inputs[1])
+        if repeats is None:
+            return frozen(f"{node.name} ({node.op}) repeats computed at run time")
+        if int(np.asarray(repeats).reshape(-1)[axis]) != 1:
+            return frozen(f"{node.name} ({node.op}) repeats the channel axis")
+        return axis_tie(node, axis, axis, cx)
