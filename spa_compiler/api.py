@@ -29,7 +29,8 @@ class PruneResult:
 def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global_ranking: bool = False,
           round_to: int = 1, exclude: Sequence[str] = (), target_macs: Optional[float] = None,
           max_group_ratio: float = 0.9, reduce: str = "sum", seed: int = 0, verify: bool = True,
-          prune_hidden: bool = False,
+          prune_hidden: bool = False, hessian: Optional[str] = None, calib=None, samples: int = 256,
+          damping: float = 0.01, compensate: Optional[bool] = None, recalibrate_bn: bool = False,
           output: Optional[str] = None, force: bool = False,
           progress: Optional[Callable[[str], None]] = None) -> PruneResult:
     """Prune whole channels of *model* (a path or an ``onnx.ModelProto``).
@@ -45,6 +46,10 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
     options = PlanOptions(ratio=ratio, global_ranking=global_ranking, max_group_ratio=max_group_ratio,
                           round_to=round_to, exclude=tuple(exclude))
     options.validate()
+    if samples < 2 or damping < 0:
+        raise UsageError("--samples must be >= 2 and --damping >= 0")
+    if recalibrate_bn and calib is None:
+        raise UsageError("--recalibrate-bn needs --calib inputs")
     input_path = None if isinstance(model, onnx.ModelProto) else str(model)
     if output is not None:
         check_output_path(output, input_path, force)
@@ -53,13 +58,42 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
     compiled = compile_model(model, prune_hidden=prune_hidden)
     require_prunable(compiled)
     t1 = time.perf_counter()
+    from . import registry
+    from .compensate import ObsContext, compensate as compensation
+    from .pipeline import bn_free_conv_warning, choose_hessian_source, consumer_nodes, load_calib
+    from . import statistics
+
+    criterion_cls = registry.get("criterion", criterion).factory
+    compensating = getattr(criterion_cls, "compensates", False) if compensate is None else compensate
+    warnings, hessian_info, obs = [], None, None
+    calib_data = load_calib(calib, compiled) if calib is not None else None
+    if compensating or getattr(criterion_cls, "needs_statistics", False):
+        source, why = choose_hessian_source(compiled, hessian, calib_data)
+        say(f"collecting layer statistics ({source}: {why})")
+        stats = statistics.collect(compiled, consumer_nodes(compiled), source, calib_data, samples=samples, seed=seed)
+        obs = ObsContext(compiled.graph, compiled.analysis, stats, damping)
+        hessian_info = {"source": source, "why": why, "layers": len(stats), "samples": samples}
+        warning = bn_free_conv_warning(compiled) if source != "calib" else None
+        if warning:
+            warnings.append(warning)
+    if getattr(criterion_cls, "global_normalize", None):
+        options = PlanOptions(**{**options.__dict__, "normalize": criterion_cls.global_normalize})
     say(f"scoring {len(compiled.analysis.prunable_groups)} groups with {criterion}")
-    scores = score_groups(compiled, criterion, seed=seed, reduce=reduce)
+    scores = score_groups(compiled, criterion, seed=seed, reduce=reduce, obs=obs)
     plan = plan_pruning(compiled, scores, options, target_macs)
     if not plan.removed and ratio > 0 and target_macs is None:
         raise UsageError(f"{compiled.source}: ratio {ratio} removes no channel (groups too small or excluded)")
+    updates = None
+    if compensating:
+        say("compensating consumer weights and folding into BatchNorm")
+        updates = compensation(obs or ObsContext(compiled.graph, compiled.analysis, {}, damping), plan)
     say(f"rewriting {len(plan.removed)} groups")
-    pruned, graph, log = apply_plan(compiled, plan)
+    pruned, graph, log = apply_plan(compiled, plan, updates)
+    if recalibrate_bn:
+        from .recalibrate import recalibrate_batchnorm
+
+        say("recalibrating BatchNorm statistics on the calibration inputs")
+        pruned = recalibrate_batchnorm(pruned, calib_data)
     t2 = time.perf_counter()
     verification = None
     if verify:
@@ -69,6 +103,9 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
         verification = check_pruned(pruned, expected)
     report = build_report(compiled, graph, plan, log, criterion, options, target_macs)
     report["verify"] = verification
+    report["hessian"] = hessian_info
+    report["compensated"] = bool(compensating)
+    report["warnings"] = warnings
     report["seconds"] = {"analyze": round(t1 - t0, 3), "prune": round(t2 - t1, 3),
                          "total": round(time.perf_counter() - t0, 3)}
     if output is not None:

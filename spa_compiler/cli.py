@@ -100,6 +100,15 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--prune-hidden", is_flag=True,
               help="Also prune a transformer's residual-stream width (inexact through LayerNorm).")
+@click.option("--calib", type=click.Path(dir_okay=False),
+              help="Calibration inputs (.npz keyed by input name, or one array): real-data statistics.")
+@click.option("--hessian", type=click.Choice(["bnstat", "synthetic", "calib", "identity"]), default=None,
+              help="Statistics source for obspa [default: calib with --calib, bnstat with BatchNorm, else synthetic].")
+@click.option("--samples", type=int, default=256, show_default=True, help="Noise samples for data-free statistics.")
+@click.option("--damping", type=float, default=0.01, show_default=True, help="OBS damping, fraction of mean(diag H).")
+@click.option("--compensate/--no-compensate", default=None,
+              help="Re-solve consumer weights for removed channels [default: on for obspa].")
+@click.option("--recalibrate-bn", is_flag=True, help="With --calib: recompute every BatchNorm's statistics after pruning.")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime check of the pruned model.")
 @click.option("--force", is_flag=True, help="Allow overwriting the input model.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the JSON report here.")
@@ -107,7 +116,8 @@ def main() -> None:
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @handled
 def prune(model, output, ratio, criterion, global_ranking, max_group_ratio, round_to, exclude, target_macs,
-          reduce, seed, prune_hidden, no_verify, force, report_path, as_json, debug):
+          reduce, seed, prune_hidden, calib, hessian, samples, damping, compensate, recalibrate_bn, no_verify, force,
+          report_path, as_json, debug):
     """Prune MODEL and write a smaller ONNX model."""
     from .api import prune as run_prune
 
@@ -123,7 +133,8 @@ def prune(model, output, ratio, criterion, global_ranking, max_group_ratio, roun
     result = run_prune(model, ratio=ratio, criterion=criterion, global_ranking=global_ranking,
                        round_to=round_to, exclude=exclude, target_macs=target_macs,
                        max_group_ratio=max_group_ratio, reduce=reduce, seed=seed, verify=not no_verify,
-                       prune_hidden=prune_hidden,
+                       prune_hidden=prune_hidden, calib=calib, hessian=hessian, samples=samples, damping=damping,
+                       compensate=compensate, recalibrate_bn=recalibrate_bn,
                        output=output, force=force, progress=progress)
     report = result.report
     if report_path:
@@ -135,10 +146,15 @@ def prune(model, output, ratio, criterion, global_ranking, max_group_ratio, roun
     if as_json:
         _emit_json(report)
         return
+    for warning in report.get("warnings") or []:
+        click.echo(f"spac: warning: {warning}", err=True)
     p, m, g = report["params"], report["macs"], report["groups"]
     click.echo(f"pruned {g['pruned']} of {g['prunable']} prunable groups ({g['frozen']} frozen) with {criterion}")
     click.echo(f"params {_fmt(p['before'])} -> {_fmt(p['after'])} ({p['after'] / max(p['before'], 1):.1%})")
     click.echo(f"MACs   {_fmt(m['before'])} -> {_fmt(m['after'])} ({m['after'] / max(m['before'], 1):.1%})")
+    if report.get("hessian"):
+        h = report["hessian"]
+        click.echo(f"statistics: {h['source']} ({h['why']}); weights compensated: {report['compensated']}")
     if report.get("verify"):
         click.echo(f"verified: onnxruntime ({report['verify']['provider']}) runs it, output shapes unchanged")
     click.echo(f"wrote {output}")

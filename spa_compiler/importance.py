@@ -26,6 +26,7 @@ class ScoringContext:
     graph: gs.Graph
     analysis: DependencyAnalysis
     rng: np.random.Generator
+    obs: Optional[object] = None  # ObsContext (consumer layers + statistics) for criteria that need it
 
     def __post_init__(self) -> None:
         self._constants = {name: t for name, t in self.graph.tensors().items() if isinstance(t, gs.Constant)}

@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 from . import registry
 from .analysis import DependencyAnalysis, analyze
 from .cost import estimate_macs, totals
-from .errors import CompileError, NothingToPruneError, SpacError
+from .errors import CompileError, NothingToPruneError, SpacError, UsageError
 from .importance import REDUCTIONS, ScoringContext
 from .ir import ModelMeta
 from .modelio import ModelLike, load_model
@@ -56,13 +56,17 @@ def compile_model(source: ModelLike, prune_hidden: bool = False) -> Compiled:
 
 
 def score_groups(compiled: Compiled, criterion: str = "l2", seed: int = 0, reduce: str = "sum",
-                 groups=None) -> dict[int, np.ndarray]:
-    """Run a registered criterion pass on every prunable group."""
+                 groups=None, obs=None) -> dict[int, np.ndarray]:
+    """Run a registered criterion pass on every prunable group (*obs*: statistics for OBSPA-like passes)."""
     if reduce not in REDUCTIONS:
         raise CompileError(f"unknown reduction {reduce!r}")
     info = registry.get("criterion", criterion)
     pass_ = info.factory(reduce=reduce)
-    ctx = ScoringContext(compiled.graph, compiled.analysis, np.random.default_rng(seed))
+    if obs is None and getattr(pass_, "needs_statistics", False):
+        from .compensate import ObsContext
+
+        obs = ObsContext(compiled.graph, compiled.analysis)  # identity statistics
+    ctx = ScoringContext(compiled.graph, compiled.analysis, np.random.default_rng(seed), obs)
     scores = {}
     for group in (groups if groups is not None else compiled.analysis.prunable_groups):
         values = np.asarray(pass_.score(ctx, group), dtype=np.float64)
@@ -90,11 +94,12 @@ def plan_pruning(compiled: Compiled, scores: dict[int, np.ndarray], options: Pla
     return plan
 
 
-def apply_plan(compiled: Compiled, plan: Plan) -> tuple[onnx.ModelProto, gs.Graph, RewriteLog]:
+def apply_plan(compiled: Compiled, plan: Plan, updates: Optional[dict[str, np.ndarray]] = None
+               ) -> tuple[onnx.ModelProto, gs.Graph, RewriteLog]:
     """Rewrite a copy of the compiled graph; the compiled graph stays the dense original."""
     from .ir import to_model
 
-    graph, log = rewrite(compiled.graph, compiled.meta, compiled.analysis, plan)
+    graph, log = rewrite(compiled.graph, compiled.meta, compiled.analysis, plan, updates)
     return to_model(graph, compiled.meta), graph, log
 
 
@@ -103,3 +108,65 @@ def require_prunable(compiled: Compiled) -> None:
         reasons = sorted({g.frozen[0] for g in compiled.analysis.groups if g.frozen})[:3]
         hint = f" (e.g. {'; '.join(reasons)})" if reasons else ""
         raise NothingToPruneError(f"{compiled.source}: no prunable group: every group is frozen{hint}")
+
+
+def consumer_nodes(compiled: Compiled) -> list[gs.Node]:
+    """Consumer layers (Conv, Gemm, MatMul) of every prunable group: whose inputs OBS needs statistics of."""
+    from .analysis import CONSUMER
+
+    nodes = {n.name: n for n in compiled.graph.nodes}
+    wanted = {p.node for g in compiled.analysis.prunable_groups for p in g.params_by_role(CONSUMER)}
+    return [nodes[name] for name in sorted(wanted) if name in nodes and nodes[name].op in ("Conv", "Gemm", "MatMul")]
+
+
+def choose_hessian_source(compiled: Compiled, requested: Optional[str], calib) -> tuple[str, str]:
+    """The statistics source and why: calibration data, BN batch statistics, or plain noise."""
+    has_bn = any(n.op == "BatchNormalization" for n in compiled.graph.nodes)
+    if requested:
+        return requested, "requested"
+    if calib is not None:
+        return "calib", "calibration inputs given"
+    if has_bn:
+        return "bnstat", "BatchNormalization present: noise normalized by batch statistics"
+    return "synthetic", "no BatchNormalization: noise through the eval-mode graph"
+
+
+def bn_free_conv_warning(compiled: Compiled) -> Optional[str]:
+    ops = {n.op for n in compiled.graph.nodes}
+    if "Conv" in ops and "BatchNormalization" not in ops:
+        return ("no BatchNormalization in this convolutional model (folded at export?): OBSPA falls back to "
+                "plain-noise statistics and keeps less accuracy; export with BatchNorm kept "
+                "(torch.onnx.export(..., do_constant_folding=False) or dynamo optimize=False)")
+    return None
+
+
+def load_calib(path, compiled: Compiled) -> dict[str, np.ndarray]:
+    """Calibration inputs from an .npz: arrays keyed by graph input name, or one array for a single input."""
+    import os
+
+    names = [t.name for t in compiled.graph.inputs]
+    if isinstance(path, dict):
+        data = dict(path)
+    else:
+        if not os.path.isfile(str(path)):
+            raise UsageError(f"{path}: calibration file not found")
+        try:
+            with np.load(str(path), allow_pickle=False) as npz:
+                data = {k: npz[k] for k in npz.files}
+        except Exception as exc:  # noqa: BLE001 - zip/pickle/format errors all mean "not a usable npz"
+            raise UsageError(f"{path}: not a readable .npz of arrays ({type(exc).__name__})") from None
+    if not data:
+        raise UsageError(f"{path}: no arrays in the calibration file")
+    if not set(names) <= set(data):
+        if len(data) == 1 and len(names) == 1:
+            data = {names[0]: next(iter(data.values()))}
+        else:
+            raise UsageError(f"{path}: calibration arrays {sorted(data)} do not match the model inputs {names}")
+    lengths = {len(data[n]) for n in names}
+    if len(lengths) != 1 or 0 in lengths:
+        raise UsageError(f"{path}: calibration arrays must share a non-zero first (batch) dimension")
+    for tensor in compiled.graph.inputs:
+        rank = len(tensor.shape or [])
+        if rank and data[tensor.name].ndim != rank:
+            raise UsageError(f"{path}: array {tensor.name} has rank {data[tensor.name].ndim}, the model input has {rank}")
+    return {n: np.ascontiguousarray(data[n]) for n in names}

@@ -8,6 +8,7 @@ analysis: the returned graph must be analysed afresh.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -55,12 +56,21 @@ def kept_fraction(analysis: DependencyAnalysis, plan: Plan):
     return lambda name, axis: fractions.get((name, axis))
 
 
-def rewrite(graph: gs.Graph, meta: ModelMeta, analysis: DependencyAnalysis, plan: Plan) -> tuple[gs.Graph, RewriteLog]:
-    """Return a pruned copy of *graph* (the input graph is left untouched)."""
+def rewrite(graph: gs.Graph, meta: ModelMeta, analysis: DependencyAnalysis, plan: Plan,
+            updates: Optional[dict[str, np.ndarray]] = None) -> tuple[gs.Graph, RewriteLog]:
+    """Return a pruned copy of *graph* (the input graph is left untouched).
+
+    *updates* replaces constants by name before slicing: the weight
+    compensation and normalization folds computed by OBSPA.
+    """
     work = graph.copy()
     kept = kept_positions(analysis, plan)
     log = RewriteLog()
     constants = {name: t for name, t in work.tensors().items() if isinstance(t, gs.Constant)}
+    for name, values in (updates or {}).items():
+        if name not in constants:
+            raise CompileError(f"compensated parameter {name} not found")
+        constants[name].values = np.asarray(values, dtype=np.asarray(constants[name].values).dtype)
     for gid in plan.removed:
         for param in analysis.groups[gid].params:
             const = constants.get(param.tensor)

@@ -1,0 +1,115 @@
+"""OBSPA's transform: compensate consumer weights for the removed channels, then fold the shift into BN.
+
+Given the plan and the consumer statistics, every consumer layer of a pruned
+group gets the joint OBS update for all its removed columns (identical to
+removing them one by one with inverse downdates), and a BatchNormalization
+that reads that layer's output gets its running mean and variance corrected
+for the predicted change of the layer's output distribution (data-free BN
+recalibration).  Returns constant replacements for the rewrite; nothing is
+changed in place.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .analysis import CONSUMER, DependencyAnalysis, Group
+from .obs import DEFAULT_DAMPING, ConsumerLayer, damped_inverse
+from .plan import Plan
+from .statistics import LayerStats
+
+VAR_RATIO_BOUNDS = (1e-3, 1e3)
+
+
+@dataclass
+class ObsContext:
+    """Consumer layers of each group with their input statistics (identity when none were collected)."""
+
+    graph: gs.Graph
+    analysis: DependencyAnalysis
+    stats: dict[str, LayerStats] = field(default_factory=dict)
+    damping: float = DEFAULT_DAMPING
+
+    def __post_init__(self) -> None:
+        self._nodes = {n.name: n for n in self.graph.nodes}
+        self._constants = {n: t for n, t in self.graph.tensors().items() if isinstance(t, gs.Constant)}
+
+    def layer_stats(self, group: Group) -> list[tuple[ConsumerLayer, Optional[LayerStats]]]:
+        """Every consumer of *group* that OBS can handle, with its statistics (None when not collected)."""
+        out = []
+        for param in group.params_by_role(CONSUMER):
+            node = self._nodes.get(param.node)
+            layer = None if node is None else ConsumerLayer.of(node, param, self._constants[param.tensor].values)
+            if layer is not None:
+                stats = self.stats.get(node.name)
+                out.append((layer, stats if stats is not None and stats.h.shape[0] == layer.w.shape[1] else None))
+        return out
+
+    def layers(self, group: Group) -> list[tuple[ConsumerLayer, np.ndarray, np.ndarray]]:
+        """(layer, H, mean) for every consumer of *group* that OBS can handle."""
+        out = []
+        for param in group.params_by_role(CONSUMER):
+            node = self._nodes.get(param.node)
+            if node is None:
+                continue
+            layer = ConsumerLayer.of(node, param, self._constants[param.tensor].values)
+            if layer is None:
+                continue
+            features = layer.w.shape[1]
+            stats = self.stats.get(node.name)
+            if stats is None or stats.h.shape[0] != features:
+                out.append((layer, np.eye(features), np.zeros(features)))
+            else:
+                out.append((layer, stats.h, stats.mean))
+        return out
+
+    def constant(self, name: str) -> np.ndarray:
+        return np.asarray(self._constants[name].values)
+
+    def next_batchnorm(self, node: gs.Node) -> Optional[gs.Node]:
+        """The BatchNormalization that alone reads *node*'s output, if any."""
+        readers = node.outputs[0].outputs
+        if len(readers) == 1 and readers[0].op == "BatchNormalization" and readers[0].inputs[0] is node.outputs[0]:
+            return readers[0]
+        return None
+
+
+def compensate(ctx: ObsContext, plan: Plan, fold_batchnorm: bool = True) -> dict[str, np.ndarray]:
+    """Constant replacements: compensated consumer weights and corrected BatchNorm statistics."""
+    updates: dict[str, np.ndarray] = {}
+    for gid, removed in plan.removed.items():
+        group = ctx.analysis.groups[gid]
+        gone = np.zeros(group.n_atoms, dtype=bool)
+        gone[removed] = True
+        for layer, h, mean in ctx.layers(group):
+            positions = np.flatnonzero(gone[group.atom_of[layer.param.space]])
+            if not len(positions):
+                continue
+            cols = layer.columns(positions)
+            hinv = damped_inverse(h, ctx.damping)
+            w0 = layer.w
+            w1 = w0 - w0[:, cols] @ np.linalg.solve(hinv[np.ix_(cols, cols)], hinv[cols, :])
+            w1[:, cols] = 0.0
+            updates[layer.param.tensor] = layer.weight_values(w1)
+            bn = ctx.next_batchnorm(layer.node) if fold_batchnorm else None
+            if bn is not None:
+                _fold_into_batchnorm(ctx, bn, w0, w1, h, mean, updates)
+    return updates
+
+
+def _fold_into_batchnorm(ctx: ObsContext, bn: gs.Node, w0, w1, h, mean, updates) -> None:
+    """Shift BN's running mean by the predicted output mean change and scale its variance likewise."""
+    mean_name, var_name = bn.inputs[3].name, bn.inputs[4].name
+    running_mean, running_var = ctx.constant(mean_name).astype(np.float64), ctx.constant(var_name).astype(np.float64)
+    if running_mean.shape[0] != w0.shape[0]:
+        return
+    mu0, mu1 = w0 @ mean, w1 @ mean
+    var0 = np.einsum("ij,jk,ik->i", w0, h, w0) - mu0 ** 2
+    var1 = np.einsum("ij,jk,ik->i", w1, h, w1) - mu1 ** 2
+    ratio = np.where(var0 > 1e-12, var1 / np.maximum(var0, 1e-12), 1.0)
+    ratio = np.clip(ratio, *VAR_RATIO_BOUNDS)
+    updates[mean_name] = running_mean - (mu0 - mu1)
+    updates[var_name] = running_var * ratio

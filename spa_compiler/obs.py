@@ -1,0 +1,107 @@
+"""Optimal Brain Surgeon for structured removal: costs, compensation and inverse downdates.
+
+For a consumer layer with weight ``W`` (out x in, a Conv flattened to
+``out x (in*kh*kw)``) and input second moment ``H``, removing the block of
+input columns ``Q`` while re-solving the remaining weights costs
+
+    dE(Q) = 1/2 tr( W[:,Q] ((H^-1)[Q,Q])^-1 W[:,Q]^T )
+
+and the optimal update is ``W -= W[:,Q] ((H^-1)[Q,Q])^-1 (H^-1)[Q,:]`` (then
+the columns Q are dropped).  Everything here is float64; ``H`` is damped by
+``lambda * mean(diag H)`` and inverted by Cholesky, with an eigenvalue
+fallback for matrices that are not numerically positive definite.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .analysis import ParamSlice
+
+DEFAULT_DAMPING = 0.01
+
+
+def damped_inverse(h: np.ndarray, damping: float = DEFAULT_DAMPING) -> np.ndarray:
+    """(H + damping * mean(diag H) * I)^-1, with dead inputs (zero variance) given H_ii = 1."""
+    h = np.array(h, dtype=np.float64, copy=True)
+    dead = np.diag(h) <= 0
+    h[dead, :] = 0
+    h[:, dead] = 0
+    h[dead, dead] = 1.0
+    scale = float(np.mean(np.diag(h))) or 1.0
+    h[np.diag_indices_from(h)] += damping * scale
+    try:
+        chol = np.linalg.cholesky(h)
+        inv_chol = np.linalg.solve(chol, np.eye(len(h)))
+        return inv_chol.T @ inv_chol
+    except np.linalg.LinAlgError:
+        values, vectors = np.linalg.eigh(h)
+        values = np.maximum(values, 1e-12 * max(values.max(), 1e-12))
+        return (vectors / values) @ vectors.T
+
+
+def block_cost(w: np.ndarray, hinv: np.ndarray, cols: np.ndarray) -> float:
+    """dE of removing columns *cols* of *w* (rows = outputs)."""
+    block = hinv[np.ix_(cols, cols)]
+    wq = w[:, cols]
+    return 0.5 * float(np.trace(wq @ np.linalg.solve(block, wq.T)))
+
+
+def block_costs_uniform(w: np.ndarray, hinv: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+    """dE for many equal-size blocks at once; *blocks* is (n_blocks, block_size) of column indices."""
+    sub = hinv[blocks[:, :, None], blocks[:, None, :]]           # (n, k, k)
+    wq = np.transpose(w[:, blocks], (1, 0, 2))                    # (n, out, k)
+    solved = np.linalg.solve(sub, np.transpose(wq, (0, 2, 1)))    # (n, k, out)
+    return 0.5 * np.einsum("nok,nko->n", wq, solved)
+
+
+def remove_block(w: np.ndarray, hinv: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Compensate *w* for removing *cols* and downdate *hinv*; removed columns become exactly zero."""
+    block_inv = np.linalg.inv(hinv[np.ix_(cols, cols)])
+    rows = hinv[cols, :]
+    w = w - w[:, cols] @ block_inv @ rows
+    hinv = hinv - hinv[:, cols] @ block_inv @ rows
+    w[:, cols] = 0.0
+    hinv[cols, :] = 0.0
+    hinv[:, cols] = 0.0
+    return w, hinv
+
+
+@dataclass
+class ConsumerLayer:
+    """A boundary layer reading a group: its weight as a float64 (out x features) matrix and how positions map to columns."""
+
+    node: gs.Node
+    param: ParamSlice
+    shape: tuple[int, ...]
+    w: np.ndarray          # (out, features)
+    cols_per_position: int
+
+    @classmethod
+    def of(cls, node: gs.Node, param: ParamSlice, values: np.ndarray) -> Optional["ConsumerLayer"]:
+        values = np.asarray(values, dtype=np.float64)
+        if node.op == "Conv" and param.axis == 1 and int(node.attrs.get("group", 1)) == 1:
+            return cls(node, param, values.shape, values.reshape(values.shape[0], -1),
+                       int(np.prod(values.shape[2:])))
+        if node.op in ("Gemm", "MatMul") and values.ndim == 2:
+            w = values if param.axis == 1 else values.T
+            return cls(node, param, values.shape, np.array(w), 1)
+        return None
+
+    def columns(self, positions: np.ndarray) -> np.ndarray:
+        """Weight columns of the given positions of the consumer's input space."""
+        k = self.cols_per_position
+        return (np.asarray(positions)[:, None] * k + np.arange(k)[None, :]).reshape(-1)
+
+    def weight_values(self, w: np.ndarray) -> np.ndarray:
+        """A (out x features) matrix back in the initializer's layout."""
+        if self.node.op == "Conv":
+            return w.reshape(self.shape)
+        return w if self.param.axis == 1 else w.T
+
+    def energy(self, h: np.ndarray) -> float:
+        """tr(W H W^T): the layer's output energy, so costs compare across layers."""
+        return float(np.einsum("ij,jk,ik->", self.w, h, self.w)) or 1.0

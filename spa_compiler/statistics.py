@@ -1,0 +1,191 @@
+"""Input statistics of the consumer layers: the second moment ``H = E[x x^T]`` and mean ``E[x]``.
+
+OBSPA needs, for every boundary layer that reads a prunable group, the
+second moment of its inputs (im2col patches for a Conv).  They come from
+running the graph in onnxruntime with those inputs exposed as outputs,
+streamed over batches in float64, on one of these *sources*:
+
+- ``bnstat``: N(0,1) inputs with every BatchNormalization normalizing by the
+  batch's own statistics, so activations sit on BN's beta and gamma (no data);
+- ``synthetic``: N(0,1) inputs through the eval-mode graph (no data);
+- ``calib``: the user's calibration inputs through the eval-mode graph;
+- ``identity``: no run at all, ``H = I`` and zero mean (magnitude pruning).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .errors import UsageError
+from .ir import const_values, to_model
+
+SOURCES = ("bnstat", "synthetic", "calib", "identity")
+MAX_ROWS_PER_BATCH = 8192  # im2col rows kept per batch and layer (a seeded subsample beyond)
+
+
+@dataclass
+class LayerStats:
+    """Streaming second moment and mean of one consumer layer's input features."""
+
+    h: np.ndarray         # (features, features), float64, E[x x^T]
+    mean: np.ndarray      # (features,) E[x]
+    abs_mean: np.ndarray  # (features,) E[|x|], for activation-based criteria
+    rows: int
+
+    @classmethod
+    def empty(cls, features: int) -> "LayerStats":
+        return cls(np.zeros((features, features)), np.zeros(features), np.zeros(features), 0)
+
+    def add(self, x: np.ndarray) -> None:
+        x = np.asarray(x, dtype=np.float64)
+        n = self.rows + len(x)
+        keep = self.rows / n
+        self.h = self.h * keep + (x.T @ x) / n
+        self.mean = self.mean * keep + x.sum(axis=0) / n
+        self.abs_mean = self.abs_mean * keep + np.abs(x).sum(axis=0) / n
+        self.rows = n
+
+
+def feature_rows(node: gs.Node, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The rows a layer multiplies by its weight: im2col patches for Conv, last-axis vectors otherwise."""
+    if node.op == "Conv":
+        rows = _im2col(node, x)
+    elif node.op == "Gemm":
+        rows = x.T if node.attrs.get("transA", 0) else x
+    elif node.op == "MatMul":
+        rows = x.reshape(-1, x.shape[-1])
+    else:
+        raise ValueError(f"no feature rows for {node.op}")
+    if len(rows) > MAX_ROWS_PER_BATCH:
+        rows = rows[rng.choice(len(rows), MAX_ROWS_PER_BATCH, replace=False)]
+    return rows
+
+
+def _im2col(node: gs.Node, x: np.ndarray) -> np.ndarray:
+    """Patches of a 2-D (or 1-D) Conv input as rows of ``C * kh * kw`` features, channel-major."""
+    w = const_values(node.inputs[1])
+    kernel = list(w.shape[2:])
+    if x.ndim == 3:
+        x, kernel = x[:, :, None, :], [1] + kernel
+    if x.ndim != 4:
+        raise ValueError("only 1-D and 2-D convolutions")
+    strides = list(node.attrs.get("strides", [1] * len(w.shape[2:])))
+    dilations = list(node.attrs.get("dilations", [1] * len(w.shape[2:])))
+    pads = list(node.attrs.get("pads", [0] * 2 * len(w.shape[2:])))
+    if len(strides) == 1:
+        strides, dilations, pads = [1] + strides, [1] + dilations, [0, pads[0], 0, pads[1]]
+    if node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET", "VALID", b"VALID"):
+        total = [(k - 1) * d for k, d in zip(kernel, dilations)]
+        pads = [t // 2 for t in total] + [t - t // 2 for t in total]
+    x = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    n, c, height, width = x.shape
+    kh, kw = kernel
+    dh, dw = dilations
+    out_h = (height - (kh - 1) * dh - 1) // strides[0] + 1
+    out_w = (width - (kw - 1) * dw - 1) // strides[1] + 1
+    cols = np.empty((n, c, kh, kw, out_h, out_w), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, i, j] = x[:, :, i * dh: i * dh + strides[0] * out_h: strides[0],
+                                 j * dw: j * dw + strides[1] * out_w: strides[1]]
+    return cols.transpose(0, 4, 5, 1, 2, 3).reshape(n * out_h * out_w, c * kh * kw)
+
+
+def batch_stat_graph(graph: gs.Graph, opset: int) -> gs.Graph:
+    """A copy of *graph* whose BatchNormalizations normalize by the batch's own mean and variance."""
+    work = graph.copy()
+    for k, node in enumerate([n for n in work.nodes if n.op == "BatchNormalization"]):
+        x, y = node.inputs[0], node.outputs[0]
+        rank = len(x.shape) if x.shape is not None else 4
+        axes = [0] + list(range(2, rank))
+        shape = [1, -1] + [1] * (rank - 2)
+        scale, bias = (np.asarray(node.inputs[i].values).reshape(shape) for i in (1, 2))
+        eps = float(node.attrs.get("epsilon", 1e-5))
+        base = f"spa_bnstat{k}"
+
+        def var(name):
+            return gs.Variable(f"{base}_{name}", dtype=np.float32)
+
+        mean, centered, square, variance, std, normed, scaled = (var(n) for n in (
+            "mean", "centered", "square", "var", "std", "normed", "scaled"))
+        eps_const = gs.Constant(f"{base}_eps", np.array(eps, np.float32))
+
+        def reduce_mean(src, dst):
+            if opset >= 18:  # axes moved from an attribute to an input
+                return gs.Node("ReduceMean", inputs=[src, gs.Constant(f"{dst.name}_axes", np.array(axes, np.int64))],
+                               outputs=[dst], attrs={"keepdims": 1})
+            return gs.Node("ReduceMean", inputs=[src], outputs=[dst], attrs={"keepdims": 1, "axes": axes})
+
+        work.nodes.extend([
+            reduce_mean(x, mean),
+            gs.Node("Sub", inputs=[x, mean], outputs=[centered]),
+            gs.Node("Mul", inputs=[centered, centered], outputs=[square]),
+            reduce_mean(square, variance),
+            gs.Node("Sqrt", inputs=[_plus(work, variance, eps_const, base)], outputs=[std]),
+            gs.Node("Div", inputs=[centered, std], outputs=[normed]),
+            gs.Node("Mul", inputs=[normed, gs.Constant(f"{base}_scale", scale.astype(np.float32))],
+                    outputs=[scaled]),
+            gs.Node("Add", inputs=[scaled, gs.Constant(f"{base}_bias", bias.astype(np.float32))], outputs=[y]),
+        ])
+        node.outputs.clear()
+    work.cleanup().toposort()
+    return work
+
+
+def _plus(graph: gs.Graph, a: gs.Variable, b: gs.Constant, base: str) -> gs.Variable:
+    out = gs.Variable(f"{base}_var_eps", dtype=np.float32)
+    graph.nodes.append(gs.Node("Add", inputs=[a, b], outputs=[out]))
+    return out
+
+
+def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dict[str, np.ndarray]] = None,
+            samples: int = 256, batch: int = 64, seed: int = 0) -> dict[str, LayerStats]:
+    """Stream the statistics of every consumer's data input over *samples* inputs from *source*."""
+    from .verify import random_inputs, session
+
+    if source not in SOURCES:
+        raise UsageError(f"unknown Hessian source {source!r} (use one of {', '.join(SOURCES)})")
+    if source == "identity" or not consumers:
+        return {}
+    if source == "calib" and not calib:
+        raise UsageError("the calib Hessian source needs --calib inputs")
+    graph = batch_stat_graph(compiled.graph, compiled.meta.opset) if source == "bnstat" else compiled.graph.copy()
+    tensors = graph.tensors()
+    wanted = {node.name: node.inputs[0].name for node in consumers}
+    outputs = list(dict.fromkeys(wanted.values()))
+    for name in outputs:
+        tensor = tensors[name]
+        if tensor not in graph.outputs:
+            graph.outputs.append(tensor)
+    for tensor in graph.outputs:
+        if tensor.dtype is None:
+            tensor.dtype = np.float32
+    sess = session(to_model(graph, compiled.meta))
+    names = [o.name for o in sess.get_outputs()]
+    rng = np.random.default_rng(seed)
+    stats: dict[str, LayerStats] = {}
+    for feeds in _batches(sess, source, calib, samples, batch, seed):
+        values = dict(zip(names, sess.run(None, feeds)))
+        for node in consumers:
+            rows = feature_rows(node, values[wanted[node.name]], rng)
+            stats.setdefault(node.name, LayerStats.empty(rows.shape[1])).add(rows)
+    return stats
+
+
+def _batches(sess, source: str, calib, samples: int, batch: int, seed: int) -> Iterator[dict[str, np.ndarray]]:
+    from .verify import random_inputs
+
+    if source == "calib":
+        names = [i.name for i in sess.get_inputs()]
+        total = len(next(iter(calib.values())))
+        for start in range(0, total, batch):
+            yield {name: calib[name][start:start + batch] for name in names}
+        return
+    done = 0
+    while done < samples:
+        n = min(batch, samples - done)
+        yield random_inputs(sess, batch=max(n, 2), seed=seed + done)
+        done += n
