@@ -24,6 +24,7 @@ class PruneResult:
     plan: Plan
     report: dict
     compiled: Compiled = field(repr=False)
+    scores: dict = field(default_factory=dict, repr=False)  # group id -> per-atom scores of the criterion
 
 
 def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global_ranking: bool = False,
@@ -111,7 +112,7 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
     if output is not None:
         save_model(pruned, output)
         report["output"] = str(output)
-    return PruneResult(pruned, plan, report, compiled)
+    return PruneResult(pruned, plan, report, compiled, scores)
 
 
 def build_report(compiled: Compiled, pruned_graph, plan: Plan, log, criterion: str, options: PlanOptions,

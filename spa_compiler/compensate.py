@@ -63,6 +63,9 @@ class ObsContext:
             if stats is None or stats.h.shape[0] != features:
                 out.append((layer, np.eye(features), np.zeros(features)))
             else:
+                dead = np.diag(stats.h) <= 0
+                if dead.any():  # inputs that are always zero contribute nothing: their weights cost nothing
+                    layer.w[:, dead] = 0.0
                 out.append((layer, stats.h, stats.mean))
         return out
 
