@@ -110,6 +110,7 @@ def train(name: str, seed: int = 0, epochs: int = 40) -> float:
     torch.onnx.export(model, (xt[:2],), path, input_names=["x"], output_names=["logits"],
                       dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
                       do_constant_folding=False, dynamo=False)
+    torch.save(model.state_dict(), os.path.join(OUT, f"{name}.pt"))  # for the Torch-Pruning reference rows
     np.savez_compressed(os.path.join(OUT, f"{name}_test.npz"), x=x_te, y=y_te)
     rng = np.random.default_rng(seed)
     np.savez_compressed(os.path.join(OUT, f"{name}_calib.npz"), x=x_tr[rng.permutation(len(x_tr))[:256]])
