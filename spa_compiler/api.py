@@ -30,7 +30,7 @@ class PruneResult:
 def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global_ranking: bool = False,
           round_to: int = 1, exclude: Sequence[str] = (), target_macs: Optional[float] = None,
           max_group_ratio: float = 0.9, reduce: str = "sum", seed: int = 0, verify: bool = True,
-          prune_hidden: bool = False, hessian: Optional[str] = None, calib=None, samples: int = 256,
+          prune_hidden: bool = False, prune_head_dims: bool = False, hessian: Optional[str] = None, calib=None, samples: int = 256,
           damping: float = 0.01, compensate: Optional[bool] = None, recalibrate_bn: bool = False,
           output: Optional[str] = None, force: bool = False,
           progress: Optional[Callable[[str], None]] = None) -> PruneResult:
@@ -56,7 +56,7 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
         check_output_path(output, input_path, force)
     t0 = time.perf_counter()
     say("analyzing")
-    compiled = compile_model(model, prune_hidden=prune_hidden)
+    compiled = compile_model(model, prune_hidden=prune_hidden, head_dims=prune_head_dims)
     require_prunable(compiled)
     t1 = time.perf_counter()
     from . import registry

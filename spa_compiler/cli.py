@@ -100,6 +100,8 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--prune-hidden", is_flag=True,
               help="Also prune a transformer's residual-stream width (inexact through LayerNorm).")
+@click.option("--prune-head-dims", is_flag=True,
+              help="Prune attention by head dimension (the same dims in every head) instead of whole heads.")
 @click.option("--calib", type=click.Path(dir_okay=False),
               help="Calibration inputs (.npz keyed by input name, or one array): real-data statistics.")
 @click.option("--hessian", type=click.Choice(["bnstat", "synthetic", "calib", "identity"]), default=None,
@@ -116,7 +118,7 @@ def main() -> None:
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @handled
 def prune(model, output, ratio, criterion, global_ranking, max_group_ratio, round_to, exclude, target_macs,
-          reduce, seed, prune_hidden, calib, hessian, samples, damping, compensate, recalibrate_bn, no_verify, force,
+          reduce, seed, prune_hidden, prune_head_dims, calib, hessian, samples, damping, compensate, recalibrate_bn, no_verify, force,
           report_path, as_json, debug):
     """Prune MODEL and write a smaller ONNX model."""
     from .api import prune as run_prune
@@ -133,7 +135,7 @@ def prune(model, output, ratio, criterion, global_ranking, max_group_ratio, roun
     result = run_prune(model, ratio=ratio, criterion=criterion, global_ranking=global_ranking,
                        round_to=round_to, exclude=exclude, target_macs=target_macs,
                        max_group_ratio=max_group_ratio, reduce=reduce, seed=seed, verify=not no_verify,
-                       prune_hidden=prune_hidden, calib=calib, hessian=hessian, samples=samples, damping=damping,
+                       prune_hidden=prune_hidden, prune_head_dims=prune_head_dims, calib=calib, hessian=hessian, samples=samples, damping=damping,
                        compensate=compensate, recalibrate_bn=recalibrate_bn,
                        output=output, force=force, progress=progress)
     report = result.report

@@ -40,14 +40,14 @@ class Compiled:
         return to_model(self.graph, self.meta)
 
 
-def compile_model(source: ModelLike, prune_hidden: bool = False) -> Compiled:
+def compile_model(source: ModelLike, prune_hidden: bool = False, head_dims: bool = False) -> Compiled:
     """Load, normalize and analyse a model (``prune_hidden``: see :func:`analysis.analyze`)."""
     model = load_model(source)
     where = "<in-memory model>" if isinstance(source, onnx.ModelProto) else str(source)
     try:
         normalized = normalize(model, copy=isinstance(source, onnx.ModelProto))
         del model  # the gs graph holds what is needed; let the protobuf go
-        analysis = analyze(normalized.graph, normalized.meta.opset, prune_hidden=prune_hidden)
+        analysis = analyze(normalized.graph, normalized.meta.opset, prune_hidden=prune_hidden, head_dims=head_dims)
     except SpacError as exc:
         raise type(exc)(f"{where}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - never a traceback for a model we accepted

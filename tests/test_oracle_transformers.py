@@ -142,3 +142,15 @@ def test_einsum_attention_heads_prune_exactly():
     compiled = compile_model(_einsum_attention_model())
     assert [g.n_atoms for g in compiled.analysis.prunable_groups] == [4]
     assert oracle_check(compiled, 0.5).relative_error < 1e-5
+
+
+@pytest.mark.parametrize("name,qk_atoms,vo_atoms", [("bert", 8, 8), ("llama", 4, 8)])
+def test_head_dims_mode(name, qk_atoms, vo_atoms):
+    """--prune-head-dims: Q/K dims tie through the score contraction (inexact; Llama's rotary pairs its
+    dims), V/O dims are exact and pass the oracle."""
+    from spa_compiler.oracle import oracle_check
+
+    compiled = compile_model(load_materialized(str(MODELS / "transformers" / f"{name}.onnx")), head_dims=True)
+    small = [g for g in compiled.analysis.prunable_groups if g.n_atoms < 16]
+    assert sorted({(g.n_atoms, g.exact) for g in small}) == sorted({(qk_atoms, False), (vo_atoms, True)})
+    assert oracle_check(compiled, 0.5).relative_error < 1e-5

@@ -53,13 +53,19 @@ def spac_rows(name: str, ratios: list[float]) -> list[dict]:
         configs.append((f"{crit} + calib", {"criterion": crit, "calib": calib}))
         if has_bn:
             configs.append((f"{crit} + calib + BN recal", {"criterion": crit, "calib": calib, "recalibrate_bn": True}))
+    configs.append(("obspa --global, same MACs as local", {"criterion": "obspa", "global_ranking": True}))
     rows = [{"model": name, "method": "dense", **{f"acc@{r}": accuracy(onnx.load(path), name) for r in ratios}}]
+    local_macs = {}
     for label, kw in configs:
         kw = {"criterion": label.split()[0], **kw}
         row = {"model": name, "method": f"spac {label}"}
         for ratio in ratios:
             start = time.perf_counter()
-            result = spa_compiler.prune(path, ratio=ratio, **kw)
+            if kw.get("global_ranking"):  # rank across layers, but at the MACs local pruning reached
+                result = spa_compiler.prune(path, target_macs=local_macs[ratio], **kw)
+            else:
+                result = spa_compiler.prune(path, ratio=ratio, **kw)
+                local_macs[ratio] = result.report["macs"]["after"] / result.report["macs"]["before"]
             seconds = time.perf_counter() - start
             row[f"acc@{ratio}"] = accuracy(result.model, name)
             if ratio == ratios[len(ratios) // 2]:

@@ -18,6 +18,7 @@ class AnalysisContext:
     opset: int
     facts: dict[str, Any] = field(default_factory=dict)
     prune_hidden: bool = False  # opt-in: tie channels through normalizations over them (inexact)
+    head_dims: bool = False     # opt-in: split projections by head dimension instead of by head
 
     def shape(self, tensor: gs.Tensor) -> Optional[list[Optional[int]]]:
         if isinstance(tensor, gs.Constant):

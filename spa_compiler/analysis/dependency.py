@@ -84,14 +84,17 @@ def _subgraph_names(graph: gs.Graph) -> set[str]:
     return names
 
 
-def analyze(graph: gs.Graph, opset: int, prune_hidden: bool = False) -> DependencyAnalysis:
+def analyze(graph: gs.Graph, opset: int, prune_hidden: bool = False, head_dims: bool = False) -> DependencyAnalysis:
     """Discover channel spaces and group them; compute each group's atoms.
 
     With *prune_hidden*, normalizations over a channel axis (LayerNorm, RMSNorm,
     their decomposed ReduceMean forms) tie it instead of freezing it, marking
     the group inexact: the residual stream of a transformer becomes prunable.
+    With *head_dims*, attention projections are pruned by head dimension (the
+    same dims in every head) instead of by whole heads.
     """
-    cx = AnalysisContext(graph=graph, opset=opset, facts={"opset": opset}, prune_hidden=prune_hidden)
+    cx = AnalysisContext(graph=graph, opset=opset, facts={"opset": opset}, prune_hidden=prune_hidden,
+                         head_dims=head_dims)
     tensors = graph.tensors()
     graph_inputs = {t.name for t in graph.inputs}
     graph_outputs = {t.name for t in graph.outputs}

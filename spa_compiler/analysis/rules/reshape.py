@@ -123,7 +123,7 @@ def split_factor(node: gs.Node, outs: list[int], out_shape: list, cx) -> Optiona
     if node.name in cache:
         return cache[node.name]
     choice = None
-    for a in outs:
+    for a in (reversed(outs) if cx.head_dims else outs):  # head dims: the innermost factor
         if out_shape[a] == 1:
             continue
         if not _is_selector(node.outputs[0], a, cx):
@@ -235,7 +235,7 @@ class Reshape(Rule):
         if out_axis is None:
             return frozen(f"{node.name} ({node.op}) every factor of the split channel axis is selected apart")
         if port[0] == "out" and axis != out_axis:
-            return frozen(f"{node.name} ({node.op}) inner factor of a split axis")
+            return frozen(f"{node.name} ({node.op}) other factor of a split axis")
         outer = _int_prod([out_shape[a] for a in outs if a < out_axis])
         inner = _int_prod([out_shape[a] for a in outs if a > out_axis])
         if outer is None or inner is None or not isinstance(out_shape[out_axis], (int, np.integer)):
@@ -308,6 +308,28 @@ def _fold_heads_into_batch(node, ins, outs, in_shape, out_shape, port, axis, cx)
     return Effect(ties=[Tie(space_of(node.outputs[0], f), space_of(node.inputs[0], e), imap)])
 
 
+def _shape_source(tensor: gs.Tensor, depth: int = 4) -> Optional[gs.Node]:
+    """The node that assembles a shape operand, looking through exporters' wrappers.
+
+    TorchScript writes ``expand`` shapes as ``Where(Equal(s, -1), ones, Reshape(Concat(...)))``;
+    the literal entries live in that Concat.
+    """
+    node = tensor.inputs[0] if tensor.inputs else None
+    while node is not None and depth > 0:
+        if node.op in ("Reshape", "Cast", "Identity"):
+            src = node.inputs[0]
+        elif node.op == "Where":
+            data = [t for t in node.inputs[1:] if const_values(t) is None]
+            if len(data) != 1:
+                return node
+            src = data[0]
+        else:
+            return node
+        node = src.inputs[0] if src.inputs else None
+        depth -= 1
+    return node
+
+
 def rewrite_folded_factor(node: gs.Node, rx: RewriteContext, axis: int, old: int, new: int) -> None:
     """Rewrite the head count inside a run-time shape entry such as ``Unsqueeze(Mul(batch, H))``."""
     shape_tensor = node.inputs[1]
@@ -359,7 +381,7 @@ def write_shape(node: gs.Node, rx: RewriteContext, new_out: list, old_out: list,
                 values[k] = new
         rx.replace_const(node, index, values)
         return
-    producer = shape_tensor.inputs[0] if shape_tensor.inputs else None
+    producer = _shape_source(shape_tensor)
     if producer is None or producer.op != "Concat":
         return
     offset = 0
