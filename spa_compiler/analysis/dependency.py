@@ -244,7 +244,8 @@ def _check_consistency(group: Group) -> None:
             return
     if not group.params_by_role(PRODUCER) and not group.frozen:
         group.frozen.append("no producer parameters (channels come from no prunable layer)")
-    if not group.params_by_role(CONSUMER) and not group.frozen:
+    if not group.params_by_role(CONSUMER) and not group.frozen and not group.inexact:
+        # (an inexact group may end in a contraction, such as Q.K^T over head dims)
         group.frozen.append("no consumer layer reads these channels")
 
 
