@@ -80,7 +80,7 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
     if getattr(criterion_cls, "global_normalize", None):
         options = PlanOptions(**{**options.__dict__, "normalize": criterion_cls.global_normalize})
     say(f"scoring {len(compiled.analysis.prunable_groups)} groups with {criterion}")
-    scores = score_groups(compiled, criterion, seed=seed, reduce=reduce, obs=obs)
+    scores = score_groups(compiled, criterion, seed=seed, reduce=reduce, obs=obs, progress=progress)
     plan = plan_pruning(compiled, scores, options, target_macs)
     if not plan.removed and ratio > 0 and target_macs is None:
         raise UsageError(f"{compiled.source}: ratio {ratio} removes no channel (groups too small or excluded)")

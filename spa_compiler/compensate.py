@@ -100,7 +100,22 @@ def compensate(ctx: ObsContext, plan: Plan, fold_batchnorm: bool = True) -> dict
             bn = ctx.next_batchnorm(layer.node) if fold_batchnorm else None
             if bn is not None:
                 _fold_into_batchnorm(ctx, bn, w0, w1, h, mean, updates)
+            else:
+                _fold_into_bias(ctx, layer, w0, w1, mean, updates)
     return updates
+
+
+def _fold_into_bias(ctx: ObsContext, layer, w0, w1, mean, updates) -> None:
+    """Keep the layer's output mean: ``b += (W0 - W1) E[x]`` (the removed inputs' mean contribution)."""
+    bias_index = 2
+    node = layer.node
+    if len(node.inputs) <= bias_index or not isinstance(node.inputs[bias_index], gs.Constant):
+        return
+    name = node.inputs[bias_index].name
+    bias = ctx.constant(name).astype(np.float64)
+    shift = (w0 - w1) @ mean
+    if bias.shape == shift.shape and np.any(shift):
+        updates[name] = bias + shift
 
 
 def _fold_into_batchnorm(ctx: ObsContext, bn: gs.Node, w0, w1, h, mean, updates) -> None:

@@ -27,6 +27,7 @@ class ScoringContext:
     analysis: DependencyAnalysis
     rng: np.random.Generator
     obs: Optional[object] = None  # ObsContext (consumer layers + statistics) for criteria that need it
+    progress: Optional[Callable[[str], None]] = None  # long-running criteria report here
 
     def __post_init__(self) -> None:
         self._constants = {name: t for name, t in self.graph.tensors().items() if isinstance(t, gs.Constant)}

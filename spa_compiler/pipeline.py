@@ -56,7 +56,7 @@ def compile_model(source: ModelLike, prune_hidden: bool = False, head_dims: bool
 
 
 def score_groups(compiled: Compiled, criterion: str = "l2", seed: int = 0, reduce: str = "sum",
-                 groups=None, obs=None) -> dict[int, np.ndarray]:
+                 groups=None, obs=None, progress=None) -> dict[int, np.ndarray]:
     """Run a registered criterion pass on every prunable group (*obs*: statistics for OBSPA-like passes)."""
     if reduce not in REDUCTIONS:
         raise CompileError(f"unknown reduction {reduce!r}")
@@ -66,7 +66,7 @@ def score_groups(compiled: Compiled, criterion: str = "l2", seed: int = 0, reduc
         from .compensate import ObsContext
 
         obs = ObsContext(compiled.graph, compiled.analysis)  # identity statistics
-    ctx = ScoringContext(compiled.graph, compiled.analysis, np.random.default_rng(seed), obs)
+    ctx = ScoringContext(compiled.graph, compiled.analysis, np.random.default_rng(seed), obs, progress)
     scores = {}
     for group in (groups if groups is not None else compiled.analysis.prunable_groups):
         values = np.asarray(pass_.score(ctx, group), dtype=np.float64)
