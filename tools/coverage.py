@@ -1,0 +1,134 @@
+"""Coverage: does every zoo model prune, verify and pass the oracle?  One row per model, never a crash.
+
+    pip install -e ".[zoo-torch]" timm transformers onnxsim
+    python tools/coverage.py [--framework timm] [--only resnet18 bert] [--jobs 1] [-o tools/out/coverage]
+
+For each model of models/zoo.py (exported once, cached): op types, groups found,
+frozen groups and why, ``spa_compiler.prune(ratio=0.5)`` with the default
+criterion (checker + onnxruntime run), params/MACs ratios, the mask oracle's
+maximum relative error on exact groups, and, side by side, onnxsim's
+``pruning.apply_structured_pruning`` at the same sparsity.  Each model runs
+in its own process with a time limit; the tables go to ``<out>.md`` and
+``<out>.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+WORKER = r'''
+import json, sys, time, collections
+sys.path.insert(0, {root!r})
+row = {{"model": {name!r}, "framework": {framework!r}}}
+try:
+    from models.zoo import zoo
+    entry = next(z for z in zoo() if z.name == {name!r} and z.framework == {framework!r})
+    t0 = time.time()
+    path = str(entry.ensure())
+    row["export_s"] = round(time.time() - t0, 1)
+    import onnx
+    row["ops"] = len({{n.op_type for n in onnx.load(path, load_external_data=False).graph.node}})
+    from spa_compiler.pipeline import compile_model
+    from spa_compiler.oracle import oracle_check
+    import spa_compiler
+    compiled = compile_model(path)
+    groups = compiled.analysis.groups
+    row["groups"] = len(groups)
+    row["prunable"] = len(compiled.analysis.prunable_groups)
+    reasons = collections.Counter(g.frozen[0] for g in groups if g.frozen and not g.frozen[0].startswith("reaches graph output"))
+    row["frozen"] = sum(1 for g in groups if g.frozen)
+    row["frozen_why"] = "; ".join(f"{{n}}x {{r[:90]}}" for r, n in reasons.most_common(3))
+    t0 = time.time()
+    result = spa_compiler.prune(path, ratio=0.5)
+    row["prune_s"] = round(time.time() - t0, 1)
+    rep = result.report
+    row["macs_ratio"] = round(rep["macs"]["after"] / max(rep["macs"]["before"], 1), 3)
+    row["params_ratio"] = round(rep["params"]["after"] / max(rep["params"]["before"], 1), 3)
+    exact = [g for g in compiled.analysis.prunable_groups if g.exact]
+    if exact:
+        oracle = oracle_check(compiled, 0.5)
+        row["oracle_rel_err"] = float("%.2g" % oracle.relative_error)
+        row["status"] = "ok" if oracle.relative_error < 1e-3 else "oracle mismatch"
+    else:
+        row["status"] = "ok (no exact group)"
+except Exception as exc:
+    msg = str(exc).strip().splitlines()
+    row["status"] = "error: " + type(exc).__name__ + ": " + (msg[0][:200] if msg else "")
+try:
+    from onnxsim import pruning
+    from spa_compiler.cost import totals
+    from spa_compiler.normalize import normalize
+    dense = totals(normalize(onnx.load(path)).graph)
+    peer = totals(normalize(pruning.apply_structured_pruning(path, sparsity=0.5)).graph)
+    row["onnxsim_macs_ratio"] = round(peer[1] / max(dense[1], 1), 3)
+except Exception as exc:
+    row["onnxsim_macs_ratio"] = "error: " + type(exc).__name__
+print("@@ROW@@" + json.dumps(row))
+'''
+
+COLUMNS = ["model", "framework", "ops", "groups", "prunable", "frozen", "macs_ratio", "params_ratio",
+           "oracle_rel_err", "onnxsim_macs_ratio", "status", "frozen_why"]
+
+
+def run_one(name: str, framework: str, timeout: int) -> dict:
+    code = WORKER.format(root=str(ROOT), name=name, framework=framework)
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"model": name, "framework": framework, "status": f"error: timeout after {timeout} s"}
+    for line in proc.stdout.splitlines():
+        if line.startswith("@@ROW@@"):
+            return json.loads(line[len("@@ROW@@"):])
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
+    return {"model": name, "framework": framework, "status": f"error: worker died ({tail})"}
+
+
+def main() -> None:
+    from models.zoo import zoo
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--framework", nargs="*")
+    parser.add_argument("--only", nargs="*")
+    parser.add_argument("--timeout", type=int, default=900)
+    parser.add_argument("-o", "--out", default=str(ROOT / "tools" / "out" / "coverage"))
+    args = parser.parse_args()
+    entries = [z for z in zoo() if (not args.framework or z.framework in args.framework)
+               and (not args.only or z.name in args.only)]
+    rows = []
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for entry in entries:
+        start = time.time()
+        row = run_one(entry.name, entry.framework, args.timeout)
+        row["seconds"] = round(time.time() - start, 1)
+        rows.append(row)
+        print(f"{entry.framework:>12} {entry.name:<34} {row['status'][:100]}", flush=True)
+        write_tables(rows, out)  # after every model: an interrupted run still leaves its table
+    print(write_tables(rows, out))
+
+
+def write_tables(rows: list[dict], out: Path) -> str:
+    from tools.common import markdown_table
+
+    summary = collections.defaultdict(lambda: [0, 0])
+    for row in rows:
+        summary[row["framework"]][1] += 1
+        summary[row["framework"]][0] += row["status"].startswith("ok")
+    text = "| framework | pruned and verified / tried |\n|---|---|\n" + "\n".join(
+        f"| {fw} | {ok} / {n} |" for fw, (ok, n) in sorted(summary.items()))
+    text += "\n\n" + markdown_table(rows, COLUMNS)
+    out.with_suffix(".md").write_text(text + "\n")
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+    return text
+
+
+if __name__ == "__main__":
+    main()
