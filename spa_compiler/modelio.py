@@ -50,8 +50,16 @@ def load_model(source: ModelLike) -> onnx.ModelProto:
 def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
     from onnx.external_data_helper import load_external_data_for_model, uses_external_data
 
-    if not any(uses_external_data(t) for t in _all_initializers(model)):
+    external = [t for t in _all_initializers(model) if uses_external_data(t)]
+    if not external:
         return
+    folder = path.parent.resolve()
+    for tensor in external:
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (path.parent / location).resolve()  # resolve() follows symlinks
+        if not location or Path(location).is_absolute() or folder not in (target, *target.parents):
+            raise ModelLoadError(f"{path}: initializer {tensor.name} points its external data outside the "
+                                 f"model's folder ({location!r}); refused")
     try:
         load_external_data_for_model(model, str(path.parent))
     except (OSError, ValueError, onnx.checker.ValidationError) as exc:
@@ -66,6 +74,14 @@ def _check_structure(model: onnx.ModelProto, where: str) -> None:
     """Refuse what is clearly not a usable model before any pass touches it."""
     if not model.HasField("graph") or len(model.graph.node) == 0:
         raise ModelLoadError(f"{where}: not an ONNX model (no graph or no nodes)")
+    produced: dict[str, str] = {i.name: "an initializer" for i in model.graph.initializer}
+    for node in model.graph.node:
+        for name in node.output:
+            if name and name in produced:
+                raise ModelLoadError(f"{where}: tensor {name!r} is produced twice (by {produced[name]} and by node "
+                                     f"{node.name or '<unnamed>'} ({node.op_type}))")
+            if name:
+                produced[name] = f"node {node.name or '<unnamed>'} ({node.op_type})"
     if not model.graph.output:
         raise ModelLoadError(f"{where}: the graph has no outputs")
     if not any(o.domain in ("", "ai.onnx") for o in model.opset_import):

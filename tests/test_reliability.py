@@ -1,0 +1,94 @@
+"""Reliability: hostile files get one-line errors and no output; runs are deterministic."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from models import builders
+from spa_compiler.cli import main
+
+
+def _run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _one_line_failure(result, out):
+    lines = [line for line in result.output.strip().splitlines() if not line.startswith("[spac]")]
+    assert result.exit_code in (1, 2, 3), result.output
+    assert len(lines) == 1 and lines[0].startswith("spac: error:"), result.output
+    assert "Traceback" not in result.output
+    assert not os.path.exists(out)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_mutated_protobuf_never_tracebacks(tmp_path, demo_path, seed):
+    """Random byte flips and truncations of a real model: success or one clean error, nothing half-written."""
+    rng = np.random.default_rng(seed)
+    data = bytearray(demo_path.read_bytes())
+    if seed % 3 == 0:
+        data = data[: int(rng.integers(10, len(data)))]
+    else:
+        for pos in rng.integers(0, min(len(data), 4000), size=int(rng.integers(1, 8))):  # the graph lives up front
+            data[pos] = int(rng.integers(0, 256))
+    path = tmp_path / "mutated.onnx"
+    path.write_bytes(bytes(data))
+    out = tmp_path / "out.onnx"
+    result = _run("prune", path, "-o", out)
+    if result.exit_code == 0:
+        onnx.checker.check_model(onnx.load(str(out)))
+    else:
+        _one_line_failure(result, out)
+
+
+def test_external_data_outside_the_model_folder_is_refused(tmp_path):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.ones(64, np.float32).tobytes())
+    folder = tmp_path / "model"
+    folder.mkdir()
+    model = builders.residual()
+    weight = model.graph.initializer[0]
+    weight.ClearField("raw_data")
+    del weight.float_data[:]
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "../secret.bin"), ("offset", "0"), ("length", str(4 * 64))):
+        weight.external_data.append(onnx.StringStringEntryProto(key=key, value=value))
+    path = folder / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    out = folder / "out.onnx"
+    result = _run("prune", path, "-o", out)
+    _one_line_failure(result, out)
+    assert "outside the model's folder" in result.output
+
+
+def test_duplicate_tensor_names_are_refused(tmp_path):
+    model = builders.residual()
+    model.graph.node[1].output[0] = model.graph.node[0].output[0]
+    path = tmp_path / "dup.onnx"
+    path.write_bytes(model.SerializeToString())
+    out = tmp_path / "out.onnx"
+    result = _run("prune", path, "-o", out)
+    _one_line_failure(result, out)
+    assert "produced twice" in result.output
+
+
+def test_same_input_and_options_give_identical_bytes(tmp_path, demo_path):
+    outs = []
+    for k in range(2):
+        out = tmp_path / f"out{k}.onnx"
+        assert _run("prune", demo_path, "-o", out, "--criterion", "obspa", "--seed", "3").exit_code == 0
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+
+
+def test_input_file_is_never_modified(tmp_path, demo_path):
+    path = tmp_path / "m.onnx"
+    shutil.copy(demo_path, path)
+    before = path.read_bytes()
+    assert _run("prune", path, "-o", tmp_path / "out.onnx").exit_code == 0
+    assert path.read_bytes() == before
