@@ -51,7 +51,7 @@ TV_SKIP = {"vit_h_14", "vit_l_16", "vit_l_32", "regnet_y_128gf", "regnet_y_32gf"
            "regnet_y_16gf", "efficientnet_v2_l", "vgg19", "vgg19_bn", "vgg16", "vgg16_bn", "vgg13", "vgg13_bn",
            "convnext_large", "swin_v2_b", "swin_b", "vit_b_32"}  # > ~130 M parameters or redundant with a tested sibling
 TV_SIZE = {"inception_v3": 96, "maxvit_t": 224, "swin_t": 64, "swin_s": 64, "swin_v2_t": 64, "swin_v2_s": 64,
-           "alexnet": 64, "vgg11": 224, "vgg11_bn": 224}
+           "alexnet": 224, "vgg11": 224, "vgg11_bn": 224}  # adaptive pools need a multiple of their size
 
 
 def _torchvision(name: str) -> Callable[[Path], None]:
