@@ -52,6 +52,23 @@ def upgrade_opset(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
     return upgraded
 
 
+def constant_output(graph: gs.Graph, node: gs.Node, values: np.ndarray) -> bool:
+    """Replace *node*'s single output by a constant (unless it is a graph output); True when done."""
+    out = node.outputs[0]
+    if out in graph.outputs:
+        return False
+    replace_uses(out, gs.Constant(out.name, np.asarray(values)))
+    node.outputs.clear()
+    return True
+
+
+def finish(graph: gs.Graph, notes: list[str], message: str, count: int) -> None:
+    """Drop the nodes a pass disconnected and say what it did."""
+    if count:
+        graph.cleanup()
+        notes.append(message.format(count=count))
+
+
 def replace_uses(old: gs.Tensor, new: gs.Tensor) -> None:
     """Make every consumer of *old* read *new* instead."""
     for consumer in list(old.outputs):
@@ -79,15 +96,8 @@ def constants_to_initializers(graph: gs.Graph, notes: list[str]) -> None:
             continue
         if isinstance(value, gs.Constant):
             value = value.values
-        out = node.outputs[0]
-        if out in graph.outputs:
-            continue
-        replace_uses(out, gs.Constant(out.name, np.asarray(value)))
-        node.outputs.clear()
-        count += 1
-    if count:
-        graph.cleanup()
-        notes.append(f"constants_to_initializers: {count} Constant nodes")
+        count += constant_output(graph, node, value)
+    finish(graph, notes, "constants_to_initializers: {count} Constant nodes", count)
 
 
 @register("normalize", "castlike_constants")
@@ -111,15 +121,8 @@ def castlike_constants(graph: gs.Graph, notes: list[str]) -> None:
                 onnx.helper.tensor_dtype_to_np_dtype(dtype)
         except TypeError:
             continue
-        out = node.outputs[0]
-        if out in graph.outputs:
-            continue
-        replace_uses(out, gs.Constant(out.name, np.asarray(node.inputs[0].values).astype(np_dtype)))
-        node.outputs.clear()
-        count += 1
-    if count:
-        graph.cleanup()
-        notes.append(f"castlike_constants: {count} CastLike of constants")
+        count += constant_output(graph, node, np.asarray(node.inputs[0].values).astype(np_dtype))
+    finish(graph, notes, "castlike_constants: {count} CastLike of constants", count)
 
 
 @register("normalize", "sequence_split_to_split")
@@ -285,7 +288,7 @@ def fold_weight_layouts(graph: gs.Graph, notes: list[str]) -> None:
     count = 0
     for node in list(graph.nodes):
         fold = _NUMPY_FOLDS.get(node.op)
-        if fold is None or len(node.outputs) != 1 or node.outputs[0] in graph.outputs:
+        if fold is None or len(node.outputs) != 1:
             continue
         if not node.inputs or not all(isinstance(t, gs.Constant) for t in node.inputs):
             continue
@@ -293,13 +296,8 @@ def fold_weight_layouts(graph: gs.Graph, notes: list[str]) -> None:
             value = np.ascontiguousarray(fold(node, *[np.asarray(t.values) for t in node.inputs]))
         except Exception:  # noqa: BLE001 - leave anything unusual to the general folder
             continue
-        out = node.outputs[0]
-        replace_uses(out, gs.Constant(out.name, value))
-        node.outputs.clear()
-        count += 1
-    if count:
-        graph.cleanup()
-        notes.append(f"fold_weight_layouts: {count} layout ops on constants")
+        count += constant_output(graph, node, value)
+    finish(graph, notes, "fold_weight_layouts: {count} layout ops on constants", count)
 
 
 @register("normalize", "fold_constants")
