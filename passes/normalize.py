@@ -293,7 +293,8 @@ def fold_weight_layouts(graph: gs.Graph, notes: list[str]) -> None:
         if not node.inputs or not all(isinstance(t, gs.Constant) for t in node.inputs):
             continue
         try:
-            value = np.ascontiguousarray(fold(node, *[np.asarray(t.values) for t in node.inputs]))
+            # np.array, not np.ascontiguousarray: the latter turns 0-d results into 1-d ones
+            value = np.array(fold(node, *[np.asarray(t.values) for t in node.inputs]), order="C")
         except Exception:  # noqa: BLE001 - leave anything unusual to the general folder
             continue
         count += constant_output(graph, node, value)

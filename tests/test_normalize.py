@@ -94,3 +94,24 @@ def test_slicing_keeps_dtype_and_values():
     result = prune(model, ratio=0.5, criterion="l1")
     weights = {i.name: numpy_helper.to_array(i) for i in result.model.graph.initializer}
     assert all(w.dtype in (np.float32, np.int64) for w in weights.values())
+
+
+def test_folding_keeps_scalar_ranks():
+    """A Cast of a 0-d constant must stay 0-d (a 1-d result breaks Concats of shape pieces downstream)."""
+    from onnx import TensorProto
+
+    nodes = [helper.make_node("Cast", ["two"], ["two_f"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["two_f", "zero"], ["two_1d"]),
+             helper.make_node("Concat", ["two_1d", "one_1d"], ["pair"], axis=0),
+             helper.make_node("Mul", ["x", "pair"], ["y"])]
+    graph = helper.make_graph(nodes, "scalars", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+                              [numpy_helper.from_array(np.array(2, np.int64), "two"),
+                               numpy_helper.from_array(np.array([0], np.int64), "zero"),
+                               numpy_helper.from_array(np.array([1.0], np.float32), "one_1d")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    compiled = compile_model(model)
+    from spa_compiler.verify import session
+
+    out = session(compiled.to_model()).run(None, {"x": np.ones(2, np.float32)})[0]
+    np.testing.assert_allclose(out, [2.0, 1.0])

@@ -61,7 +61,8 @@ try:
         row["status"] = "ok (no exact group)"
 except Exception as exc:
     msg = str(exc).strip().splitlines()
-    row["status"] = "error: " + type(exc).__name__ + ": " + (msg[0][:200] if msg else "")
+    kind = "frozen" if type(exc).__name__ == "NothingToPruneError" else "error: " + type(exc).__name__
+    row["status"] = kind + ": " + (msg[0][:200] if msg else "")
 try:
     from onnxsim import pruning
     from spa_compiler.cost import totals
