@@ -100,17 +100,24 @@ def main() -> None:
     parser.add_argument("--only", nargs="*")
     parser.add_argument("--timeout", type=int, default=900)
     parser.add_argument("-o", "--out", default=str(ROOT / "tools" / "out" / "coverage"))
+    parser.add_argument("--update", action="store_true",
+                        help="re-run the selected models and replace their rows in an existing table")
     args = parser.parse_args()
     entries = [z for z in zoo() if (not args.framework or z.framework in args.framework)
                and (not args.only or z.name in args.only)]
-    rows = []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    rows = json.loads(out.with_suffix(".json").read_text()) if args.update and out.with_suffix(".json").exists() else []
     for entry in entries:
         start = time.time()
         row = run_one(entry.name, entry.framework, args.timeout)
         row["seconds"] = round(time.time() - start, 1)
-        rows.append(row)
+        key = (entry.name, entry.framework)
+        index = next((i for i, r in enumerate(rows) if (r["model"], r["framework"]) == key), None)
+        if index is None:
+            rows.append(row)
+        else:
+            rows[index] = row
         print(f"{entry.framework:>12} {entry.name:<34} {row['status'][:100]}", flush=True)
         write_tables(rows, out)  # after every model: an interrupted run still leaves its table
     print(write_tables(rows, out))
