@@ -110,7 +110,9 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
     report["seconds"] = {"analyze": round(t1 - t0, 3), "prune": round(t2 - t1, 3),
                          "total": round(time.perf_counter() - t0, 3)}
     if output is not None:
-        save_model(pruned, output)
+        from .modelio import uses_external_data
+
+        save_model(pruned, output, external=input_path is not None and uses_external_data(input_path))
         report["output"] = str(output)
     return PruneResult(pruned, plan, report, compiled, scores)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -114,7 +114,18 @@ def check_output_path(path: Union[str, os.PathLike], input_path: Union[str, os.P
     return out
 
 
-def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike]) -> Path:
+def uses_external_data(path: Union[str, os.PathLike]) -> bool:
+    """Whether the model file at *path* keeps any initializer in external data (read without the data)."""
+    from onnx.external_data_helper import uses_external_data as external
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001
+        return False
+    return any(external(t) for t in model.graph.initializer)
+
+
+def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], external: Optional[bool] = None) -> Path:
     """Write *model* atomically: a temporary file in the same folder, fsync, then rename.
 
     Models too large for one protobuf get their weights in ``<name>.data`` next to
@@ -124,6 +135,7 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike]) -> Path:
     out = Path(path)
     parent = out.parent if str(out.parent) else Path(".")
     large = model.ByteSize() > EXTERNAL_DATA_THRESHOLD if _can_size(model) else True
+    large = large or bool(external)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=parent) as tmp:
         tmp_model = Path(tmp) / out.name
         try:

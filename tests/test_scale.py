@@ -1,0 +1,33 @@
+"""Models with external data: the generated Llama-style decoder (50 M parameters) loads, prunes and saves."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+from click.testing import CliRunner
+
+from models.llama_generator import LlamaShape, write
+from spa_compiler.cli import main
+from spa_compiler.verify import random_inputs, session
+
+
+def test_external_data_model_prunes_to_fresh_external_data(tmp_path):
+    shape = LlamaShape.for_params(50e6)
+    source = write(str(tmp_path / "in" / "model.onnx"), shape)
+    before = {p: os.path.getsize(os.path.join(tmp_path / "in", p)) for p in os.listdir(tmp_path / "in")}
+    out = tmp_path / "out" / "pruned.onnx"
+    out.parent.mkdir()
+    result = CliRunner().invoke(main, ["prune", source, "-o", str(out), "--ratio", "0.3", "--json"])
+    assert result.exit_code == 0, result.output
+    assert {p: os.path.getsize(os.path.join(tmp_path / "in", p)) for p in os.listdir(tmp_path / "in")} == before
+    assert sorted(os.listdir(out.parent)) == ["pruned.onnx", "pruned.onnx.data"]
+    data_size = os.path.getsize(str(out) + ".data")
+    model = onnx.load(str(out))
+    weights = sum(int(np.prod(i.dims)) * 4 for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT)
+    assert data_size <= weights + 64 * len(model.graph.initializer), "no stale bytes in the data file"
+    assert data_size < 0.85 * before["model.onnx.data"]
+    sess = session(model)
+    for seq in (3, 9):
+        logits = sess.run(None, random_inputs(sess, batch=2, dims={"seq": seq}))[0]
+        assert logits.shape == (2, seq, shape.vocab) and np.isfinite(logits).all()
