@@ -52,8 +52,7 @@ def node_macs(node: gs.Node) -> int:
 
 
 def node_params(node: gs.Node) -> int:
-    return sum(int(np.prod(t.shape)) for t in node.inputs
-               if isinstance(t, gs.Constant) and np.issubdtype(t.values.dtype, np.floating))
+    return sum(int(np.prod(t.shape)) for t in node.inputs if isinstance(t, gs.Constant) and _is_float(t))
 
 
 def layer_costs(graph: gs.Graph) -> list[LayerCost]:

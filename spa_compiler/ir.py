@@ -123,6 +123,13 @@ def const_values(tensor: gs.Tensor) -> Optional[np.ndarray]:
     return None
 
 
+def const_shape(tensor: Optional[gs.Tensor]) -> Optional[tuple[int, ...]]:
+    """Shape of a constant without loading its values (large weights stay lazy); None for variables."""
+    if isinstance(tensor, gs.Constant):
+        return tuple(int(d) for d in tensor.shape)
+    return None
+
+
 def static_shape(tensor: gs.Tensor) -> Optional[list[Optional[int]]]:
     """The tensor's shape with symbolic or unknown dims as None; None when the rank is unknown."""
     shape = tensor.shape

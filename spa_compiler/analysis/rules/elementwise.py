@@ -196,7 +196,7 @@ class LayerNorm(Rule):
         out = space_of(node.outputs[0], axis)
         for i in (1, 2):
             if input_at(node, i) is not None:
-                if const_values(node.inputs[i]) is None:
+                if not isinstance(node.inputs[i], gs.Constant):
                     return frozen(f"{node.name} ({node.op}) scale or bias computed at run time")
                 effect.params.append(param(node, i, 0, PASSIVE, out))
         effect.inexact = f"{node.name} ({node.op}) statistics over the pruned axis change"

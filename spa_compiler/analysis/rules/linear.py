@@ -6,7 +6,7 @@ from typing import Optional
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ...ir import attr, const_values, input_at, int_list, normalize_axes
+from ...ir import attr, const_shape, const_values, input_at, int_list, normalize_axes
 from ..context import AnalysisContext, RewriteContext
 from ..effects import CONSUMER, NEUTRAL, PASSIVE, PRODUCER, Effect, ParamSlice, Space, Tie, frozen
 from ..maps import Affine, Block, Explicit, group_blocks, identity
@@ -18,7 +18,7 @@ class Conv(Rule):
     """Conv: a boundary for group == 1; grouped/depthwise convs tie input and output group-wise."""
 
     def _weight(self, node) -> Optional[np.ndarray]:
-        return const_values(node.inputs[1]) if len(node.inputs) > 1 else None
+        return const_shape(node.inputs[1]) if len(node.inputs) > 1 else None
 
     def seeds(self, node, cx):
         return [space_of(node.outputs[0], 1)] if self._weight(node) is not None else []
@@ -33,9 +33,9 @@ class Conv(Rule):
             return frozen(f"{node.name} ({node.op}) spatial or batch axis {axis}")
         groups = int(attr(node, "group", 1))
         x, y = node.inputs[0], node.outputs[0]
-        if input_at(node, 2) is not None and const_values(node.inputs[2]) is None:
+        if input_at(node, 2) is not None and const_shape(node.inputs[2]) is None:
             return frozen(f"{node.name} ({node.op}) bias is computed at run time")
-        c_out, c_in = w.shape[0], w.shape[1] * groups
+        c_out, c_in = w[0], w[1] * groups
         out_space = space_of(y, 1)
         bias = input_at(node, 2)
         if groups == 1:
@@ -65,12 +65,12 @@ class ConvTranspose(Rule):
     """ConvTranspose (group 1): weight is [C_in, C_out, k...], so the axes swap roles."""
 
     def seeds(self, node, cx):
-        if const_values(node.inputs[1]) is None or int(attr(node, "group", 1)) != 1:
+        if const_shape(node.inputs[1]) is None or int(attr(node, "group", 1)) != 1:
             return []
         return [space_of(node.outputs[0], 1)]
 
     def analyze(self, node, port, axis, cx):
-        if const_values(node.inputs[1]) is None:
+        if const_shape(node.inputs[1]) is None:
             return frozen(f"{node.name} ({node.op}) weight is not a constant")
         if int(attr(node, "group", 1)) != 1:
             return frozen(f"{node.name} ({node.op}) grouped ConvTranspose has no rule yet")
@@ -78,7 +78,7 @@ class ConvTranspose(Rule):
             return frozen(f"{node.name} ({node.op}) weight or bias is computed at run time")
         if axis != 1:
             return frozen(f"{node.name} ({node.op}) spatial or batch axis {axis}")
-        if input_at(node, 2) is not None and const_values(node.inputs[2]) is None:
+        if input_at(node, 2) is not None and const_shape(node.inputs[2]) is None:
             return frozen(f"{node.name} ({node.op}) bias is computed at run time")
         if port[0] == "in":
             return Effect(params=[param(node, 1, 0, CONSUMER, space_of(node.inputs[0], 1))])
@@ -93,11 +93,11 @@ class Gemm(Rule):
     """Gemm with a constant B: a boundary between A's features and the output features."""
 
     def seeds(self, node, cx):
-        ok = const_values(node.inputs[1]) is not None and not attr(node, "transA", 0)
+        ok = const_shape(node.inputs[1]) is not None and not attr(node, "transA", 0)
         return [space_of(node.outputs[0], 1)] if ok else []
 
     def analyze(self, node, port, axis, cx):
-        if const_values(node.inputs[1]) is None:
+        if const_shape(node.inputs[1]) is None:
             return frozen(f"{node.name} ({node.op}) B is not a constant")
         if attr(node, "transA", 0):
             return frozen(f"{node.name} ({node.op}) transA=1")
@@ -116,12 +116,12 @@ class Gemm(Rule):
         params = [param(node, 1, 0 if trans_b else 1, PRODUCER, out_space)]
         c = input_at(node, 2)
         if c is not None:
-            cv = const_values(c)
+            cv = const_shape(c)
             if cv is None:
                 return frozen(f"{node.name} ({node.op}) C is computed at run time")
-            if cv.ndim >= 1 and cv.shape[-1] == cx.dim(y, 1) and cv.shape[-1] > 1:
-                params.append(param(node, 2, cv.ndim - 1, PRODUCER, out_space))
-            elif cv.ndim == 2 and cv.shape[0] > 1:
+            if len(cv) >= 1 and cv[-1] == cx.dim(y, 1) and cv[-1] > 1:
+                params.append(param(node, 2, len(cv) - 1, PRODUCER, out_space))
+            elif len(cv) == 2 and cv[0] > 1:
                 return frozen(f"{node.name} ({node.op}) C varies along rows")
         return Effect(params=params)
 
@@ -138,8 +138,8 @@ class MatMul(Rule):
     """
 
     def _weights(self, node):
-        wa, wb = const_values(node.inputs[0]), const_values(node.inputs[1])
-        return (wa if wa is not None and wa.ndim == 2 else None), (wb if wb is not None and wb.ndim == 2 else None)
+        wa, wb = const_shape(node.inputs[0]), const_shape(node.inputs[1])
+        return (wa if wa is not None and len(wa) == 2 else None), (wb if wb is not None and len(wb) == 2 else None)
 
     def seeds(self, node, cx):
         y = node.outputs[0]
@@ -147,15 +147,15 @@ class MatMul(Rule):
         wa, wb = self._weights(node)
         if rank is None or rank < 2:
             return []
-        if wb is not None and const_values(node.inputs[0]) is None:
+        if wb is not None and const_shape(node.inputs[0]) is None:
             return [space_of(y, rank - 1)]
-        if wa is not None and const_values(node.inputs[1]) is None:
+        if wa is not None and const_shape(node.inputs[1]) is None:
             return [space_of(y, rank - 2)]
         return []
 
     def analyze(self, node, port, axis, cx):
         wa, wb = self._weights(node)
-        a_const, b_const = const_values(node.inputs[0]) is not None, const_values(node.inputs[1]) is not None
+        a_const, b_const = const_shape(node.inputs[0]) is not None, const_shape(node.inputs[1]) is not None
         if wb is not None and not a_const:
             return self._with_weight(node, port, axis, cx, data=0, contract=-1)
         if wa is not None and not b_const:

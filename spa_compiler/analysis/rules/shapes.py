@@ -6,7 +6,7 @@ from typing import Optional
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ...ir import attr, const_values, input_at, int_list, normalize_axes
+from ...ir import attr, const_shape, const_values, input_at, int_list, normalize_axes
 from ..context import AnalysisContext, RewriteContext
 from ..effects import CONSUMER, NEUTRAL, PASSIVE, PRODUCER, Effect, ParamSlice, Space, Tie, frozen
 from ..maps import Affine, Block, Explicit, group_blocks, identity
@@ -216,9 +216,9 @@ class Gather(Rule):
     """
 
     def seeds(self, node, cx):
-        table = const_values(node.inputs[0])
+        table = const_shape(node.inputs[0])
         y = node.outputs[0]
-        if table is None or table.ndim != 2 or int(attr(node, "axis", 0)) != 0 or cx.rank(y) is None:
+        if table is None or len(table) != 2 or int(attr(node, "axis", 0)) != 0 or cx.rank(y) is None:
             return []
         return [space_of(y, cx.rank(y) - 1)]
 
@@ -228,9 +228,9 @@ class Gather(Rule):
         if None in (rank_d, rank_i, rank_y):
             return frozen(f"{node.name} ({node.op}) ranks unknown")
         g = normalize_axes([int(attr(node, "axis", 0))], rank_d)[0]
-        table = const_values(data)
+        table = const_shape(data)
         if table is not None:
-            if table.ndim == 2 and g == 0 and port[0] == "out" and axis == rank_y - 1:
+            if len(table) == 2 and g == 0 and port[0] == "out" and axis == rank_y - 1:
                 return Effect(params=[param(node, 0, 1, PRODUCER, space_of(y, axis))])
             return frozen(f"{node.name} ({node.op}) gathers rows of a constant")
         if port[0] == "in" and port[1] == 1:
