@@ -10,7 +10,7 @@ import onnx
 from .analysis import PRODUCER
 from .cost import totals
 from .errors import UsageError
-from .modelio import ModelLike, check_output_path, save_model
+from .modelio import ModelLike, check_output_path
 from .pipeline import Compiled, apply_plan, compile_model, plan_pruning, require_prunable, score_groups
 from .plan import Plan, PlanOptions
 from .verify import check_pruned
@@ -96,24 +96,28 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
         say("recalibrating BatchNorm statistics on the calibration inputs")
         pruned = recalibrate_batchnorm(pruned, calib_data)
     t2 = time.perf_counter()
-    verification = None
-    if verify:
-        say("verifying with onnxruntime")
-        expected = {t.name: [d if isinstance(d, int) else None for d in (t.shape or [])]
-                    for t in compiled.graph.outputs}
-        verification = check_pruned(pruned, expected)
     report = build_report(compiled, graph, plan, log, criterion, options, target_macs)
+    del graph  # the protobuf holds the pruned weights from here on
+    expected = {t.name: [d if isinstance(d, int) else None for d in (t.shape or [])] for t in compiled.graph.outputs}
+    verification = None
+    if output is not None:
+        from .modelio import staged_save, uses_external_data
+
+        external = input_path is not None and uses_external_data(input_path)
+        with staged_save(pruned, output, external) as written:  # renamed into place only if verified
+            if verify:
+                say("verifying with onnxruntime")
+                verification = check_pruned(written, expected)
+        report["output"] = str(output)
+    elif verify:
+        say("verifying with onnxruntime")
+        verification = check_pruned(pruned, expected)
     report["verify"] = verification
     report["hessian"] = hessian_info
     report["compensated"] = bool(compensating)
     report["warnings"] = warnings
     report["seconds"] = {"analyze": round(t1 - t0, 3), "prune": round(t2 - t1, 3),
                          "total": round(time.perf_counter() - t0, 3)}
-    if output is not None:
-        from .modelio import uses_external_data
-
-        save_model(pruned, output, external=input_path is not None and uses_external_data(input_path))
-        report["output"] = str(output)
     return PruneResult(pruned, plan, report, compiled, scores)
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -132,27 +133,46 @@ def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], external: 
     the model, written the same way, so an interrupted run never leaves a partial
     file under the final name.
     """
+    with staged_save(model, path, external):
+        pass
+    return Path(path)
+
+
+@contextmanager
+def staged_save(model: onnx.ModelProto, path: Union[str, os.PathLike], external: Optional[bool] = None
+                ) -> Iterator[Path]:
+    """Write *model* into a temporary folder next to *path* and yield the temporary model path.
+
+    The files are renamed into place only when the ``with`` block succeeds, so a
+    caller can verify the written file first (onnxruntime then reads it from
+    disk instead of from a second in-memory copy).  With external data the
+    model's tensors are moved out of *model* by onnx: afterwards it refers to
+    ``<name>.data`` next to *path*.
+    """
     out = Path(path)
     parent = out.parent if str(out.parent) else Path(".")
     large = model.ByteSize() > EXTERNAL_DATA_THRESHOLD if _can_size(model) else True
     large = large or bool(external)
+    data_name = out.name + ".data"
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=parent) as tmp:
         tmp_model = Path(tmp) / out.name
         try:
             if large:
-                data_name = out.name + ".data"
                 onnx.save_model(model, str(tmp_model), save_as_external_data=True,
                                 all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
                 _fsync(Path(tmp) / data_name)
-                _fsync(tmp_model)
-                os.replace(Path(tmp) / data_name, parent / data_name)
             else:
                 tmp_model.write_bytes(model.SerializeToString())
-                _fsync(tmp_model)
+            _fsync(tmp_model)
+        except OSError as exc:
+            raise UsageError(f"{out}: cannot write ({exc.strerror or exc})") from None
+        yield tmp_model
+        try:
+            if large:
+                os.replace(Path(tmp) / data_name, parent / data_name)
             os.replace(tmp_model, out)
         except OSError as exc:
             raise UsageError(f"{out}: cannot write ({exc.strerror or exc})") from None
-    return out
 
 
 def _can_size(model: onnx.ModelProto) -> bool:

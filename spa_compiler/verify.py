@@ -56,10 +56,11 @@ def _options(threads: int = 0):
     return options
 
 
-def session(model: onnx.ModelProto, providers: Optional[Sequence[str]] = None, threads: int = 0):
+def session(model, providers: Optional[Sequence[str]] = None, threads: int = 0):
+    """An onnxruntime session of a ModelProto or of a model file (a path keeps weights out of Python)."""
     ort = _ort()
-    return ort.InferenceSession(model.SerializeToString(), _options(threads),
-                                providers=list(providers or default_providers()))
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(source, _options(threads), providers=list(providers or default_providers()))
 
 
 _NP_TYPES = {
@@ -97,19 +98,20 @@ def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], providers=None) ->
     return sess.run(None, feeds)
 
 
-def _check_model(pruned: onnx.ModelProto) -> None:
+def _check_model(pruned) -> None:
     try:
-        onnx.checker.check_model(pruned)
+        onnx.checker.check_model(str(pruned) if not isinstance(pruned, onnx.ModelProto) else pruned)
     except onnx.checker.ValidationError as exc:
         raise VerificationError(f"pruned model fails onnx.checker: {str(exc).splitlines()[0][:200]}") from None
 
 
-def check_pruned(pruned: onnx.ModelProto, expected: dict[str, list], batch: int = 2) -> dict:
+def check_pruned(pruned, expected: dict[str, list], batch: int = 2) -> dict:
     """Checker + onnxruntime run of the pruned model against the dense model's declared output shapes.
 
     *expected* maps output names to the original's shapes (ints where static,
     anything else where dynamic).  Cheaper than running both models: large
-    models would need a second session of the dense weights.
+    models would need a second session of the dense weights.  *pruned* is a
+    ModelProto or the path of a written model (read from disk by onnxruntime).
     """
     _check_model(pruned)
     providers = default_providers()
