@@ -330,19 +330,25 @@ def _shape_source(tensor: gs.Tensor, depth: int = 4) -> Optional[gs.Node]:
     return node
 
 
+def _concat_pieces(shape_tensor: gs.Tensor):
+    """(concat node, [(input index, piece, first position)]) of a shape built by a Concat, else (None, [])."""
+    producer = _shape_source(shape_tensor)
+    if producer is None or producer.op != "Concat":
+        return None, []
+    pieces, offset = [], 0
+    for i, piece in enumerate(producer.inputs):
+        pieces.append((i, piece, offset))
+        offset += int(np.prod(piece.shape)) if piece.shape is not None and None not in static(piece.shape) else 1
+    return producer, pieces
+
+
 def rewrite_folded_factor(node: gs.Node, rx: RewriteContext, axis: int, old: int, new: int) -> None:
     """Rewrite the head count inside a run-time shape entry such as ``Unsqueeze(Mul(batch, H))``."""
-    shape_tensor = node.inputs[1]
-    producer = shape_tensor.inputs[0] if shape_tensor.inputs else None
-    if producer is None or producer.op != "Concat":
-        return
-    offset = 0
-    for piece in producer.inputs:
-        length = int(np.prod(piece.shape)) if piece.shape is not None and None not in static(piece.shape) else 1
-        if offset <= axis < offset + length:
+    _, pieces = _concat_pieces(node.inputs[1])
+    for _, piece, offset in reversed(pieces):
+        if offset <= axis:
             _replace_factor(piece, rx, old, new, depth=4)
             return
-        offset += length
 
 
 def _replace_factor(tensor: gs.Tensor, rx: RewriteContext, old: int, new: int, depth: int) -> None:
@@ -375,28 +381,28 @@ def write_shape(node: gs.Node, rx: RewriteContext, new_out: list, old_out: list,
     shape_tensor = node.inputs[index]
     values = const_values(shape_tensor)
     if values is not None:
-        values = values.astype(np.int64).copy()
-        for k, (new, old) in enumerate(zip(new_out, old_out)):
-            if new is not None and new != old and values[k] == old:
-                values[k] = new
-        rx.replace_const(node, index, values)
+        rx.replace_const(node, index, _updated(values, 0, new_out, old_out, force=True))
         return
-    producer = _shape_source(shape_tensor)
-    if producer is None or producer.op != "Concat":
-        return
-    offset = 0
-    for i, piece in enumerate(producer.inputs):
+    producer, pieces = _concat_pieces(shape_tensor)
+    for i, piece, offset in pieces:
         piece_values = const_values(piece)
-        length = int(np.prod(piece.shape)) if piece.shape is not None and None not in static(piece.shape) else 1
         if piece_values is not None:
-            flat = np.atleast_1d(piece_values).astype(np.int64).copy()
-            touched = False
-            for k in range(len(flat)):
-                pos = offset + k
-                if pos < len(new_out) and new_out[pos] is not None and new_out[pos] != old_out[pos] \
-                        and flat[k] == old_out[pos]:
-                    flat[k] = new_out[pos]
-                    touched = True
-            if touched:
-                rx.replace_const(producer, i, flat.reshape(np.shape(piece_values)))
-        offset += length
+            updated = _updated(piece_values, offset, new_out, old_out)
+            if updated is not None:
+                rx.replace_const(producer, i, updated)
+
+
+def _updated(values: np.ndarray, offset: int, new_out: list, old_out: list, force: bool = False):
+    """*values* (shape entries ``offset...``) with every entry that held an old dim set to the new one.
+
+    Returns None when nothing changed (unless *force*); entries 0 and -1 are left alone.
+    """
+    flat = np.atleast_1d(values).astype(np.int64).copy()
+    touched = False
+    for k in range(len(flat)):
+        pos = offset + k
+        if pos < len(new_out) and new_out[pos] is not None and new_out[pos] != old_out[pos] \
+                and flat[k] == old_out[pos]:
+            flat[k] = new_out[pos]
+            touched = True
+    return flat.reshape(np.shape(values)) if touched or force else None
