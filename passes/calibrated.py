@@ -23,7 +23,7 @@ class _ConsumerStatistic(Criterion):
         raise NotImplementedError
 
     def score(self, ctx: ScoringContext, group: Group) -> np.ndarray:
-        entries = [(layer, stats) for layer, stats in ctx.obs.layer_stats(group) if stats is not None]
+        entries = [(e.layer, e.stats) for e in ctx.obs.entries(group) if e.stats is not None]
         if not entries:
             return L2Criterion(self.reduce).score(ctx, group)
         slices = []

@@ -14,7 +14,7 @@ import numpy as np
 from spa_compiler.analysis import Group
 from spa_compiler.compensate import ObsContext
 from spa_compiler.importance import ScoringContext
-from spa_compiler.obs import block_cost, block_costs_uniform, damped_inverse, remove_block
+from spa_compiler.obs import block_cost, block_costs_uniform, remove_block
 from spa_compiler.registry import register
 
 from .criteria import Criterion, L2Criterion
@@ -33,14 +33,14 @@ class ObspaCriterion(Criterion):
 
     def score(self, ctx: ScoringContext, group: Group) -> np.ndarray:
         obs: ObsContext = ctx.obs
-        layers = obs.layers(group)
-        if not layers:
+        entries = obs.entries(group)
+        if not entries:
             return L2Criterion(self.reduce).score(ctx, group)
         state = []
-        for layer, h, _ in layers:
-            positions = group.atom_of[layer.param.space]
-            atom_cols = [layer.columns(np.flatnonzero(positions == a)) for a in range(group.n_atoms)]
-            state.append([layer.w.copy(), damped_inverse(h, obs.damping), atom_cols, layer.energy(h)])
+        for entry in entries:
+            layer = entry.layer
+            atom_cols = [layer.columns(p) for p in _positions_by_atom(group.atom_of[layer.param.space], group.n_atoms)]
+            state.append([layer.w.copy(), entry.hinv.copy(), atom_cols, layer.energy(entry.h)])
         n = group.n_atoms
         alive = np.ones(n, dtype=bool)
         scores = np.full(n, np.inf)
@@ -49,15 +49,16 @@ class ObspaCriterion(Criterion):
         step = max(1, int(np.ceil(budget / STEPS_PER_GROUP)))
         removed = 0
         if ctx.progress is not None:
-            ctx.progress(f"obspa: group {group.id} ({n} atoms, {len(layers)} consumer layers)")
+            ctx.progress(f"obspa: group {group.id} ({n} atoms, {len(entries)} consumer layers)")
         while removed < budget:
             candidates = np.flatnonzero(alive)
             costs = np.zeros(len(candidates))
             for w, hinv, atom_cols, energy in state:
                 costs += _costs(w, hinv, [atom_cols[a] for a in candidates]) / energy
-            take = candidates[np.argsort(costs, kind="stable")[: min(step, budget - removed)]]
-            for a in take:
-                total += float(costs[np.flatnonzero(candidates == a)[0]])
+            take = np.argsort(costs, kind="stable")[: min(step, budget - removed)]
+            for index in take:
+                a = candidates[index]
+                total += float(costs[index])
                 scores[a] = total
                 alive[a] = False
                 for entry in state:
@@ -68,6 +69,12 @@ class ObspaCriterion(Criterion):
         finite = scores[np.isfinite(scores)]
         scores[~np.isfinite(scores)] = (finite.max() if len(finite) else 0.0) * 2 + 1.0
         return scores
+
+
+def _positions_by_atom(atom_of: np.ndarray, n_atoms: int) -> list[np.ndarray]:
+    """Positions of each atom in one space (possibly none), in one sort instead of a scan per atom."""
+    order = np.argsort(atom_of, kind="stable")
+    return np.split(order, np.cumsum(np.bincount(atom_of, minlength=n_atoms))[:-1])
 
 
 def _costs(w: np.ndarray, hinv: np.ndarray, blocks: list[np.ndarray]) -> np.ndarray:

@@ -36,38 +36,30 @@ class ObsContext:
     def __post_init__(self) -> None:
         self._nodes = {n.name: n for n in self.graph.nodes}
         self._constants = {n: t for n, t in self.graph.tensors().items() if isinstance(t, gs.Constant)}
+        self._entries: dict[int, list[LayerEntry]] = {}
 
-    def layer_stats(self, group: Group) -> list[tuple[ConsumerLayer, Optional[LayerStats]]]:
-        """Every consumer of *group* that OBS can handle, with its statistics (None when not collected)."""
-        out = []
-        for param in group.params_by_role(CONSUMER):
-            node = self._nodes.get(param.node)
-            layer = None if node is None else ConsumerLayer.of(node, param, self._constants[param.tensor].values)
-            if layer is not None:
+    def entries(self, group: Group) -> list["LayerEntry"]:
+        """Every consumer of *group* that OBS can handle, with its statistics; built once per group.
+
+        Scoring and compensation both need them (and the damped inverse, the
+        expensive part), so they are cached here rather than rebuilt.
+        """
+        if group.id not in self._entries:
+            out = []
+            for param in group.params_by_role(CONSUMER):
+                node = self._nodes.get(param.node)
+                layer = None if node is None else ConsumerLayer.of(node, param, self._constants[param.tensor].values)
+                if layer is None:
+                    continue
                 stats = self.stats.get(node.name)
-                out.append((layer, stats if stats is not None and stats.h.shape[0] == layer.w.shape[1] else None))
-        return out
-
-    def layers(self, group: Group) -> list[tuple[ConsumerLayer, np.ndarray, np.ndarray]]:
-        """(layer, H, mean) for every consumer of *group* that OBS can handle."""
-        out = []
-        for param in group.params_by_role(CONSUMER):
-            node = self._nodes.get(param.node)
-            if node is None:
-                continue
-            layer = ConsumerLayer.of(node, param, self._constants[param.tensor].values)
-            if layer is None:
-                continue
-            features = layer.w.shape[1]
-            stats = self.stats.get(node.name)
-            if stats is None or stats.h.shape[0] != features:
-                out.append((layer, np.eye(features), np.zeros(features)))
-            else:
-                dead = np.diag(stats.h) <= 0
-                if dead.any():  # inputs that are always zero contribute nothing: their weights cost nothing
-                    layer.w[:, dead] = 0.0
-                out.append((layer, stats.h, stats.mean))
-        return out
+                if stats is not None and stats.h.shape[0] != layer.w.shape[1]:
+                    stats = None
+                if stats is not None:
+                    dead = np.diag(stats.h) <= 0
+                    layer.w[:, dead] = 0.0  # inputs that are always zero contribute nothing: their weights cost nothing
+                out.append(LayerEntry(layer, stats, self.damping))
+            self._entries[group.id] = out
+        return self._entries[group.id]
 
     def constant(self, name: str) -> np.ndarray:
         return np.asarray(self._constants[name].values)
@@ -80,6 +72,31 @@ class ObsContext:
         return None
 
 
+@dataclass
+class LayerEntry:
+    """One consumer layer with its input statistics: H and mean (identity and zero without statistics)."""
+
+    layer: ConsumerLayer
+    stats: Optional[LayerStats]
+    damping: float
+    _hinv: Optional[np.ndarray] = None
+
+    @property
+    def h(self) -> np.ndarray:
+        return self.stats.h if self.stats is not None else np.eye(self.layer.w.shape[1])
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.stats.mean if self.stats is not None else np.zeros(self.layer.w.shape[1])
+
+    @property
+    def hinv(self) -> np.ndarray:
+        """The damped inverse of H, computed once (do not modify it in place)."""
+        if self._hinv is None:
+            self._hinv = damped_inverse(self.h, self.damping)
+        return self._hinv
+
+
 def compensate(ctx: ObsContext, plan: Plan, fold_batchnorm: bool = True) -> dict[str, np.ndarray]:
     """Constant replacements: compensated consumer weights and corrected BatchNorm statistics."""
     updates: dict[str, np.ndarray] = {}
@@ -87,12 +104,12 @@ def compensate(ctx: ObsContext, plan: Plan, fold_batchnorm: bool = True) -> dict
         group = ctx.analysis.groups[gid]
         gone = np.zeros(group.n_atoms, dtype=bool)
         gone[removed] = True
-        for layer, h, mean in ctx.layers(group):
+        for entry in ctx.entries(group):
+            layer, h, mean, hinv = entry.layer, entry.h, entry.mean, entry.hinv
             positions = np.flatnonzero(gone[group.atom_of[layer.param.space]])
             if not len(positions):
                 continue
             cols = layer.columns(positions)
-            hinv = damped_inverse(h, ctx.damping)
             w0 = layer.w
             w1 = w0 - w0[:, cols] @ np.linalg.solve(hinv[np.ix_(cols, cols)], hinv[cols, :])
             w1[:, cols] = 0.0
