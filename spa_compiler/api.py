@@ -7,11 +7,14 @@ from typing import Callable, Optional, Sequence
 
 import onnx
 
+from . import registry, statistics
 from .analysis import PRODUCER
+from .compensate import ObsContext, compensate as compensation
 from .cost import totals
 from .errors import UsageError
-from .modelio import ModelLike, check_output_path
-from .pipeline import Compiled, apply_plan, compile_model, plan_pruning, require_prunable, score_groups
+from .modelio import ModelLike, check_output_path, staged_save, uses_external_data
+from .pipeline import (Compiled, apply_plan, bn_free_conv_warning, choose_hessian_source, compile_model,
+                       consumer_nodes, load_calib, plan_pruning, require_prunable, score_groups)
 from .plan import Plan, PlanOptions
 from .verify import check_pruned
 
@@ -59,24 +62,12 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
     compiled = compile_model(model, prune_hidden=prune_hidden, head_dims=prune_head_dims)
     require_prunable(compiled)
     t1 = time.perf_counter()
-    from . import registry
-    from .compensate import ObsContext, compensate as compensation
-    from .pipeline import bn_free_conv_warning, choose_hessian_source, consumer_nodes, load_calib
-    from . import statistics
-
     criterion_cls = registry.get("criterion", criterion).factory
     compensating = getattr(criterion_cls, "compensates", False) if compensate is None else compensate
     warnings, hessian_info, obs = [], None, None
     calib_data = load_calib(calib, compiled) if calib is not None else None
     if compensating or getattr(criterion_cls, "needs_statistics", False):
-        source, why = choose_hessian_source(compiled, hessian, calib_data)
-        say(f"collecting layer statistics ({source}: {why})")
-        stats = statistics.collect(compiled, consumer_nodes(compiled), source, calib_data, samples=samples, seed=seed)
-        obs = ObsContext(compiled.graph, compiled.analysis, stats, damping)
-        hessian_info = {"source": source, "why": why, "layers": len(stats), "samples": samples}
-        warning = bn_free_conv_warning(compiled) if source != "calib" else None
-        if warning:
-            warnings.append(warning)
+        obs, hessian_info, warnings = _statistics(compiled, hessian, calib_data, samples, seed, damping, say)
     if getattr(criterion_cls, "global_normalize", None):
         options = PlanOptions(**{**options.__dict__, "normalize": criterion_cls.global_normalize})
     say(f"scoring {len(compiled.analysis.prunable_groups)} groups with {criterion}")
@@ -101,8 +92,6 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
     expected = {t.name: [d if isinstance(d, int) else None for d in (t.shape or [])] for t in compiled.graph.outputs}
     verification = None
     if output is not None:
-        from .modelio import staged_save, uses_external_data
-
         external = input_path is not None and uses_external_data(input_path)
         with staged_save(pruned, output, external) as written:  # renamed into place only if verified
             if verify:
@@ -119,6 +108,16 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
     report["seconds"] = {"analyze": round(t1 - t0, 3), "prune": round(t2 - t1, 3),
                          "total": round(time.perf_counter() - t0, 3)}
     return PruneResult(pruned, plan, report, compiled, scores)
+
+
+def _statistics(compiled: Compiled, hessian, calib_data, samples: int, seed: int, damping: float, say):
+    """Consumer-layer statistics for OBSPA-like criteria: (ObsContext, report entry, warnings)."""
+    source, why = choose_hessian_source(compiled, hessian, calib_data)
+    say(f"collecting layer statistics ({source}: {why})")
+    stats = statistics.collect(compiled, consumer_nodes(compiled), source, calib_data, samples=samples, seed=seed)
+    warning = bn_free_conv_warning(compiled) if source != "calib" else None
+    info = {"source": source, "why": why, "layers": len(stats), "samples": samples}
+    return ObsContext(compiled.graph, compiled.analysis, stats, damping), info, [warning] if warning else []
 
 
 def build_report(compiled: Compiled, pruned_graph, plan: Plan, log, criterion: str, options: PlanOptions,

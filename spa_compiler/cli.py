@@ -67,14 +67,7 @@ def _fmt(n: float) -> str:
     return f"{n:.0f}"
 
 
-class _Group(click.Group):
-    def main(self, *args, **kwargs):
-        # click's own usage errors exit 2 already; keep it that way and silence tracebacks
-        kwargs.setdefault("standalone_mode", True)
-        return super().main(*args, **kwargs)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="spa-compiler")
 def main() -> None:
     """spa-compiler: structurally prune any ONNX model.

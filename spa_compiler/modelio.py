@@ -51,7 +51,7 @@ def load_model(source: ModelLike) -> onnx.ModelProto:
 def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
     from onnx.external_data_helper import load_external_data_for_model, uses_external_data
 
-    external = [t for t in _all_initializers(model) if uses_external_data(t)]
+    external = [t for t in model.graph.initializer if uses_external_data(t)]
     if not external:
         return
     folder = path.parent.resolve()
@@ -65,10 +65,6 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
         load_external_data_for_model(model, str(path.parent))
     except (OSError, ValueError, onnx.checker.ValidationError) as exc:
         raise ModelLoadError(f"{path}: cannot load external data ({_first_line(exc)})") from None
-
-
-def _all_initializers(model: onnx.ModelProto):
-    yield from model.graph.initializer
 
 
 def _check_structure(model: onnx.ModelProto, where: str) -> None:
@@ -126,23 +122,15 @@ def uses_external_data(path: Union[str, os.PathLike]) -> bool:
     return any(external(t) for t in model.graph.initializer)
 
 
-def save_model(model: onnx.ModelProto, path: Union[str, os.PathLike], external: Optional[bool] = None) -> Path:
-    """Write *model* atomically: a temporary file in the same folder, fsync, then rename.
-
-    Models too large for one protobuf get their weights in ``<name>.data`` next to
-    the model, written the same way, so an interrupted run never leaves a partial
-    file under the final name.
-    """
-    with staged_save(model, path, external):
-        pass
-    return Path(path)
-
-
 @contextmanager
 def staged_save(model: onnx.ModelProto, path: Union[str, os.PathLike], external: Optional[bool] = None
                 ) -> Iterator[Path]:
-    """Write *model* into a temporary folder next to *path* and yield the temporary model path.
+    """Write *model* atomically: a temporary folder next to *path*, fsync, then rename into place.
 
+    Yields the temporary model path.  Models too large for one protobuf (or
+    *external*) get their weights in ``<name>.data`` next to the model, written
+    the same way, so an interrupted run never leaves a partial file under the
+    final name.
     The files are renamed into place only when the ``with`` block succeeds, so a
     caller can verify the written file first (onnxruntime then reads it from
     disk instead of from a second in-memory copy).  With external data the

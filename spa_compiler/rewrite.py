@@ -44,15 +44,9 @@ def kept_positions(analysis: DependencyAnalysis, plan: Plan) -> dict[Space, np.n
 
 def kept_fraction(analysis: DependencyAnalysis, plan: Plan):
     """A function (tensor, axis) -> kept fraction (None when untouched), for the cost model."""
-    fractions: dict[Space, float] = {}
-    for gid, removed in plan.removed.items():
-        group = analysis.groups[gid]
-        gone = np.zeros(group.n_atoms, dtype=bool)
-        gone[removed] = True
-        for space in group.spaces:
-            size = group.sizes[space]
-            if size:
-                fractions[space] = float((~gone[group.atom_of[space]]).sum()) / size
+    fractions = {space: len(kept) / analysis.groups[analysis.group_of[space]].sizes[space]
+                 for space, kept in kept_positions(analysis, plan).items()
+                 if analysis.groups[analysis.group_of[space]].sizes[space]}
     return lambda name, axis: fractions.get((name, axis))
 
 

@@ -144,7 +144,7 @@ def _plus(graph: gs.Graph, a: gs.Variable, b: gs.Constant, base: str) -> gs.Vari
 def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dict[str, np.ndarray]] = None,
             samples: int = 256, batch: int = 64, seed: int = 0) -> dict[str, LayerStats]:
     """Stream the statistics of every consumer's data input over *samples* inputs from *source*."""
-    from .verify import random_inputs, session
+    from .verify import session
 
     if source not in SOURCES:
         raise UsageError(f"unknown Hessian source {source!r} (use one of {', '.join(SOURCES)})")

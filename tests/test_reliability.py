@@ -18,6 +18,15 @@ def _run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
+def _assert_refused(folder, model, needle):
+    path = folder / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    out = folder / "out.onnx"
+    result = _run("prune", path, "-o", out)
+    _one_line_failure(result, out)
+    assert needle in result.output
+
+
 def _one_line_failure(result, out):
     lines = [line for line in result.output.strip().splitlines() if not line.startswith("[spac]")]
     assert result.exit_code in (1, 2, 3), result.output
@@ -58,23 +67,13 @@ def test_external_data_outside_the_model_folder_is_refused(tmp_path):
     weight.data_location = TensorProto.EXTERNAL
     for key, value in (("location", "../secret.bin"), ("offset", "0"), ("length", str(4 * 64))):
         weight.external_data.append(onnx.StringStringEntryProto(key=key, value=value))
-    path = folder / "m.onnx"
-    path.write_bytes(model.SerializeToString())
-    out = folder / "out.onnx"
-    result = _run("prune", path, "-o", out)
-    _one_line_failure(result, out)
-    assert "outside the model's folder" in result.output
+    _assert_refused(folder, model, "outside the model's folder")
 
 
 def test_duplicate_tensor_names_are_refused(tmp_path):
     model = builders.residual()
     model.graph.node[1].output[0] = model.graph.node[0].output[0]
-    path = tmp_path / "dup.onnx"
-    path.write_bytes(model.SerializeToString())
-    out = tmp_path / "out.onnx"
-    result = _run("prune", path, "-o", out)
-    _one_line_failure(result, out)
-    assert "produced twice" in result.output
+    _assert_refused(tmp_path, model, "produced twice")
 
 
 def test_same_input_and_options_give_identical_bytes(tmp_path, demo_path):
