@@ -28,10 +28,6 @@ class IndexMap:
     def is_identity(self) -> bool:
         return False
 
-    def inverse(self) -> "IndexMap":
-        src, dst = self.pairs()
-        return Explicit(self.dst, self.src, dst, src)
-
 
 @dataclass(frozen=True)
 class Affine(IndexMap):

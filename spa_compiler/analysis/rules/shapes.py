@@ -93,16 +93,13 @@ class Concat(Rule):
 class Split(Rule):
     """Split: each output is an offset window of the input along the split axis."""
 
-    def _axis(self, node, cx):
-        return normalize_axes([int(attr(node, "axis", 0))], cx.rank(node.inputs[0]) or 0)[0]
-
     def analyze(self, node, port, axis, cx):
         x = node.inputs[0]
         if port[0] == "in" and port[1] != 0:
             return frozen(f"{node.name} ({node.op}) split sizes computed at run time")
         if cx.rank(x) is None:
             return frozen(f"{node.name} ({node.op}) rank unknown")
-        split_axis = self._axis(node, cx)
+        split_axis = _split_axis(node, cx.rank(x))
         total = cx.dim(x, axis)
         if total is None:
             return frozen(f"{node.name} ({node.op}) size unknown")
@@ -122,7 +119,7 @@ class Split(Rule):
         return effect
 
     def rewrite(self, node, rx):
-        axis = self._axis_from_shape(node)
+        axis = _split_axis(node, len(node.inputs[0].shape))
         kept = [rx.kept(y, axis) for y in node.outputs]
         if all(k is None for k in kept):
             return
@@ -138,9 +135,9 @@ class Split(Rule):
         else:
             node.attrs["split"] = [int(s) for s in sizes]
 
-    def _axis_from_shape(self, node):
-        return int(attr(node, "axis", 0)) if int(attr(node, "axis", 0)) >= 0 else \
-            int(attr(node, "axis", 0)) + len(node.inputs[0].shape)
+
+def _split_axis(node: gs.Node, rank: int) -> int:
+    return normalize_axes([int(attr(node, "axis", 0))], rank)[0]
 
 
 class Slice(Rule):
@@ -181,13 +178,11 @@ class Slice(Rule):
         if sliced and step != 1:
             return frozen(f"{node.name} ({node.op}) strided slice on axis {axis}")
         if sliced:
-            cx.facts.setdefault("slices", {})[(node.name, axis)] = (start, stop)
+            cx.facts.setdefault("slices", {}).setdefault(node.name, {})[axis] = (start, stop)
         return Effect(ties=[Tie(space_of(y, axis), space_of(x, axis), Affine(out, cx.dim(x, axis), start, 1))])
 
     def rewrite(self, node, rx):
-        for (name, axis), (start, stop) in rx.facts.get("slices", {}).items():
-            if name != node.name:
-                continue
+        for axis, (start, stop) in rx.facts.get("slices", {}).get(node.name, {}).items():
             kept = rx.kept(node.inputs[0], axis)
             if kept is None:
                 continue
