@@ -271,8 +271,28 @@ def linear_layouts() -> onnx.ModelProto:
     return net.model([net.gemm(h, 4)])
 
 
+def misc_layouts() -> onnx.ModelProto:
+    """InstanceNormalization, Unsqueeze/Squeeze, Tile on spatial axes, and a weight-on-the-left MatMul (W @ x)."""
+    net = Net("misc_layouts")
+    x = net.act(net.conv("x", 8))
+    scale = net.init("in_scale", net.rng.uniform(0.5, 1.5, 8).astype(np.float32))
+    shift = net.init("in_bias", net.rng.normal(0, 0.1, 8).astype(np.float32))
+    x = net.act(net.node("InstanceNormalization", [x, scale, shift], 8, net.hw[x]))
+    u = net.node("Unsqueeze", [x, net.init("u_axes", np.array([2], np.int64))], 8, net.hw[x])
+    x = net.node("Squeeze", [u, net.init("s_axes", np.array([2], np.int64))], 8, net.hw[x])
+    x = net.node("Tile", [x, net.init("reps", np.array([1, 1, 2, 1], np.int64))], 8, net.hw[x])
+    hw = net.hw[x]
+    rows = net.node("Reshape", [x, net.init("to_rows", np.array([0, 8, -1], np.int64))], 8, None)
+    w = net.init("left_w", net.rng.normal(0, 0.4, (6, 8)).astype(np.float32))
+    y = net.act(net.node("MatMul", [w, rows], 6, None))  # [6, 8] @ [N, 8, L] -> [N, 6, L]
+    w2 = net.init("left_w2", net.rng.normal(0, 0.4, (7, 6)).astype(np.float32))
+    y = net.node("MatMul", [w2, y], 7, None)
+    y = net.node("Reshape", [y, net.init("to_maps", np.array([0, 7, 2 * hw, hw], np.int64))], 7, hw)
+    return net.model(_head(net, _cbr(net, y, 8)))
+
+
 RULE_MODELS = {f.__name__: f for f in (residual, concat_dense, split_branches, depthwise, grouped, se_block,
-                                        flatten_gemm, channel_shuffle, activations, linear_layouts)}
+                                        flatten_gemm, channel_shuffle, activations, linear_layouts, misc_layouts)}
 
 
 def demo_cnn(seed: int = 0) -> onnx.ModelProto:

@@ -135,3 +135,43 @@ def test_every_group_frozen(tmp_path):
 def test_unknown_criterion(demo, tmp_path):
     out = tmp_path / "o.onnx"
     _assert_clean_failure(run("prune", demo, "-o", out, "--criterion", "magic"), out, 2, "unknown criterion")
+
+
+def test_transformer_flags_change_what_is_pruned(tmp_path):
+    """--prune-hidden and --prune-head-dims reach the analysis: the report shows other groups going."""
+    from models.skeleton import load_materialized
+    from .conftest import ROOT
+
+    path = tmp_path / "gpt2.onnx"
+    onnx.save(load_materialized(str(ROOT / "models" / "transformers" / "gpt2.onnx")), str(path))
+    reports = {}
+    for flag in (None, "--prune-hidden", "--prune-head-dims"):
+        out = tmp_path / f"{flag or 'plain'}.onnx"
+        result = run("prune", path, "-o", out, "--json", *([flag] if flag else []))
+        assert result.exit_code == 0, result.output
+        reports[flag] = json.loads(result.output)
+    atoms = {flag: sorted(g["atoms"] for g in r["removed"]) for flag, r in reports.items()}
+    assert 4 in atoms[None] and 4 not in atoms["--prune-head-dims"]  # whole heads vs head dims
+    assert 32 in atoms["--prune-hidden"] and 32 not in atoms[None]    # the residual stream
+    assert reports["--prune-hidden"]["params"]["after"] < reports[None]["params"]["after"]
+
+
+def test_obspa_flags_reach_the_report(tmp_path):
+    from .conftest import ROOT
+
+    trained = ROOT / "models" / "trained"
+    out = tmp_path / "o.onnx"
+    result = run("prune", trained / "digits_cnn.onnx", "-o", out, "--criterion", "obspa", "--json",
+                 "--calib", trained / "digits_cnn_calib.npz", "--recalibrate-bn", "--samples", "64")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["hessian"]["source"] == "calib" and report["compensated"] is True
+    result = run("prune", trained / "digits_cnn.onnx", "-o", out, "--criterion", "l2", "--hessian", "synthetic",
+                 "--compensate", "--json", "--force")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["hessian"]["source"] == "synthetic"
+    bad = run("prune", trained / "digits_cnn.onnx", "-o", tmp_path / "x.onnx", "--criterion", "obspa",
+              "--hessian", "calib")
+    _assert_clean_failure(bad, tmp_path / "x.onnx", 2, "needs --calib")
+    bad = run("prune", trained / "digits_cnn.onnx", "-o", tmp_path / "x.onnx", "--recalibrate-bn")
+    _assert_clean_failure(bad, tmp_path / "x.onnx", 2, "needs --calib")
