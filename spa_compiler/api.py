@@ -12,11 +12,15 @@ from .analysis import PRODUCER
 from .compensate import ObsContext, compensate as compensation
 from .cost import totals
 from .errors import UsageError
-from .modelio import ModelLike, check_output_path, staged_save, uses_external_data
-from .pipeline import (Compiled, apply_plan, bn_free_conv_warning, choose_hessian_source, compile_model,
+from .ir import to_model
+from .modelio import (EXTERNAL_DATA_THRESHOLD, ModelLike, check_output_path, staged_output, uses_external_data,
+                      write_graph, write_proto)
+from .pipeline import (Compiled, bn_free_conv_warning, choose_hessian_source, compile_model,
                        consumer_nodes, load_calib, plan_pruning, require_prunable, score_groups)
 from .plan import Plan, PlanOptions
+from .rewrite import rewrite
 from .verify import check_pruned
+from .weights import release_pages, total_constant_bytes
 
 
 @dataclass
@@ -80,27 +84,38 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
         say("compensating consumer weights and folding into BatchNorm")
         updates = compensation(obs or ObsContext(compiled.graph, compiled.analysis, {}, damping), plan)
     say(f"rewriting {len(plan.removed)} groups")
-    pruned, graph, log = apply_plan(compiled, plan, updates)
+    graph, log = rewrite(compiled.graph, compiled.meta, compiled.analysis, plan, updates)
+    release_pages()
+    pruned = None
     if recalibrate_bn:
         from .recalibrate import recalibrate_batchnorm
 
         say("recalibrating BatchNorm statistics on the calibration inputs")
-        pruned = recalibrate_batchnorm(pruned, calib_data)
+        pruned = recalibrate_batchnorm(to_model(graph, compiled.meta), calib_data)
     t2 = time.perf_counter()
     report = build_report(compiled, graph, plan, log, criterion, options, target_macs)
-    del graph  # the protobuf holds the pruned weights from here on
     expected = {t.name: [d if isinstance(d, int) else None for d in (t.shape or [])] for t in compiled.graph.outputs}
     verification = None
     if output is not None:
-        external = input_path is not None and uses_external_data(input_path)
-        with staged_save(pruned, output, external) as written:  # renamed into place only if verified
+        external = (input_path is not None and uses_external_data(input_path)) or \
+            total_constant_bytes(graph) > EXTERNAL_DATA_THRESHOLD
+        with staged_output(output) as stage:  # renamed into place only if verified
+            say(f"writing {output}" + (" (weights streamed to external data)" if external else ""))
+            if pruned is None:
+                pruned = write_graph(graph, compiled.meta, stage, external)
+            else:
+                write_proto(pruned, stage, external)
+            del graph  # written: its arrays can go before onnxruntime loads the file
             if verify:
                 say("verifying with onnxruntime")
-                verification = check_pruned(written, expected)
+                verification = check_pruned(stage.model_path, expected)
         report["output"] = str(output)
-    elif verify:
-        say("verifying with onnxruntime")
-        verification = check_pruned(pruned, expected)
+    else:
+        pruned = pruned if pruned is not None else to_model(graph, compiled.meta)
+        del graph  # the protobuf holds the pruned weights from here on
+        if verify:
+            say("verifying with onnxruntime")
+            verification = check_pruned(pruned, expected)
     report["verify"] = verification
     report["hessian"] = hessian_info
     report["compensated"] = bool(compensating)

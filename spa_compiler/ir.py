@@ -58,8 +58,12 @@ def meta_of(model: onnx.ModelProto) -> ModelMeta:
 
 
 def to_graph(model: onnx.ModelProto) -> gs.Graph:
-    """Import a model into the gs IR."""
-    return gs.import_onnx(model)
+    """Import a model into the gs IR; external weights become lazily mapped views (see weights.py)."""
+    from .weights import map_external
+
+    graph = gs.import_onnx(model)
+    map_external(graph)
+    return graph
 
 
 @lru_cache(maxsize=1)
@@ -92,9 +96,18 @@ def choose_ir_version(meta: ModelMeta) -> int:
     return max(needed, min(meta.ir_version or onnx.IR_VERSION, max_runtime_ir_version()))
 
 
-def to_model(graph: gs.Graph, meta: ModelMeta) -> onnx.ModelProto:
-    """Export the gs IR back to a ModelProto with the input's opsets, IR version and metadata."""
+def to_model(graph: gs.Graph, meta: ModelMeta, embed: bool = True) -> onnx.ModelProto:
+    """Export the gs IR back to a ModelProto with the input's opsets, IR version and metadata.
+
+    *embed*: weights still mapped from files are read into the proto (what an
+    in-memory onnxruntime session needs); without it they stay references,
+    for a model whose data file was just written (``weights.stream_weights``).
+    """
     model = gs.export_onnx(graph, do_type_check=False)
+    if embed:
+        from .weights import embed_external
+
+        embed_external(model)
     # Intermediate shapes are the compiler's own inference (symbolic dims merged for analysis):
     # runtimes infer their own, and a merged dim written here could contradict them.
     del model.graph.value_info[:]

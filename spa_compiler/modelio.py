@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
@@ -49,22 +50,36 @@ def load_model(source: ModelLike) -> onnx.ModelProto:
 
 
 def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
-    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+    """Check every external-data reference, then point it at its absolute file (read lazily, see weights.py).
 
-    external = [t for t in model.graph.initializer if uses_external_data(t)]
-    if not external:
-        return
+    Refused: locations outside the model's folder (``..``, absolute paths,
+    symlinks that lead out), missing files, and regions past a file's end, so
+    no later pass can be made to read elsewhere or fail half-way.
+    """
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    from .weights import external_info, resolve_locations
+
     folder = path.parent.resolve()
-    for tensor in external:
-        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+    for tensor in _get_all_tensors(model):
+        if not uses_external_data(tensor):
+            continue
+        info = external_info(tensor)
+        location = info.get("location", "")
         target = (path.parent / location).resolve()  # resolve() follows symlinks
         if not location or Path(location).is_absolute() or folder not in (target, *target.parents):
             raise ModelLoadError(f"{path}: initializer {tensor.name} points its external data outside the "
                                  f"model's folder ({location!r}); refused")
-    try:
-        load_external_data_for_model(model, str(path.parent))
-    except (OSError, ValueError, onnx.checker.ValidationError) as exc:
-        raise ModelLoadError(f"{path}: cannot load external data ({_first_line(exc)})") from None
+        if not target.is_file():
+            raise ModelLoadError(f"{path}: initializer {tensor.name}: external data file {location!r} not found")
+        try:
+            end = int(info.get("offset", 0)) + int(info.get("length", 0))
+        except ValueError:
+            raise ModelLoadError(f"{path}: initializer {tensor.name}: bad external data offset/length") from None
+        if end > target.stat().st_size:
+            raise ModelLoadError(f"{path}: initializer {tensor.name}: external data ends at byte {end}, past the "
+                                 f"end of {location!r}")
+    resolve_locations(model, path.parent)
 
 
 def _check_structure(model: onnx.ModelProto, where: str) -> None:
@@ -122,45 +137,79 @@ def uses_external_data(path: Union[str, os.PathLike]) -> bool:
     return any(external(t) for t in model.graph.initializer)
 
 
-@contextmanager
-def staged_save(model: onnx.ModelProto, path: Union[str, os.PathLike], external: Optional[bool] = None
-                ) -> Iterator[Path]:
-    """Write *model* atomically: a temporary folder next to *path*, fsync, then rename into place.
+@dataclass
+class Stage:
+    """Where an output is written before it is renamed into place: a temporary folder next to it."""
 
-    Yields the temporary model path.  Models too large for one protobuf (or
-    *external*) get their weights in ``<name>.data`` next to the model, written
-    the same way, so an interrupted run never leaves a partial file under the
-    final name.
-    The files are renamed into place only when the ``with`` block succeeds, so a
-    caller can verify the written file first (onnxruntime then reads it from
-    disk instead of from a second in-memory copy).  With external data the
-    model's tensors are moved out of *model* by onnx: afterwards it refers to
-    ``<name>.data`` next to *path*.
+    folder: Path
+    model_path: Path
+    data_name: str  # the weights file's name, relative to the model (``<name>.data``)
+
+    @property
+    def data_path(self) -> Path:
+        return self.folder / self.data_name
+
+
+@contextmanager
+def staged_output(path: Union[str, os.PathLike]) -> Iterator[Stage]:
+    """A temporary folder next to *path*; its files are renamed into place only if the block succeeds.
+
+    The caller writes (and may verify) the model there: an interrupted or
+    failed run removes the folder and never leaves a partial file under the
+    final name.  The weights file goes first, so the final model never points
+    at data that is not there yet.
     """
     out = Path(path)
     parent = out.parent if str(out.parent) else Path(".")
-    large = model.ByteSize() > EXTERNAL_DATA_THRESHOLD if _can_size(model) else True
-    large = large or bool(external)
-    data_name = out.name + ".data"
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=parent) as tmp:
-        tmp_model = Path(tmp) / out.name
+        stage = Stage(Path(tmp), Path(tmp) / out.name, out.name + ".data")
+        yield stage
         try:
-            if large:
-                onnx.save_model(model, str(tmp_model), save_as_external_data=True,
-                                all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
-                _fsync(Path(tmp) / data_name)
-            else:
-                tmp_model.write_bytes(model.SerializeToString())
-            _fsync(tmp_model)
+            if stage.data_path.exists():
+                os.replace(stage.data_path, parent / stage.data_name)
+            os.replace(stage.model_path, out)
         except OSError as exc:
             raise UsageError(f"{out}: cannot write ({exc.strerror or exc})") from None
-        yield tmp_model
-        try:
-            if large:
-                os.replace(Path(tmp) / data_name, parent / data_name)
-            os.replace(tmp_model, out)
-        except OSError as exc:
-            raise UsageError(f"{out}: cannot write ({exc.strerror or exc})") from None
+
+
+def write_proto(model: onnx.ModelProto, stage: Stage, external: bool = False) -> None:
+    """Write an in-memory model into *stage*: one protobuf, or weights in ``<name>.data`` when
+    *external* or too large for one protobuf (onnx then moves the tensors out of *model*)."""
+    large = external or (model.ByteSize() > EXTERNAL_DATA_THRESHOLD if _can_size(model) else True)
+    try:
+        if large:
+            onnx.save_model(model, str(stage.model_path), save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=stage.data_name, size_threshold=1024)
+            _fsync(stage.data_path)
+        else:
+            stage.model_path.write_bytes(model.SerializeToString())
+        _fsync(stage.model_path)
+    except OSError as exc:
+        raise UsageError(f"{stage.model_path.name}: cannot write ({exc.strerror or exc})") from None
+
+
+def write_graph(graph, meta, stage: Stage, external: bool) -> onnx.ModelProto:
+    """Write a gs graph into *stage*; returns the written ModelProto.
+
+    With *external*, the weights are streamed to the data file one tensor at a
+    time and the protobuf only refers to them: memory stays near one tensor
+    instead of a serialized copy of the model.
+    """
+    from .ir import to_model
+    from .weights import stream_weights
+
+    if not external:
+        model = to_model(graph, meta)
+        write_proto(model, stage)
+        return model
+    try:
+        stream_weights(graph, stage.data_path, stage.data_name)
+        model = to_model(graph, meta, embed=False)
+        stage.model_path.write_bytes(model.SerializeToString())
+        _fsync(stage.model_path)
+    except OSError as exc:
+        raise UsageError(f"{stage.model_path.name}: cannot write ({exc.strerror or exc})") from None
+    return model
 
 
 def _can_size(model: onnx.ModelProto) -> bool:

@@ -22,6 +22,7 @@ from .modelio import ModelLike, load_model
 from .normalize import normalize
 from .plan import Plan, PlanOptions, make_plan, search_ratio
 from .rewrite import RewriteLog, kept_fraction, rewrite
+from .weights import release_pages
 
 
 @dataclass
@@ -74,6 +75,7 @@ def score_groups(compiled: Compiled, criterion: str = "l2", seed: int = 0, reduc
             raise CompileError(f"criterion {criterion} returned {values.shape} scores for "
                                f"{group.n_atoms} atoms of group {group.id}")
         scores[group.id] = values
+        release_pages()  # weights mapped from disk: keep only one group's pages resident
     return scores
 
 

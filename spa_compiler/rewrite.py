@@ -20,6 +20,7 @@ from .errors import CompileError
 from .ir import ModelMeta, node_label
 from .normalize import reinfer_shapes
 from .plan import Plan
+from .weights import release_pages
 
 
 @dataclass
@@ -78,6 +79,7 @@ def rewrite(graph: gs.Graph, meta: ModelMeta, analysis: DependencyAnalysis, plan
             const.values = np.take(values, kept[param.space], axis=param.axis)
             first = log.initializers.get(param.tensor, (before, None))[0]
             log.initializers[param.tensor] = (first, list(const.shape))
+        release_pages()  # the kept slices are new arrays; the mapped originals need not stay resident
     rx = RewriteContext(graph=work, facts=analysis.facts, kept_of=lambda name, axis: kept.get((name, axis)))
     touched_tensors = {name for name, _ in kept}
     for node in list(work.nodes):

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from models.llama_generator import LlamaShape, write
 from spa_compiler.cli import main
 from spa_compiler.verify import random_inputs, session
+from spa_compiler.weights import ALIGNMENT
 
 
 def test_external_data_model_prunes_to_fresh_external_data(tmp_path):
@@ -23,11 +24,14 @@ def test_external_data_model_prunes_to_fresh_external_data(tmp_path):
     assert {p: os.path.getsize(os.path.join(tmp_path / "in", p)) for p in os.listdir(tmp_path / "in")} == before
     assert sorted(os.listdir(out.parent)) == ["pruned.onnx", "pruned.onnx.data"]
     data_size = os.path.getsize(str(out) + ".data")
-    model = onnx.load(str(out))
-    weights = sum(int(np.prod(i.dims)) * 4 for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT)
-    assert data_size <= weights + 64 * len(model.graph.initializer), "no stale bytes in the data file"
+    model = onnx.load(str(out), load_external_data=False)
+    regions = sorted((int(e["offset"]), int(e["length"])) for e in
+                     ({x.key: x.value for x in i.external_data} for i in model.graph.initializer) if e)
+    assert all(a + n <= b for (a, n), (b, _) in zip(regions, regions[1:])), "tensors overlap"
+    assert data_size == regions[-1][0] + regions[-1][1], "no stale bytes after the last tensor"
+    assert all(offset % ALIGNMENT == 0 for offset, _ in regions), "offsets aligned for memory mapping"
     assert data_size < 0.85 * before["model.onnx.data"]
-    sess = session(model)
+    sess = session(str(out))
     for seq in (3, 9):
         logits = sess.run(None, random_inputs(sess, batch=2, dims={"seq": seq}))[0]
         assert logits.shape == (2, seq, shape.vocab) and np.isfinite(logits).all()
