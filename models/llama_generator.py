@@ -45,14 +45,39 @@ class LlamaShape:
         return shape
 
 
-def build(shape: LlamaShape, dtype=np.float32, seed: int = 0) -> onnx.ModelProto:
+class WeightFile:
+    """Appends weight matrices to an external-data file as they are generated (memory: one matrix)."""
+
+    ALIGN = 4096
+
+    def __init__(self, path: str):
+        self.location = os.path.basename(path)
+        self.handle = open(path, "wb")
+
+    def add(self, name: str, values: np.ndarray) -> onnx.TensorProto:
+        offset = -(-self.handle.tell() // self.ALIGN) * self.ALIGN
+        self.handle.seek(offset)
+        self.handle.write(np.ascontiguousarray(values).tobytes())
+        tensor = onnx.TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(values.dtype),
+                                  dims=values.shape, data_location=onnx.TensorProto.EXTERNAL)
+        for key, value in (("location", self.location), ("offset", str(offset)), ("length", str(values.nbytes))):
+            tensor.external_data.add(key=key, value=value)
+        return tensor
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def build(shape: LlamaShape, dtype=np.float32, seed: int = 0, sink: "WeightFile | None" = None) -> onnx.ModelProto:
+    """The decoder as a ModelProto; with *sink*, weight matrices go straight to its file (external data)."""
     rng = np.random.default_rng(seed)
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     d, h, hd = shape.hidden, shape.heads, shape.hidden // shape.heads
     nodes, inits = [], []
 
     def weight(name, rows, cols):
-        inits.append(numpy_helper.from_array((rng.standard_normal((rows, cols)) / np.sqrt(rows)).astype(dtype), name))
+        values = (rng.standard_normal((rows, cols), dtype=np.float32) / np.float32(np.sqrt(rows))).astype(dtype)
+        inits.append(sink.add(name, values) if sink else numpy_helper.from_array(values, name))
         return name
 
     def const(name, value):
@@ -114,11 +139,12 @@ def build(shape: LlamaShape, dtype=np.float32, seed: int = 0) -> onnx.ModelProto
 
 def write(path: str, shape: LlamaShape, dtype=np.float32, seed: int = 0) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    data = path + ".data"
-    if os.path.exists(data):
-        os.remove(data)  # onnx appends to an existing data file: start from a fresh one
-    onnx.save_model(build(shape, dtype, seed), path, save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=os.path.basename(path) + ".data", size_threshold=1024)
+    sink = WeightFile(path + ".data")  # a fresh file: weights written as generated, never all in memory
+    try:
+        model = build(shape, dtype, seed, sink)
+    finally:
+        sink.close()
+    onnx.save_model(model, path)
     return path
 
 

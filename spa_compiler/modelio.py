@@ -126,15 +126,20 @@ def check_output_path(path: Union[str, os.PathLike], input_path: Union[str, os.P
     return out
 
 
-def uses_external_data(path: Union[str, os.PathLike]) -> bool:
-    """Whether the model file at *path* keeps any initializer in external data (read without the data)."""
-    from onnx.external_data_helper import uses_external_data as external
+def external_locations(path: Union[str, os.PathLike]) -> set[str]:
+    """The external data files the model file at *path* names (read without the data; empty if unreadable)."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data as external
 
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception:  # noqa: BLE001
-        return False
-    return any(external(t) for t in model.graph.initializer)
+        return set()
+    return {e.value for t in _get_all_tensors(model) if external(t) for e in t.external_data if e.key == "location"}
+
+
+def uses_external_data(path: Union[str, os.PathLike]) -> bool:
+    """Whether the model file at *path* keeps any initializer in external data."""
+    return bool(external_locations(path))
 
 
 @dataclass

@@ -10,6 +10,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -46,21 +47,44 @@ def default_providers() -> tuple[str, ...]:
     return ("CPUExecutionProvider",)
 
 
-def _options(threads: int = 0):
+# Above this size on disk a verification session is made lean (see _options).
+LEAN_SESSION_BYTES = 512 * 2**20
+
+
+def _options(threads: int = 0, lean: bool = False):
+    """Session options; *lean* for verifying large models with the least memory.
+
+    A lean session skips graph optimizations (constant folding would turn
+    every fp16 weight into an fp32 copy on CPU up front) and the memory arena
+    and patterns (which keep each cast's buffer after use): the weights stay
+    memory-mapped from the file and the run only needs one layer at a time.
+    """
     ort = _ort()
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if lean:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     return options
 
 
-def session(model, providers: Optional[Sequence[str]] = None, threads: int = 0):
+def session(model, providers: Optional[Sequence[str]] = None, threads: int = 0, lean: bool = False):
     """An onnxruntime session of a ModelProto or of a model file (a path keeps weights out of Python)."""
     ort = _ort()
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(source, _options(threads), providers=list(providers or default_providers()))
+    return ort.InferenceSession(source, _options(threads, lean), providers=list(providers or default_providers()))
+
+
+def size_on_disk(path) -> int:
+    """Bytes of a model file plus the external data files next to it that it names."""
+    from .modelio import external_locations
+
+    folder = Path(path).parent
+    return Path(path).stat().st_size + sum((folder / name).stat().st_size for name in external_locations(path))
 
 
 _NP_TYPES = {
@@ -115,8 +139,9 @@ def check_pruned(pruned, expected: dict[str, list], batch: int = 2) -> dict:
     """
     _check_model(pruned)
     providers = default_providers()
+    lean = not isinstance(pruned, onnx.ModelProto) and size_on_disk(pruned) > LEAN_SESSION_BYTES
     try:
-        sess = session(pruned, providers)
+        sess = session(pruned, providers, lean=lean)
         outputs = sess.run(None, random_inputs(sess, batch=batch))
     except Exception as exc:  # noqa: BLE001
         raise VerificationError(f"pruned model does not run in onnxruntime: {str(exc).splitlines()[0][:240]}") from None
