@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import traceback
+from contextlib import contextmanager
 from functools import wraps
 from typing import Optional
 
@@ -38,7 +41,8 @@ def handled(func):
     def wrapper(*args, **kwargs):
         debug = os.environ.get("SPAC_DEBUG") == "1" or kwargs.get("debug", False)
         try:
-            return func(*args, **kwargs)
+            with _terminate_as_interrupt():
+                return func(*args, **kwargs)
         except SpacError as exc:
             if debug:
                 traceback.print_exc()
@@ -58,6 +62,23 @@ def handled(func):
             sys.exit(1)
 
     return wrapper
+
+
+@contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (``kill``) unwinds like Ctrl-C, so staged outputs are removed instead of left half written."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum, _frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _fmt(n: float) -> str:

@@ -193,6 +193,8 @@ def stream_weights(graph: gs.Graph, data_path: Path, location: str,
                 continue
             nbytes = int(np.prod(const.shape, dtype=np.int64)) * _PLAIN[tensor_type].itemsize
             if nbytes < min_bytes:
+                if isinstance(values, MappedValues):
+                    const.values = np.array(values.load())  # small: back into the protobuf, off the input file
                 continue
             offset = _pad_to(out, ALIGNMENT)
             if isinstance(values, MappedValues):

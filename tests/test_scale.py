@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -35,3 +40,23 @@ def test_external_data_model_prunes_to_fresh_external_data(tmp_path):
     for seq in (3, 9):
         logits = sess.run(None, random_inputs(sess, batch=2, dims={"seq": seq}))[0]
         assert logits.shape == (2, seq, shape.vocab) and np.isfinite(logits).all()
+
+
+def test_killed_run_leaves_no_output(tmp_path):
+    """SIGTERM while the output is being written or verified: exit 130, nothing left in the output folder."""
+    source = write(str(tmp_path / "in" / "model.onnx"), LlamaShape.for_params(50e6))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-c", "from spa_compiler.cli import main; main()", "prune", source,
+                             "-o", str(out_dir / "pruned.onnx"), "--ratio", "0.3"],
+                            cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(out_dir.iterdir()) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)  # the staging folder appears when writing starts
+    assert proc.poll() is None, "finished before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert list(out_dir.iterdir()) == []
