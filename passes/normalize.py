@@ -13,6 +13,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from spa_compiler.errors import ModelLoadError
+from spa_compiler.validate import ABSURD_TENSOR_BYTES
 from spa_compiler.registry import register
 
 MIN_OPSET = 7
@@ -306,9 +307,10 @@ def fold_constants(graph: gs.Graph, notes: list[str]) -> None:
     """Fold constant subgraphs and static Shape chains so shape constants become rewritable."""
     import onnxruntime
 
-    onnxruntime.set_default_logger_severity(3)  # gs folds with onnxruntime; its optimizer warnings are noise
+    onnxruntime.set_default_logger_severity(4)  # gs folds with onnxruntime; its optimizer warnings are noise
     start = len(graph.nodes)
     for _ in range(MAX_FOLD_ROUNDS):  # folding reveals shapes, shapes reveal more folds
+        refuse_absurd_shapes(graph, notes)  # folding computes tensors: never one that cannot fit
         before = len(graph.nodes)
         graph.fold_constants(fold_shapes=True, error_ok=True, size_threshold=64 * 1024 * 1024)
         graph.cleanup()
@@ -320,6 +322,26 @@ def fold_constants(graph: gs.Graph, notes: list[str]) -> None:
 
 
 MAX_FOLD_ROUNDS = 32
+
+
+@register("normalize", "refuse_absurd_shapes")
+def refuse_absurd_shapes(graph: gs.Graph, notes: list[str]) -> None:
+    """Refuse a model whose statically known intermediate shapes would need an absurd allocation.
+
+    A ConstantOfShape, Expand or Tile of constants declaring hundreds of GB
+    would be computed by constant folding (and by the verification run)
+    before anything failed; here it is one clear error instead.
+    """
+    for tensor in graph.tensors().values():
+        shape = tensor.shape if isinstance(tensor, gs.Variable) else None
+        if not shape or tensor.dtype is None or not all(isinstance(d, (int, np.integer)) and d >= 0 for d in shape):
+            continue
+        size = int(np.prod([int(d) for d in shape], dtype=object)) * np.dtype(tensor.dtype).itemsize
+        if size > ABSURD_TENSOR_BYTES:
+            producer = tensor.inputs[0] if tensor.inputs else None
+            where = f" (output of {producer.name or '<unnamed>'} ({producer.op}))" if producer else ""
+            raise ModelLoadError(f"tensor {tensor.name}{where} would take {size / 2**30:.3g} GiB "
+                                 f"(shape {list(shape)}); refused before allocating")
 
 
 @register("normalize", "unshare_initializers")

@@ -17,6 +17,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from .errors import ModelLoadError, UsageError
+from .validate import check_model
 
 # protobuf refuses single messages above 2 GiB; beyond this the weights go to external data.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
@@ -45,7 +46,7 @@ def load_model(source: ModelLike) -> onnx.ModelProto:
         except OSError as exc:
             raise ModelLoadError(f"{where}: cannot read ({exc.strerror or exc})") from None
         _load_external_data(model, path)
-    _check_structure(model, where)
+    check_model(model, where)
     return model
 
 
@@ -80,24 +81,6 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
             raise ModelLoadError(f"{path}: initializer {tensor.name}: external data ends at byte {end}, past the "
                                  f"end of {location!r}")
     resolve_locations(model, path.parent)
-
-
-def _check_structure(model: onnx.ModelProto, where: str) -> None:
-    """Refuse what is clearly not a usable model before any pass touches it."""
-    if not model.HasField("graph") or len(model.graph.node) == 0:
-        raise ModelLoadError(f"{where}: not an ONNX model (no graph or no nodes)")
-    produced: dict[str, str] = {i.name: "an initializer" for i in model.graph.initializer}
-    for node in model.graph.node:
-        for name in node.output:
-            if name and name in produced:
-                raise ModelLoadError(f"{where}: tensor {name!r} is produced twice (by {produced[name]} and by node "
-                                     f"{node.name or '<unnamed>'} ({node.op_type}))")
-            if name:
-                produced[name] = f"node {node.name or '<unnamed>'} ({node.op_type})"
-    if not model.graph.output:
-        raise ModelLoadError(f"{where}: the graph has no outputs")
-    if not any(o.domain in ("", "ai.onnx") for o in model.opset_import):
-        raise ModelLoadError(f"{where}: no default-domain opset import")
 
 
 def _first_line(exc: BaseException) -> str:

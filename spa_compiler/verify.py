@@ -22,7 +22,7 @@ from .errors import VerificationError
 def _ort():
     import onnxruntime as ort
 
-    ort.set_default_logger_severity(3)
+    ort.set_default_logger_severity(4)  # failures reach the user as our one-line errors, not as ORT logs
     return ort
 
 
@@ -61,7 +61,7 @@ def _options(threads: int = 0, lean: bool = False):
     """
     ort = _ort()
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4
     if lean:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.enable_cpu_mem_arena = False

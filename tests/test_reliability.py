@@ -91,3 +91,47 @@ def test_input_file_is_never_modified(tmp_path, demo_path):
     before = path.read_bytes()
     assert _run("prune", path, "-o", tmp_path / "out.onnx").exit_code == 0
     assert path.read_bytes() == before
+
+
+def _conv_chain(middle: str = "Relu", middle_inputs=("a",), input_shape=(1, 3, 8, 8), extra_nodes=(),
+                extra_inits=(), output="y") -> onnx.ModelProto:
+    """x -> Conv -> <middle> -> Conv -> y, with whatever a hostile variant adds."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((4, 8, 1, 1)).astype(np.float32), "w2"), *extra_inits]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="c1", pads=[1, 1, 1, 1]),
+             helper.make_node(middle, list(middle_inputs), ["b"], name="mid"),
+             helper.make_node("Conv", ["b", "w2"], ["y"], name="c2"), *extra_nodes]
+    graph = helper.make_graph(nodes, "hostile", [helper.make_tensor_value_info("x", TensorProto.FLOAT, input_shape)],
+                              [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _lying_weight(dims) -> onnx.ModelProto:
+    model = _conv_chain()
+    del model.graph.initializer[0].dims[:]
+    model.graph.initializer[0].dims.extend(dims)
+    return model
+
+
+HOSTILE = {
+    "cycle": (lambda: _conv_chain("Add", ("a", "y")), "cycle (through node mid (Add))"),
+    "dangling": (lambda: _conv_chain("Add", ("a", "ghost")), "reads tensor 'ghost', which no node"),
+    "huge_input": (lambda: _conv_chain(input_shape=(1, 3, 300000, 300000)), "graph input x declares"),
+    "huge_constant": (lambda: _conv_chain(
+        extra_nodes=[helper.make_node("ConstantOfShape", ["big"], ["z"], name="cos"),
+                     helper.make_node("ReduceSum", ["z"], ["zs"], name="rs", keepdims=0),
+                     helper.make_node("Add", ["y", "zs"], ["y2"], name="add")],
+        extra_inits=[numpy_helper.from_array(np.array([64, 1024, 1024, 1024], np.int64), "big")], output="y2"),
+        "tensor z (output of cos (ConstantOfShape)) would take 256 GiB"),
+    "dims_disagree_with_data": (lambda: _lying_weight([8000000, 3, 3, 3]), "initializer w1 holds 864 bytes"),
+    "negative_dims": (lambda: _lying_weight([-8, 3, 3, 3]), "negative dims"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_graphs_are_refused_before_allocating(tmp_path, case):
+    build, needle = HOSTILE[case]
+    _assert_refused(tmp_path, build(), needle)
