@@ -6,6 +6,8 @@ weights shared through Identity nodes, shapes computed at run time).
 """
 from __future__ import annotations
 
+import contextlib
+import os
 from collections import defaultdict
 
 import numpy as np
@@ -124,6 +126,40 @@ def castlike_constants(graph: gs.Graph, notes: list[str]) -> None:
             continue
         count += constant_output(graph, node, np.asarray(node.inputs[0].values).astype(np_dtype))
     finish(graph, notes, "castlike_constants: {count} CastLike of constants", count)
+
+
+@register("normalize", "lower_ml_scaler")
+def lower_ml_scaler(graph: gs.Graph, notes: list[str]) -> None:
+    """Lower ``ai.onnx.ml.Scaler`` (``Y = (X - offset) * scale``, float output) to Cast/Sub/Mul.
+
+    skl2onnx writes every StandardScaler (and PCA's centering) as a Scaler; an
+    ml-domain op has no rule and no ONNX shape inference, so it froze the whole
+    MLP after it.  Sub and Mul by constants are plain elementwise ops.
+    """
+    count = 0
+    for node in list(graph.nodes):
+        if node.op != "Scaler" or node.domain != "ai.onnx.ml" or len(node.inputs) != 1 or len(node.outputs) != 1:
+            continue
+        x, out = node.inputs[0], node.outputs[0]
+        base = node.name or out.name
+        if x.dtype is not None and np.dtype(x.dtype) != np.float32:
+            cast = gs.Variable(f"{base}_as_float", dtype=np.float32)
+            graph.nodes.append(gs.Node("Cast", name=f"{base}_cast", attrs={"to": onnx.TensorProto.FLOAT},
+                                       inputs=[x], outputs=[cast]))
+            x = cast
+        offset = np.asarray(node.attrs.get("offset", [0.0]), dtype=np.float32)
+        scale = np.asarray(node.attrs.get("scale", [1.0]), dtype=np.float32)
+        centered = gs.Variable(f"{base}_centered", dtype=np.float32)
+        graph.nodes.append(gs.Node("Sub", name=f"{base}_sub", outputs=[centered],
+                                   inputs=[x, gs.Constant(f"{base}_offset", offset)]))
+        graph.nodes.append(gs.Node("Mul", name=f"{base}_mul", outputs=[out],
+                                   inputs=[centered, gs.Constant(f"{base}_scale", scale)]))
+        node.inputs.clear()
+        node.outputs.clear()
+        count += 1
+    if count:
+        graph.cleanup().toposort()
+        notes.append(f"lower_ml_scaler: {count} ai.onnx.ml Scaler nodes")
 
 
 @register("normalize", "sequence_split_to_split")
@@ -433,13 +469,31 @@ def _symbolic_shapes(model: onnx.ModelProto) -> dict[str, tuple[list, int]]:
 
     Transformer exports reshape ``[batch, seq, H*D]`` to ``[batch, seq, -1, D]``;
     plain ONNX inference cannot tell the head count there.
+    When it cannot infer every shape (ops it does not know, such as the
+    ``ai.onnx.ml`` ops of skl2onnx), onnxruntime dumps the model to
+    ``sym_shape_infer_temp.onnx`` in the working directory before raising: it
+    runs in a scratch directory so no file lands next to the user's.
     """
+    import tempfile
+
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-        return _value_shapes(SymbolicShapeInference.infer_shapes(model, auto_merge=True))
+        with tempfile.TemporaryDirectory(prefix="spac-shapes-") as scratch, _working_directory(scratch):
+            return _value_shapes(SymbolicShapeInference.infer_shapes(model, auto_merge=True))
     except Exception:  # noqa: BLE001 - unsupported ops or no sympy: keep what ONNX inferred
         return {}
+
+
+@contextlib.contextmanager
+def _working_directory(path: str):
+    """``contextlib.chdir`` for Python 3.10."""
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 LIGHT_CONSTANT_LIMIT = 4096
