@@ -28,7 +28,7 @@ def build(name: str) -> Callable[[Path], None]:
         kwargs = {} if name == "lenet" else {"pretrained": False}
         if name in ("resnet18", "mobilenet_v2", "lenet"):
             kwargs["num_classes"] = 10
-        model = getattr(paddle.vision.models, name)(**kwargs)
+        model = getattr(paddle.vision.models, "LeNet" if name == "lenet" else name)(**kwargs)
         model.eval()
         spec = [paddle.static.InputSpec([None, *SHAPE.get(name, (3, 64, 64))], "float32", "input")]
         with tempfile.TemporaryDirectory() as tmp:

@@ -25,6 +25,7 @@ FRAMEWORKS = Path(__file__).resolve().parent.parent / "models" / "frameworks"
 REQUIRED = {
     "sklearn": {"mlp_classifier", "mlp_classifier_nozipmap", "mlp_regressor", "standard_scaler_mlp_classifier",
                 "standard_scaler_mlp_regressor", "minmax_scaler_mlp_regressor", "pca_mlp_classifier"},
+    "jax": {"mlp", "cnn", "resnet_block", "attention"},
 }
 CASES = sorted((fw, p.stem) for fw in REQUIRED for p in (FRAMEWORKS / fw).glob("*.onnx"))
 
