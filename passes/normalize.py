@@ -434,7 +434,7 @@ def infer_shapes_symbolic(graph: gs.Graph, notes: list[str]) -> None:
 def _infer(graph: gs.Graph, notes: list[str], symbolic: bool) -> None:
     model = light_model(graph)
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        inferred = _onnx_infer(model)
     except Exception as exc:  # noqa: BLE001
         notes.append(f"infer_shapes: failed ({str(exc).splitlines()[0][:160]}); exporter shapes kept")
         return
@@ -448,6 +448,31 @@ def _infer(graph: gs.Graph, notes: list[str], symbolic: bool) -> None:
             tensor.shape = dims
             if tensor.dtype is None and elem:
                 tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+
+
+# Ops whose output has their first input's shape, but for which ONNX defines no shape inference.
+SHAPE_PRESERVING = ("GroupNormalization",)
+
+
+def _onnx_infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX shape inference, carried through :data:`SHAPE_PRESERVING` ops it stops at.
+
+    Each round declares the output type of such an op whose input is now
+    known, then infers again, so the layers after it get shapes too.
+    """
+    for _ in range(1 + sum(n.op_type in SHAPE_PRESERVING for n in model.graph.node)):
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        known = {vi.name: vi for vi in list(inferred.graph.input) + list(inferred.graph.value_info)
+                 + list(inferred.graph.output) if vi.type.HasField("tensor_type")}
+        missing = [n for n in inferred.graph.node if n.op_type in SHAPE_PRESERVING and n.input
+                   and n.input[0] in known and n.output[0] not in known]
+        if not missing:
+            return inferred
+        for node in missing:
+            declared = model.graph.value_info.add()
+            declared.CopyFrom(known[node.input[0]])
+            declared.name = node.output[0]
+    return inferred
 
 
 def _value_shapes(model: onnx.ModelProto) -> dict[str, tuple[list, int]]:
