@@ -26,6 +26,7 @@ REQUIRED = {
     "sklearn": {"mlp_classifier", "mlp_classifier_nozipmap", "mlp_regressor", "standard_scaler_mlp_classifier",
                 "standard_scaler_mlp_regressor", "minmax_scaler_mlp_regressor", "pca_mlp_classifier"},
     "jax": {"mlp", "cnn", "resnet_block", "attention"},
+    "keras": {"small_cnn", "mobilenetv2"},
 }
 CASES = sorted((fw, p.stem) for fw in REQUIRED for p in (FRAMEWORKS / fw).glob("*.onnx"))
 
