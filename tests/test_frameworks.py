@@ -27,6 +27,7 @@ REQUIRED = {
                 "standard_scaler_mlp_regressor", "minmax_scaler_mlp_regressor", "pca_mlp_classifier"},
     "jax": {"mlp", "cnn", "resnet_block", "attention"},
     "keras": {"small_cnn", "mobilenetv2"},
+    "paddle": {"lenet", "mobilenet_v2", "shufflenet_v2_x1_0"},
 }
 CASES = sorted((fw, p.stem) for fw in REQUIRED for p in (FRAMEWORKS / fw).glob("*.onnx"))
 
