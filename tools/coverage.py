@@ -94,8 +94,9 @@ def run_one(name: str, framework: str, timeout: int) -> dict:
     for line in proc.stdout.splitlines():
         if line.startswith("@@ROW@@"):
             return json.loads(line[len("@@ROW@@"):])
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
-    return {"model": name, "framework": framework, "status": f"error: worker died ({tail})"}
+    lines = [line for line in proc.stderr.strip().splitlines() if "warn" not in line.lower()] or ["no output"]
+    how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
+    return {"model": name, "framework": framework, "status": f"error: worker died, {how} ({lines[-1][:200]})"}
 
 
 def main() -> None:
@@ -116,21 +117,28 @@ def main() -> None:
     entries = [z for z in entries if z.available()]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    table = out.with_suffix(".json")
-    rows = json.loads(table.read_text()) if table.exists() and not args.fresh else []
+    fresh = args.fresh
+    rows: list[dict] = []
     for entry in entries:
         start = time.time()
         row = run_one(entry.name, entry.framework, args.timeout)
         row["seconds"] = round(time.time() - start, 1)
-        key = (entry.name, entry.framework)
-        index = next((i for i, r in enumerate(rows) if (r["model"], r["framework"]) == key), None)
-        if index is None:
-            rows.append(row)
-        else:
-            rows[index] = row
         print(f"{entry.framework:>12} {entry.name:<34} {row['status'][:100]}", flush=True)
+        rows = merged(out, row, fresh)
+        fresh = False
         write_tables(rows, out)  # after every model: an interrupted run still leaves its table
     print(write_tables(rows, out))
+
+
+def merged(out: Path, row: dict, fresh: bool) -> list[dict]:
+    """The table on disk with *row* put in place of its (model, framework) row.
+
+    Read again before every write, so runs of different frameworks from their
+    own venvs can go on at the same time without dropping each other's rows.
+    """
+    table = out.with_suffix(".json")
+    rows = json.loads(table.read_text()) if table.exists() and not fresh else []
+    return [r for r in rows if (r["model"], r["framework"]) != (row["model"], row["framework"])] + [row]
 
 
 def write_tables(rows: list[dict], out: Path) -> str:
