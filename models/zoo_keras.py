@@ -20,7 +20,7 @@ REQUIRES = ("tensorflow", "tf2onnx")
 SIZE = 96
 APPLICATIONS = ("ResNet50", "ResNet50V2", "MobileNet", "MobileNetV2", "MobileNetV3Small", "MobileNetV3Large",
                 "EfficientNetB0", "EfficientNetV2B0", "DenseNet121", "VGG16", "Xception", "InceptionV3",
-                "NASNetMobile", "RegNetX002", "ConvNeXtTiny")
+                "NASNetMobile", "InceptionResNetV2", "ConvNeXtTiny")
 
 
 def small_cnn(keras):

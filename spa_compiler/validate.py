@@ -31,6 +31,7 @@ def check_model(model: onnx.ModelProto, where: str) -> None:
     check_inputs(model, where)
     check_references(model, where)
     check_acyclic(model, where)
+    check_operators(model, where)
 
 
 def check_structure(model: onnx.ModelProto, where: str) -> None:
@@ -138,6 +139,23 @@ def check_acyclic(model: onnx.ModelProto, where: str) -> None:
     if done < len(model.graph.node):
         stuck = next(i for i, n in enumerate(waiting) if n > 0)
         raise ModelLoadError(f"{where}: the graph has a cycle (through node {_label(model.graph.node[stuck])})")
+
+
+def check_operators(model: onnx.ModelProto, where: str) -> None:
+    """Refuse default-domain ops that ONNX does not define.
+
+    Such a node is an exporter's leftover, not an operator (tf2onnx leaves
+    TensorFlow's ``StatefulPartitionedCall`` in Keras ConvNeXt): no runtime
+    can load the model, and its framework attributes are not even text.
+    Ops of other domains are fine: they have no rule and freeze their groups.
+    """
+    local = {(f.domain, f.name) for f in model.functions}
+    for node in model.graph.node:
+        domain = node.domain or ""
+        if domain in ("", "ai.onnx") and (domain, node.op_type) not in local and \
+                not onnx.defs.has(node.op_type, domain):
+            raise ModelLoadError(f"{where}: node {_label(node)} is not an ONNX operator (an exporter left a "
+                                 "framework op in the graph; no runtime can load this model)")
 
 
 def _label(node: onnx.NodeProto) -> str:

@@ -96,3 +96,20 @@ def test_incomplete_symbolic_inference_leaves_no_file_behind(tmp_cwd):
     # ZipMap is unknown to onnxruntime's symbolic inference, which then dumps the model into the cwd.
     compile_model(load("sklearn", "mlp_classifier"))
     assert list(tmp_cwd.iterdir()) == []
+
+
+def test_an_exporters_leftover_framework_op_is_refused_in_one_line(tmp_path):
+    # tf2onnx leaves TensorFlow's StatefulPartitionedCall (with binary attributes) in Keras ConvNeXt.
+    from onnx import TensorProto, helper
+
+    from spa_compiler.errors import ModelLoadError
+
+    node = helper.make_node("StatefulPartitionedCall", ["x"], ["y"], name="convnext/call")
+    node.attribute.append(helper.make_attribute("f", b"\x82\xff not text"))
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]), node], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    graph.node[1].input[0] = "r"
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(ModelLoadError, match="convnext/call \\(StatefulPartitionedCall\\) is not an ONNX operator"):
+        spa_compiler.prune(model)
