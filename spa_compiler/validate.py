@@ -152,8 +152,7 @@ def check_operators(model: onnx.ModelProto, where: str) -> None:
     local = {(f.domain, f.name) for f in model.functions}
     for node in model.graph.node:
         domain = node.domain or ""
-        if domain in ("", "ai.onnx") and (domain, node.op_type) not in local and \
-                not onnx.defs.has(node.op_type, domain):
+        if domain in ("", "ai.onnx") and (domain, node.op_type) not in local and not onnx.defs.has(node.op_type):
             raise ModelLoadError(f"{where}: node {_label(node)} is not an ONNX operator (an exporter left a "
                                  "framework op in the graph; no runtime can load this model)")
 

@@ -113,3 +113,8 @@ def test_an_exporters_leftover_framework_op_is_refused_in_one_line(tmp_path):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(ModelLoadError, match="convnext/call \\(StatefulPartitionedCall\\) is not an ONNX operator"):
         spa_compiler.prune(model)
+    for node in graph.node:  # the long spelling of the default domain is the same domain
+        node.domain = "ai.onnx"
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(ModelLoadError, match="StatefulPartitionedCall"):
+        spa_compiler.prune(model)
