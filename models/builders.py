@@ -60,6 +60,14 @@ class Net:
             ("mean", self.rng.normal(0, 0.1, c)), ("var", self.rng.uniform(0.5, 1.5, c)))]
         return self.node("BatchNormalization", [x, *params], c, self.hw[x])
 
+    def group_norm(self, x: str, groups: int) -> str:
+        """GroupNormalization with per-channel scale and bias (opset 21's form)."""
+        c = self.ch[x]
+        base = self._name("gn")
+        scale = self.init(f"{base}_scale", self.rng.uniform(0.5, 1.5, c).astype(np.float32))
+        bias = self.init(f"{base}_bias", self.rng.normal(0, 0.1, c).astype(np.float32))
+        return self.node("GroupNormalization", [x, scale, bias], c, self.hw[x], num_groups=groups)
+
     def act(self, x: str, op: str = "Relu", **attrs) -> str:
         return self.node(op, [x], self.ch[x], self.hw[x], **attrs)
 
@@ -189,6 +197,14 @@ def grouped() -> onnx.ModelProto:
     return net.model(_head(net, _cbr(net, g, 8)))
 
 
+def group_norm() -> onnx.ModelProto:
+    """GroupNormalization between convs: its groups are the atoms (a partial group would change statistics)."""
+    net = Net("group_norm", opset=21)
+    x = net.act(net.group_norm(net.conv("x", 12), 3))
+    y = net.act(net.group_norm(net.conv(x, 8), 4), "Sigmoid")
+    return net.model(_head(net, _cbr(net, y, 8)))
+
+
 def se_block() -> onnx.ModelProto:
     net = Net("se_block")
     x = _cbr(net, "x", 8)
@@ -291,7 +307,7 @@ def misc_layouts() -> onnx.ModelProto:
     return net.model(_head(net, _cbr(net, y, 8)))
 
 
-RULE_MODELS = {f.__name__: f for f in (residual, concat_dense, split_branches, depthwise, grouped, se_block,
+RULE_MODELS = {f.__name__: f for f in (residual, concat_dense, split_branches, depthwise, grouped, group_norm, se_block,
                                         flatten_gemm, channel_shuffle, activations, linear_layouts, misc_layouts)}
 
 

@@ -3,15 +3,19 @@
 Each entry knows its framework and how to write its ONNX file; outputs are
 cached under ``models/cache/zoo/`` (git-ignored), never committed.  Random
 initialisation everywhere (``weights=None``, ``pretrained=False``, configs).
-Frameworks are optional extras: an entry whose framework is not installed is
-reported as skipped by ``tools/coverage.py``.
+Frameworks are optional extras (``zoo-torch``, ``zoo-tf``, ``zoo-jax``,
+``zoo-paddle``, ``zoo-sklearn``), each best installed in its own venv: an entry
+whose framework is not importable is skipped by ``tools/coverage.py``.
 
-So far: torchvision (classification under 150 M parameters, segmentation),
-timm, Hugging Face transformers from configs.  TensorFlow/Keras (tf2onnx),
-JAX (jax2onnx), PaddlePaddle and scikit-learn come next.
+Here: torchvision (classification under 150 M parameters, segmentation,
+detection backbones with their heads), timm, Hugging Face transformers from
+configs.  The other frameworks live in one module each (:data:`FRAMEWORK_MODULES`),
+whose ``entries()`` list models without importing the framework.
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,6 +28,11 @@ class ZooModel:
     name: str
     framework: str
     build: Callable[[Path], None]
+    requires: tuple[str, ...] = ("torch",)  # import names the builder needs
+
+    def available(self) -> bool:
+        """Whether this environment can build the model (frameworks live in separate venvs)."""
+        return all(importlib.util.find_spec(module) is not None for module in self.requires)
 
     @property
     def path(self) -> Path:
@@ -164,6 +173,40 @@ def _hf(name: str) -> Callable[[Path], None]:
 HF = ["bert", "roberta", "distilbert", "gpt2", "llama", "vit", "t5_encoder", "whisper_encoder"]
 
 
+# --- torchvision detection: backbone + FPN + heads, raw head outputs (box decoding and NMS are not layers) --
+TV_DETECTION = ("retinanet_resnet50_fpn", "fcos_resnet50_fpn", "ssdlite320_mobilenet_v3_large",
+                "fasterrcnn_mobilenet_v3_large_fpn", "ssd300_vgg16")
+
+
+def _torchvision_detection(name: str) -> Callable[[Path], None]:
+    def build(path: Path) -> None:
+        import torch
+        import torchvision
+
+        model = torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=5)
+
+        class Heads(torch.nn.Module):
+            """Backbone features into the detection head (the RPN head for two-stage models)."""
+
+            def __init__(self):
+                super().__init__()
+                self.model = model
+
+            def forward(self, x):
+                features = list(self.model.backbone(x).values())
+                if hasattr(self.model, "rpn"):
+                    objectness, deltas = self.model.rpn.head(features)
+                    return tuple(objectness) + tuple(deltas)
+                return tuple(self.model.head(features).values())
+
+        size = 320 if "ssd" in name else 128
+        _torch_export(Heads(), (torch.randn(1, 3, size, size),), path)
+    return build
+
+
+FRAMEWORK_MODULES = ("models.zoo_keras", "models.zoo_jax", "models.zoo_paddle", "models.zoo_sklearn")
+
+
 def zoo() -> list[ZooModel]:
     entries: list[ZooModel] = []
     try:
@@ -172,9 +215,13 @@ def zoo() -> list[ZooModel]:
         names = [n for n in torchvision.models.list_models(module=torchvision.models) if n not in TV_SKIP]
     except ImportError:
         names = []
-    entries += [ZooModel(n, "torchvision", _torchvision(n)) for n in names]
-    entries += [ZooModel(n, "torchvision", _torchvision_segmentation(n))
+    tv = ("torch", "torchvision")
+    entries += [ZooModel(n, "torchvision", _torchvision(n), tv) for n in names]
+    entries += [ZooModel(n, "torchvision", _torchvision_segmentation(n), tv)
                 for n in ("fcn_resnet50", "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large")]
-    entries += [ZooModel(n, "timm", _timm(n)) for n in TIMM]
-    entries += [ZooModel(n, "transformers", _hf(n)) for n in HF]
+    entries += [ZooModel(n, "torchvision", _torchvision_detection(n), tv) for n in TV_DETECTION]
+    entries += [ZooModel(n, "timm", _timm(n), ("torch", "timm")) for n in TIMM]
+    entries += [ZooModel(n, "transformers", _hf(n), ("torch", "transformers")) for n in HF]
+    for module in FRAMEWORK_MODULES:
+        entries += importlib.import_module(module).entries()
     return entries

@@ -6,6 +6,8 @@ weights shared through Identity nodes, shapes computed at run time).
 """
 from __future__ import annotations
 
+import contextlib
+import os
 from collections import defaultdict
 
 import numpy as np
@@ -124,6 +126,40 @@ def castlike_constants(graph: gs.Graph, notes: list[str]) -> None:
             continue
         count += constant_output(graph, node, np.asarray(node.inputs[0].values).astype(np_dtype))
     finish(graph, notes, "castlike_constants: {count} CastLike of constants", count)
+
+
+@register("normalize", "lower_ml_scaler")
+def lower_ml_scaler(graph: gs.Graph, notes: list[str]) -> None:
+    """Lower ``ai.onnx.ml.Scaler`` (``Y = (X - offset) * scale``, float output) to Cast/Sub/Mul.
+
+    skl2onnx writes every StandardScaler (and PCA's centering) as a Scaler; an
+    ml-domain op has no rule and no ONNX shape inference, so it froze the whole
+    MLP after it.  Sub and Mul by constants are plain elementwise ops.
+    """
+    count = 0
+    for node in list(graph.nodes):
+        if node.op != "Scaler" or node.domain != "ai.onnx.ml" or len(node.inputs) != 1 or len(node.outputs) != 1:
+            continue
+        x, out = node.inputs[0], node.outputs[0]
+        base = node.name or out.name
+        if x.dtype is not None and np.dtype(x.dtype) != np.float32:
+            cast = gs.Variable(f"{base}_as_float", dtype=np.float32)
+            graph.nodes.append(gs.Node("Cast", name=f"{base}_cast", attrs={"to": onnx.TensorProto.FLOAT},
+                                       inputs=[x], outputs=[cast]))
+            x = cast
+        offset = np.asarray(node.attrs.get("offset", [0.0]), dtype=np.float32)
+        scale = np.asarray(node.attrs.get("scale", [1.0]), dtype=np.float32)
+        centered = gs.Variable(f"{base}_centered", dtype=np.float32)
+        graph.nodes.append(gs.Node("Sub", name=f"{base}_sub", outputs=[centered],
+                                   inputs=[x, gs.Constant(f"{base}_offset", offset)]))
+        graph.nodes.append(gs.Node("Mul", name=f"{base}_mul", outputs=[out],
+                                   inputs=[centered, gs.Constant(f"{base}_scale", scale)]))
+        node.inputs.clear()
+        node.outputs.clear()
+        count += 1
+    if count:
+        graph.cleanup().toposort()
+        notes.append(f"lower_ml_scaler: {count} ai.onnx.ml Scaler nodes")
 
 
 @register("normalize", "sequence_split_to_split")
@@ -398,7 +434,7 @@ def infer_shapes_symbolic(graph: gs.Graph, notes: list[str]) -> None:
 def _infer(graph: gs.Graph, notes: list[str], symbolic: bool) -> None:
     model = light_model(graph)
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        inferred = _onnx_infer(model)
     except Exception as exc:  # noqa: BLE001
         notes.append(f"infer_shapes: failed ({str(exc).splitlines()[0][:160]}); exporter shapes kept")
         return
@@ -412,6 +448,31 @@ def _infer(graph: gs.Graph, notes: list[str], symbolic: bool) -> None:
             tensor.shape = dims
             if tensor.dtype is None and elem:
                 tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+
+
+# Ops whose output has their first input's shape, but for which ONNX defines no shape inference.
+SHAPE_PRESERVING = ("GroupNormalization",)
+
+
+def _onnx_infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX shape inference, carried through :data:`SHAPE_PRESERVING` ops it stops at.
+
+    Each round declares the output type of such an op whose input is now
+    known, then infers again, so the layers after it get shapes too.
+    """
+    for _ in range(1 + sum(n.op_type in SHAPE_PRESERVING for n in model.graph.node)):
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        known = {vi.name: vi for vi in list(inferred.graph.input) + list(inferred.graph.value_info)
+                 + list(inferred.graph.output) if vi.type.HasField("tensor_type")}
+        missing = [n for n in inferred.graph.node if n.op_type in SHAPE_PRESERVING and n.input
+                   and n.input[0] in known and n.output[0] not in known]
+        if not missing:
+            return inferred
+        for node in missing:
+            declared = model.graph.value_info.add()
+            declared.CopyFrom(known[node.input[0]])
+            declared.name = node.output[0]
+    return inferred
 
 
 def _value_shapes(model: onnx.ModelProto) -> dict[str, tuple[list, int]]:
@@ -433,13 +494,31 @@ def _symbolic_shapes(model: onnx.ModelProto) -> dict[str, tuple[list, int]]:
 
     Transformer exports reshape ``[batch, seq, H*D]`` to ``[batch, seq, -1, D]``;
     plain ONNX inference cannot tell the head count there.
+    When it cannot infer every shape (ops it does not know, such as the
+    ``ai.onnx.ml`` ops of skl2onnx), onnxruntime dumps the model to
+    ``sym_shape_infer_temp.onnx`` in the working directory before raising: it
+    runs in a scratch directory so no file lands next to the user's.
     """
+    import tempfile
+
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-        return _value_shapes(SymbolicShapeInference.infer_shapes(model, auto_merge=True))
+        with tempfile.TemporaryDirectory(prefix="spac-shapes-") as scratch, _working_directory(scratch):
+            return _value_shapes(SymbolicShapeInference.infer_shapes(model, auto_merge=True))
     except Exception:  # noqa: BLE001 - unsupported ops or no sympy: keep what ONNX inferred
         return {}
+
+
+@contextlib.contextmanager
+def _working_directory(path: str):
+    """``contextlib.chdir`` for Python 3.10."""
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 LIGHT_CONSTANT_LIMIT = 4096

@@ -33,6 +33,8 @@ class ModelMeta:
     doc_string: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
     functions: list[onnx.FunctionProto] = field(default_factory=list)
+    # Graph outputs that are not tensors (skl2onnx's ZipMap: a sequence of maps); gs only knows tensors.
+    output_types: dict[str, onnx.TypeProto] = field(default_factory=dict)
 
     @property
     def opset(self) -> int:
@@ -54,6 +56,7 @@ def meta_of(model: onnx.ModelProto) -> ModelMeta:
         doc_string=model.doc_string,
         metadata={p.key: p.value for p in model.metadata_props},
         functions=list(model.functions),
+        output_types={o.name: o.type for o in model.graph.output if not o.type.HasField("tensor_type")},
     )
 
 
@@ -122,6 +125,9 @@ def to_model(graph: gs.Graph, meta: ModelMeta, embed: bool = True) -> onnx.Model
         model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
     if meta.functions and not model.functions:
         model.functions.extend(meta.functions)
+    for output in model.graph.output:
+        if output.name in meta.output_types:
+            output.type.CopyFrom(meta.output_types[output.name])
     return model
 
 

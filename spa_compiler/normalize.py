@@ -16,8 +16,8 @@ from .errors import CompileError, SpacError
 from .ir import ModelMeta, meta_of, to_graph, to_model
 
 MODEL_PIPELINE_BEFORE = ("strip_initializer_inputs", "upgrade_opset")
-GRAPH_PIPELINE = ("constants_to_initializers", "castlike_constants", "remove_identity", "infer_shapes", "refuse_absurd_shapes",
-                  "sequence_split_to_split", "einsum_to_matmul", "fold_weight_layouts", "infer_shapes", "fold_constants",
+GRAPH_PIPELINE = ("constants_to_initializers", "castlike_constants", "lower_ml_scaler", "remove_identity",
+                  "infer_shapes", "refuse_absurd_shapes", "sequence_split_to_split", "einsum_to_matmul", "fold_weight_layouts", "infer_shapes", "fold_constants",
                   "unshare_initializers", "cleanup", "infer_shapes_symbolic")
 
 

@@ -18,7 +18,7 @@ from .ir import to_model
 from .pipeline import Compiled, apply_plan, score_groups
 from .plan import Plan, PlanOptions, make_plan
 from .rewrite import kept_positions
-from .verify import random_inputs, session
+from .verify import random_inputs, session, tensor_outputs
 
 
 def masked_model(compiled: Compiled, plan: Plan) -> onnx.ModelProto:
@@ -62,8 +62,9 @@ def oracle_check(compiled: Compiled, ratio: float = 0.5, seed: int = 0, criterio
     masked = masked_model(compiled, plan)
     ref = session(masked)
     feeds = random_inputs(ref, batch=batch, seed=seed)
-    expected = ref.run(None, feeds)
-    got = session(pruned).run(None, feeds)
+    names = tensor_outputs(ref)
+    expected = ref.run(names, feeds)
+    got = session(pruned).run(names, feeds)
     err = max(float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
               for a, b in zip(expected, got))
     scale = max(float(np.max(np.abs(a))) if a.size else 0.0 for a in expected)

@@ -55,3 +55,15 @@ def test_unknown_op_freezes_its_groups_and_the_rest_prunes():
     assert compiled.analysis.prunable_groups, "groups away from the custom op must still prune"
     result = oracle_check(compiled, ratio=0.5)
     assert result.relative_error < 1e-5
+
+
+def test_group_norm_atoms_are_whole_groups_and_num_groups_shrinks():
+    compiled = compile_model(builders.group_norm())
+    widths = sorted((g.n_atoms, max(g.sizes.values())) for g in compiled.analysis.prunable_groups
+                    if any(p.op == "GroupNormalization" for p in g.params))
+    assert widths == [(3, 12), (4, 8)]  # 12 channels in 3 groups, 8 in 4: one atom per group
+    scores = score_groups(compiled, "l2")
+    pruned, _, _ = apply_plan(compiled, make_plan(compiled.analysis, scores, PlanOptions(ratio=0.5)))
+    groups = sorted(int(a.i) for n in pruned.graph.node if n.op_type == "GroupNormalization"
+                    for a in n.attribute if a.name == "num_groups")
+    assert groups == [2, 2]

@@ -1,7 +1,13 @@
 """Coverage: does every zoo model prune, verify and pass the oracle?  One row per model, never a crash.
 
     pip install -e ".[zoo-torch]" timm transformers onnxsim
-    python tools/coverage.py [--framework timm] [--only resnet18 bert] [--jobs 1] [-o tools/out/coverage]
+    python tools/coverage.py [--framework timm] [--only resnet18 bert] [-o tools/coverage_results]
+
+Each framework is built in its own environment (TensorFlow, JAX, Paddle and
+torch do not share one well): run ``--framework keras`` from the Keras venv,
+``--framework jax`` from the JAX venv, and so on.  Rows are merged into the
+existing table by (model, framework), so one framework's run never drops
+another's rows; ``--fresh`` starts an empty table.
 
 For each model of models/zoo.py (exported once, cached): op types, groups found,
 frozen groups and why, ``spa_compiler.prune(ratio=0.5)`` with the default
@@ -9,7 +15,7 @@ criterion (checker + onnxruntime run), params/MACs ratios, the mask oracle's
 maximum relative error on exact groups, and, side by side, onnxsim's
 ``pruning.apply_structured_pruning`` at the same sparsity.  Each model runs
 in its own process with a time limit; the tables go to ``<out>.md`` and
-``<out>.json``.
+``<out>.json`` (by default the committed ``tools/coverage_results.*``).
 """
 from __future__ import annotations
 
@@ -99,15 +105,19 @@ def main() -> None:
     parser.add_argument("--framework", nargs="*")
     parser.add_argument("--only", nargs="*")
     parser.add_argument("--timeout", type=int, default=900)
-    parser.add_argument("-o", "--out", default=str(ROOT / "tools" / "out" / "coverage"))
-    parser.add_argument("--update", action="store_true",
-                        help="re-run the selected models and replace their rows in an existing table")
+    parser.add_argument("-o", "--out", default=str(ROOT / "tools" / "coverage_results"))
+    parser.add_argument("--fresh", action="store_true", help="start an empty table instead of merging rows")
     args = parser.parse_args()
     entries = [z for z in zoo() if (not args.framework or z.framework in args.framework)
                and (not args.only or z.name in args.only)]
+    missing = sorted({z.framework for z in entries if not z.available()})
+    if missing:
+        print(f"skipped (framework not importable here): {', '.join(missing)}", flush=True)
+    entries = [z for z in entries if z.available()]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    rows = json.loads(out.with_suffix(".json").read_text()) if args.update and out.with_suffix(".json").exists() else []
+    table = out.with_suffix(".json")
+    rows = json.loads(table.read_text()) if table.exists() and not args.fresh else []
     for entry in entries:
         start = time.time()
         row = run_one(entry.name, entry.framework, args.timeout)
@@ -126,15 +136,17 @@ def main() -> None:
 def write_tables(rows: list[dict], out: Path) -> str:
     from tools.common import markdown_table
 
+    rows.sort(key=lambda r: (r["framework"], r["model"]))
     summary = collections.defaultdict(lambda: [0, 0])
     for row in rows:
-        summary[row["framework"]][1] += 1
-        summary[row["framework"]][0] += row["status"].startswith("ok")
+        for key in (row["framework"], "all"):
+            summary[key][1] += 1
+            summary[key][0] += row["status"].startswith("ok")
     text = "| framework | pruned and verified / tried |\n|---|---|\n" + "\n".join(
-        f"| {fw} | {ok} / {n} |" for fw, (ok, n) in sorted(summary.items()))
+        f"| {fw} | {ok} / {n} |" for fw, (ok, n) in sorted(summary.items(), key=lambda kv: (kv[0] == "all", kv[0])))
     text += "\n\n" + markdown_table(rows, COLUMNS)
     out.with_suffix(".md").write_text(text + "\n")
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
     return text
 
 

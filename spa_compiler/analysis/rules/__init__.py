@@ -19,7 +19,7 @@ import onnx_graphsurgeon as gs
 
 from ..effects import NEUTRAL
 from .base import Neutral, Rule
-from .elementwise import Elementwise, LayerNorm, Normalization, Pad, Pool, Reduce, Resize, Softmax
+from .elementwise import Elementwise, GroupNorm, LayerNorm, Normalization, Pad, Pool, Reduce, Resize, Softmax
 from .linear import Conv, ConvTranspose, Gemm, MatMul
 from .reshape import Reshape, reshape_runs
 from .shapes import Concat, Expand, Gather, Slice, Split, SqueezeLike, Tile, Transpose
@@ -51,6 +51,7 @@ RULES: dict[str, Rule] = {
     "CastLike": CastLike(),
     "BatchNormalization": Normalization(4),
     "InstanceNormalization": Normalization(2),
+    "GroupNormalization": GroupNorm(),
     "Softmax": Softmax(), "LogSoftmax": Softmax(), "Hardmax": Softmax(),
     "Conv": Conv(),
     "ConvTranspose": ConvTranspose(),

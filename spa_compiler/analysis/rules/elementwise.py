@@ -90,6 +90,38 @@ class Normalization(Elementwise):
         return frozen(f"{node.name} ({node.op}) statistic input reached")
 
 
+class GroupNorm(Rule):
+    """GroupNormalization: exact when whole groups go, so each group's channels form one atom.
+
+    Removing part of a group would change that group's mean and variance; the
+    group-wise map (the one grouped convs use) makes the group the smallest
+    removable unit, and ``num_groups`` is rewritten.  Opset 18's per-group
+    scale and bias (shape ``[num_groups]``) freeze.
+    """
+
+    def analyze(self, node, port, axis, cx):
+        if port[0] == "in" and port[1] != 0:
+            return frozen(f"{node.name} ({node.op}) scale or bias computed at run time")
+        if axis == 0:
+            return axis_tie(node, 0, 0, cx)
+        if axis != 1:
+            return frozen(f"{node.name} ({node.op}) normalizes over axis {axis}")
+        size, groups = cx.dim(node.outputs[0], 1), int(attr(node, "num_groups", 1))
+        if size is None or size % groups:
+            return frozen(f"{node.name} ({node.op}) channel size unknown")
+        if any(const_values(node.inputs[i]) is None or const_values(node.inputs[i]).shape != (size,) for i in (1, 2)):
+            return frozen(f"{node.name} ({node.op}) scale and bias are not per-channel constants")
+        out = space_of(node.outputs[0], 1)
+        return Effect(ties=[Tie(space_of(node.inputs[0], 1), out, group_blocks(size, size, groups))],
+                      params=[param(node, i, 0, PASSIVE, out) for i in (1, 2)])
+
+    def rewrite(self, node, rx):
+        kept = rx.kept(node.outputs[0], 1)
+        if kept is not None:
+            per_group = node.outputs[0].shape[1] // int(attr(node, "num_groups", 1))  # shapes are the old ones
+            node.attrs["num_groups"] = int(len(kept) // per_group)
+
+
 class Softmax(Elementwise):
     """Softmax-like ops: elementwise except along their axis, where removing entries renormalizes."""
 
