@@ -142,8 +142,11 @@ def _plus(graph: gs.Graph, a: gs.Variable, b: gs.Constant, base: str) -> gs.Vari
 
 
 def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dict[str, np.ndarray]] = None,
-            samples: int = 256, batch: int = 64, seed: int = 0) -> dict[str, LayerStats]:
-    """Stream the statistics of every consumer's data input over *samples* inputs from *source*."""
+            samples: int = 256, batch: int = 64, seed: int = 0, noise: str = "auto") -> dict[str, LayerStats]:
+    """Stream the statistics of every consumer's data input over *samples* inputs from *source*.
+
+    *noise* (see :mod:`spa_compiler.noise`) shapes the data-free inputs of ``bnstat`` and ``synthetic``.
+    """
     from .verify import session
 
     if source not in SOURCES:
@@ -167,7 +170,7 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
     names = [o.name for o in sess.get_outputs()]
     rng = np.random.default_rng(seed)
     stats: dict[str, LayerStats] = {}
-    for feeds in _batches(sess, source, calib, samples, batch, seed):
+    for feeds in _batches(sess, source, calib, samples, batch, seed, noise):
         values = dict(zip(names, sess.run(None, feeds)))
         for node in consumers:
             rows = feature_rows(node, values[wanted[node.name]], rng)
@@ -175,8 +178,9 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
     return stats
 
 
-def _batches(sess, source: str, calib, samples: int, batch: int, seed: int) -> Iterator[dict[str, np.ndarray]]:
-    from .verify import random_inputs
+def _batches(sess, source: str, calib, samples: int, batch: int, seed: int,
+             noise: str) -> Iterator[dict[str, np.ndarray]]:
+    from .noise import noise_inputs
 
     if source == "calib":
         names = [i.name for i in sess.get_inputs()]
@@ -187,5 +191,5 @@ def _batches(sess, source: str, calib, samples: int, batch: int, seed: int) -> I
     done = 0
     while done < samples:
         n = min(batch, samples - done)
-        yield random_inputs(sess, batch=max(n, 2), seed=seed + done)
+        yield noise_inputs(sess, batch=max(n, 2), seed=seed + done, kind=noise)
         done += n
