@@ -49,8 +49,6 @@ class ObspaCriterion(Criterion):
         budget = int(MAX_GREEDY_FRACTION * n)
         step = max(1, int(np.ceil(budget / STEPS_PER_GROUP)))
         removed = 0
-        if ctx.progress is not None:
-            ctx.progress(f"obspa: group {group.id} ({n} atoms, {len(entries)} consumer layers)")
         while removed < budget:
             candidates = np.flatnonzero(alive)
             costs = np.zeros(len(candidates))

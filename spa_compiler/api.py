@@ -136,7 +136,7 @@ def _statistics(compiled: Compiled, hessian, calib_data, samples: int, seed: int
     source, why = choose_hessian_source(compiled, hessian, calib_data)
     say(f"collecting layer statistics ({source}: {why})")
     stats = statistics.collect(compiled, consumer_nodes(compiled), source, calib_data, samples=samples, seed=seed,
-                               noise=noise)
+                               noise=noise, progress=say)
     warning = bn_free_conv_warning(compiled) if source != "calib" else None
     info = {"source": source, "why": why, "layers": len(stats), "samples": samples, "noise": noise}
     return ObsContext(compiled.graph, compiled.analysis, stats, damping), info, [warning] if warning else []

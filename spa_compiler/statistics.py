@@ -21,6 +21,7 @@ import onnx_graphsurgeon as gs
 
 from .errors import UsageError
 from .ir import const_values, to_model
+from .progress import step
 
 SOURCES = ("bnstat", "synthetic", "calib", "identity")
 MAX_ROWS_PER_BATCH = 8192  # im2col rows kept per batch and layer (a seeded subsample beyond)
@@ -142,7 +143,8 @@ def _plus(graph: gs.Graph, a: gs.Variable, b: gs.Constant, base: str) -> gs.Vari
 
 
 def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dict[str, np.ndarray]] = None,
-            samples: int = 256, batch: int = 64, seed: int = 0, noise: str = "auto") -> dict[str, LayerStats]:
+            samples: int = 256, batch: int = 64, seed: int = 0, noise: str = "auto",
+            progress=None) -> dict[str, LayerStats]:
     """Stream the statistics of every consumer's data input over *samples* inputs from *source*.
 
     *noise* (see :mod:`spa_compiler.noise`) shapes the data-free inputs of ``bnstat`` and ``synthetic``.
@@ -170,11 +172,15 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
     names = [o.name for o in sess.get_outputs()]
     rng = np.random.default_rng(seed)
     stats: dict[str, LayerStats] = {}
+    total = len(next(iter(calib.values()))) if source == "calib" else samples
+    seen = 0
     for feeds in _batches(sess, source, calib, samples, batch, seed, noise):
         values = dict(zip(names, sess.run(None, feeds)))
         for node in consumers:
             rows = feature_rows(node, values[wanted[node.name]], rng)
             stats.setdefault(node.name, LayerStats.empty(rows.shape[1])).add(rows)
+        seen += len(next(iter(feeds.values())))
+        step(progress, min(seen, total), total, f"statistics ({source})")
     return stats
 
 
