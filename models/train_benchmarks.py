@@ -85,7 +85,12 @@ def build(name: str):
     raise ValueError(name)
 
 
-def train(name: str, seed: int = 0, epochs: int = 40) -> float:
+def train(name: str, seed: int = 0, epochs: int = 40, out: str = OUT, stem: str = "") -> float:
+    """Train, export and save *name* under *out* as ``<stem or name>.onnx`` (+ .pt, _test.npz, _calib.npz).
+
+    Other seeds (a new split and initialization) let a benchmark average out
+    the noise of a small test set; they go to a cache folder, not the repository.
+    """
     import torch
     from torch import nn
 
@@ -105,15 +110,16 @@ def train(name: str, seed: int = 0, epochs: int = 40) -> float:
     model.eval()
     with torch.no_grad():
         acc = float((model(torch.from_numpy(x_te)).argmax(1).numpy() == y_te).mean())
-    os.makedirs(OUT, exist_ok=True)
-    path = os.path.join(OUT, f"{name}.onnx")
+    stem = stem or name
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, f"{stem}.onnx")
     torch.onnx.export(model, (xt[:2],), path, input_names=["x"], output_names=["logits"],
                       dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
                       do_constant_folding=False, dynamo=False)
-    torch.save(model.state_dict(), os.path.join(OUT, f"{name}.pt"))  # for the Torch-Pruning reference rows
-    np.savez_compressed(os.path.join(OUT, f"{name}_test.npz"), x=x_te, y=y_te)
+    torch.save(model.state_dict(), os.path.join(out, f"{stem}.pt"))  # for the Torch-Pruning reference rows
+    np.savez_compressed(os.path.join(out, f"{stem}_test.npz"), x=x_te, y=y_te)
     rng = np.random.default_rng(seed)
-    np.savez_compressed(os.path.join(OUT, f"{name}_calib.npz"), x=x_tr[rng.permutation(len(x_tr))[:256]])
+    np.savez_compressed(os.path.join(out, f"{stem}_calib.npz"), x=x_tr[rng.permutation(len(x_tr))[:256]])
     return acc
 
 

@@ -29,6 +29,7 @@ class ObspaCriterion(Criterion):
 
     needs_statistics = True
     compensates = True
+    prefers_global = True  # costs are normalized by each layer's output energy, so they rank across layers
     global_normalize = "none"
 
     def score(self, ctx: ScoringContext, group: Group) -> np.ndarray:
@@ -48,8 +49,6 @@ class ObspaCriterion(Criterion):
         budget = int(MAX_GREEDY_FRACTION * n)
         step = max(1, int(np.ceil(budget / STEPS_PER_GROUP)))
         removed = 0
-        if ctx.progress is not None:
-            ctx.progress(f"obspa: group {group.id} ({n} atoms, {len(entries)} consumer layers)")
         while removed < budget:
             candidates = np.flatnonzero(alive)
             costs = np.zeros(len(candidates))

@@ -15,6 +15,7 @@ from .errors import UsageError
 from .ir import to_model
 from .modelio import (EXTERNAL_DATA_THRESHOLD, ModelLike, check_output_path, staged_output, uses_external_data,
                       write_graph, write_proto)
+from .noise import NOISE_KINDS
 from .pipeline import (Compiled, bn_free_conv_warning, choose_hessian_source, compile_model,
                        consumer_nodes, load_calib, plan_pruning, require_prunable, score_groups)
 from .plan import Plan, PlanOptions
@@ -34,23 +35,29 @@ class PruneResult:
     scores: dict = field(default_factory=dict, repr=False)  # group id -> per-atom scores of the criterion
 
 
-def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global_ranking: bool = False,
+def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global_ranking: Optional[bool] = None,
           round_to: int = 1, exclude: Sequence[str] = (), target_macs: Optional[float] = None,
           max_group_ratio: float = 0.9, reduce: str = "sum", seed: int = 0, verify: bool = True,
           prune_hidden: bool = False, prune_head_dims: bool = False, hessian: Optional[str] = None, calib=None, samples: int = 256,
-          damping: float = 0.01, compensate: Optional[bool] = None, recalibrate_bn: bool = False,
+          damping: float = 0.01, compensate: Optional[bool] = None, recalibrate_bn: bool = False, noise: str = "auto",
           output: Optional[str] = None, force: bool = False,
           progress: Optional[Callable[[str], None]] = None) -> PruneResult:
     """Prune whole channels of *model* (a path or an ``onnx.ModelProto``).
 
     ratio: fraction of each group's channels removed (or of all channels with
-    ``global_ranking``); target_macs: instead of a ratio, prune until the MACs
+    ``global_ranking``; None lets the criterion choose: global for obspa, whose
+    energy-normalized costs compare across layers, local otherwise); target_macs: instead of a ratio, prune until the MACs
     are at most this fraction of the original; prune_hidden: also prune a
     transformer's residual-stream width (inexact through LayerNorm, opt-in).  With *output*, the model is
     written atomically after verification.  Raises :class:`SpacError`
     subclasses with one-line messages.
     """
     say = progress or (lambda _msg: None)
+    criterion_cls = registry.get("criterion", criterion).factory
+    if global_ranking is None:
+        global_ranking = bool(getattr(criterion_cls, "prefers_global", False))
+    if noise not in NOISE_KINDS:
+        raise UsageError(f"unknown noise {noise!r} (use one of {', '.join(NOISE_KINDS)})")
     options = PlanOptions(ratio=ratio, global_ranking=global_ranking, max_group_ratio=max_group_ratio,
                           round_to=round_to, exclude=tuple(exclude))
     options.validate()
@@ -66,12 +73,11 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
     compiled = compile_model(model, prune_hidden=prune_hidden, head_dims=prune_head_dims)
     require_prunable(compiled)
     t1 = time.perf_counter()
-    criterion_cls = registry.get("criterion", criterion).factory
     compensating = getattr(criterion_cls, "compensates", False) if compensate is None else compensate
     warnings, hessian_info, obs = [], None, None
     calib_data = load_calib(calib, compiled) if calib is not None else None
     if compensating or getattr(criterion_cls, "needs_statistics", False):
-        obs, hessian_info, warnings = _statistics(compiled, hessian, calib_data, samples, seed, damping, say)
+        obs, hessian_info, warnings = _statistics(compiled, hessian, calib_data, samples, seed, damping, noise, say)
     if getattr(criterion_cls, "global_normalize", None):
         options = PlanOptions(**{**options.__dict__, "normalize": criterion_cls.global_normalize})
     say(f"scoring {len(compiled.analysis.prunable_groups)} groups with {criterion}")
@@ -125,13 +131,14 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
     return PruneResult(pruned, plan, report, compiled, scores)
 
 
-def _statistics(compiled: Compiled, hessian, calib_data, samples: int, seed: int, damping: float, say):
+def _statistics(compiled: Compiled, hessian, calib_data, samples: int, seed: int, damping: float, noise: str, say):
     """Consumer-layer statistics for OBSPA-like criteria: (ObsContext, report entry, warnings)."""
     source, why = choose_hessian_source(compiled, hessian, calib_data)
     say(f"collecting layer statistics ({source}: {why})")
-    stats = statistics.collect(compiled, consumer_nodes(compiled), source, calib_data, samples=samples, seed=seed)
+    stats = statistics.collect(compiled, consumer_nodes(compiled), source, calib_data, samples=samples, seed=seed,
+                               noise=noise, progress=say)
     warning = bn_free_conv_warning(compiled) if source != "calib" else None
-    info = {"source": source, "why": why, "layers": len(stats), "samples": samples}
+    info = {"source": source, "why": why, "layers": len(stats), "samples": samples, "noise": noise}
     return ObsContext(compiled.graph, compiled.analysis, stats, damping), info, [warning] if warning else []
 
 

@@ -14,6 +14,9 @@ from typing import Optional
 import click
 
 from .errors import SpacError, UsageError
+from .noise import NOISE_KINDS
+from .progress import for_terminal
+from .statistics import SOURCES
 
 EXIT_CODES = {0: "success", 1: "compile failure", 2: "usage or bad input", 3: "verification failed"}
 
@@ -102,8 +105,9 @@ def main() -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Pruned model path [default: MODEL.pruned.onnx].")
 @click.option("--ratio", type=float, default=0.5, show_default=True, help="Fraction of channels removed.")
 @click.option("--criterion", default="l2", show_default=True, help="Importance criterion pass (see `spac passes`).")
-@click.option("--global/--local", "global_ranking", default=False, show_default=True,
-              help="Rank channels across groups (capped per group) instead of the same ratio per group.")
+@click.option("--global/--local", "global_ranking", default=None,
+              help="Rank channels across groups (capped per group) instead of the same ratio per group "
+                   "[default: global for obspa, local otherwise].")
 @click.option("--max-group-ratio", type=float, default=0.9, show_default=True,
               help="With --global: at most this fraction of any group is removed.")
 @click.option("--round-to", type=int, default=1, show_default=True, help="Keep channel counts multiples of N.")
@@ -118,8 +122,10 @@ def main() -> None:
               help="Prune attention by head dimension (the same dims in every head) instead of whole heads.")
 @click.option("--calib", type=click.Path(dir_okay=False),
               help="Calibration inputs (.npz keyed by input name, or one array): real-data statistics.")
-@click.option("--hessian", type=click.Choice(["bnstat", "synthetic", "calib", "identity"]), default=None,
+@click.option("--hessian", type=click.Choice(list(SOURCES)), default=None,
               help="Statistics source for obspa [default: calib with --calib, bnstat with BatchNorm, else synthetic].")
+@click.option("--noise", type=click.Choice(list(NOISE_KINDS)), default="auto", show_default=True,
+              help="Data-free inputs: auto = 1/f^2 (natural-image-like) noise for image inputs, white otherwise.")
 @click.option("--samples", type=int, default=256, show_default=True, help="Noise samples for data-free statistics.")
 @click.option("--damping", type=float, default=0.01, show_default=True, help="OBS damping, fraction of mean(diag H).")
 @click.option("--compensate/--no-compensate", default=None,
@@ -129,27 +135,25 @@ def main() -> None:
 @click.option("--force", is_flag=True, help="Allow overwriting the input model.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the JSON report here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--progress/--no-progress", "show_progress", default=None,
+              help="Progress bar on stderr for long steps [default: when stderr is a terminal].")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @handled
 def prune(model, output, ratio, criterion, global_ranking, max_group_ratio, round_to, exclude, target_macs,
-          reduce, seed, prune_hidden, prune_head_dims, calib, hessian, samples, damping, compensate, recalibrate_bn, no_verify, force,
-          report_path, as_json, debug):
+          reduce, seed, prune_hidden, prune_head_dims, calib, hessian, noise, samples, damping, compensate,
+          recalibrate_bn, no_verify, force, report_path, as_json, show_progress, debug):
     """Prune MODEL and write a smaller ONNX model."""
     from .api import prune as run_prune
 
     if output is None:
         root, _ = os.path.splitext(model)
         output = root + ".pruned.onnx"
-    quiet = as_json
-
-    def progress(msg: str) -> None:
-        if not quiet:
-            click.echo(f"[spac] {msg}", err=True)
+    progress = for_terminal(show_progress, quiet=as_json)
 
     result = run_prune(model, ratio=ratio, criterion=criterion, global_ranking=global_ranking,
                        round_to=round_to, exclude=exclude, target_macs=target_macs,
                        max_group_ratio=max_group_ratio, reduce=reduce, seed=seed, verify=not no_verify,
-                       prune_hidden=prune_hidden, prune_head_dims=prune_head_dims, calib=calib, hessian=hessian, samples=samples, damping=damping,
+                       prune_hidden=prune_hidden, prune_head_dims=prune_head_dims, calib=calib, hessian=hessian, noise=noise, samples=samples, damping=damping,
                        compensate=compensate, recalibrate_bn=recalibrate_bn,
                        output=output, force=force, progress=progress)
     report = result.report

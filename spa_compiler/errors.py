@@ -5,6 +5,7 @@ Exit codes (documented in the README):
     1  compile failure (the compiler could not do what was asked)
     2  usage or bad input (missing file, not ONNX, bad option, nothing to prune)
     3  verification failed (the pruned model did not run or changed its interface)
+  130  interrupted (Ctrl-C or SIGTERM; handled in cli.py, no output written)
 """
 from __future__ import annotations
 

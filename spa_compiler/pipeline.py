@@ -21,6 +21,7 @@ from .ir import ModelMeta
 from .modelio import ModelLike, load_model
 from .normalize import normalize
 from .plan import Plan, PlanOptions, make_plan, search_ratio
+from .progress import step
 from .rewrite import RewriteLog, kept_fraction, rewrite
 from .weights import release_pages
 
@@ -69,13 +70,15 @@ def score_groups(compiled: Compiled, criterion: str = "l2", seed: int = 0, reduc
         obs = ObsContext(compiled.graph, compiled.analysis)  # identity statistics
     ctx = ScoringContext(compiled.graph, compiled.analysis, np.random.default_rng(seed), obs, progress)
     scores = {}
-    for group in (groups if groups is not None else compiled.analysis.prunable_groups):
+    todo = list(groups if groups is not None else compiled.analysis.prunable_groups)
+    for done, group in enumerate(todo, 1):
         values = np.asarray(pass_.score(ctx, group), dtype=np.float64)
         if values.shape != (group.n_atoms,):
             raise CompileError(f"criterion {criterion} returned {values.shape} scores for "
                                f"{group.n_atoms} atoms of group {group.id}")
         scores[group.id] = values
         release_pages()  # weights mapped from disk: keep only one group's pages resident
+        step(progress, done, len(todo), f"scoring ({criterion})")
     return scores
 
 

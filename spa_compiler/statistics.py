@@ -9,6 +9,11 @@ streamed over batches in float64, on one of these *sources*:
   batch's own statistics, so activations sit on BN's beta and gamma (no data);
 - ``synthetic``: N(0,1) inputs through the eval-mode graph (no data);
 - ``calib``: the user's calibration inputs through the eval-mode graph;
+- ``bn``: closed form from BatchNorm beta/gamma, channels independent
+  (:mod:`spa_compiler.moments`, no run; layers it cannot reach are measured
+  as ``bnstat``/``synthetic`` would);
+- ``weights``: as ``bn``, with the cross-channel covariances that the
+  producer layers' weights induce;
 - ``identity``: no run at all, ``H = I`` and zero mean (magnitude pruning).
 """
 from __future__ import annotations
@@ -21,8 +26,10 @@ import onnx_graphsurgeon as gs
 
 from .errors import UsageError
 from .ir import const_values, to_model
+from .progress import step
 
-SOURCES = ("bnstat", "synthetic", "calib", "identity")
+SOURCES = ("bnstat", "bn", "weights", "synthetic", "calib", "identity")
+CLOSED_FORM = ("bn", "weights")
 MAX_ROWS_PER_BATCH = 8192  # im2col rows kept per batch and layer (a seeded subsample beyond)
 
 
@@ -142,8 +149,12 @@ def _plus(graph: gs.Graph, a: gs.Variable, b: gs.Constant, base: str) -> gs.Vari
 
 
 def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dict[str, np.ndarray]] = None,
-            samples: int = 256, batch: int = 64, seed: int = 0) -> dict[str, LayerStats]:
-    """Stream the statistics of every consumer's data input over *samples* inputs from *source*."""
+            samples: int = 256, batch: int = 64, seed: int = 0, noise: str = "auto",
+            progress=None) -> dict[str, LayerStats]:
+    """Stream the statistics of every consumer's data input over *samples* inputs from *source*.
+
+    *noise* (see :mod:`spa_compiler.noise`) shapes the data-free inputs of ``bnstat`` and ``synthetic``.
+    """
     from .verify import session
 
     if source not in SOURCES:
@@ -152,6 +163,13 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
         return {}
     if source == "calib" and not calib:
         raise UsageError("the calib Hessian source needs --calib inputs")
+    if source in CLOSED_FORM:
+        stats = closed_form(compiled.graph, consumers, correlated=source == "weights")
+        rest = [node for node in consumers if node.name not in stats]
+        has_bn = any(n.op == "BatchNormalization" for n in compiled.graph.nodes)
+        stats.update(collect(compiled, rest, "bnstat" if has_bn else "synthetic", calib, samples, batch, seed,
+                             noise, progress))
+        return stats
     graph = batch_stat_graph(compiled.graph, compiled.meta.opset) if source == "bnstat" else compiled.graph.copy()
     tensors = graph.tensors()
     wanted = {node.name: node.inputs[0].name for node in consumers}
@@ -167,16 +185,21 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
     names = [o.name for o in sess.get_outputs()]
     rng = np.random.default_rng(seed)
     stats: dict[str, LayerStats] = {}
-    for feeds in _batches(sess, source, calib, samples, batch, seed):
+    total = len(next(iter(calib.values()))) if source == "calib" else samples
+    seen = 0
+    for feeds in _batches(sess, source, calib, samples, batch, seed, noise):
         values = dict(zip(names, sess.run(None, feeds)))
         for node in consumers:
             rows = feature_rows(node, values[wanted[node.name]], rng)
             stats.setdefault(node.name, LayerStats.empty(rows.shape[1])).add(rows)
+        seen += len(next(iter(feeds.values())))
+        step(progress, min(seen, total), total, f"statistics ({source})")
     return stats
 
 
-def _batches(sess, source: str, calib, samples: int, batch: int, seed: int) -> Iterator[dict[str, np.ndarray]]:
-    from .verify import random_inputs
+def _batches(sess, source: str, calib, samples: int, batch: int, seed: int,
+             noise: str) -> Iterator[dict[str, np.ndarray]]:
+    from .noise import noise_inputs
 
     if source == "calib":
         names = [i.name for i in sess.get_inputs()]
@@ -187,5 +210,25 @@ def _batches(sess, source: str, calib, samples: int, batch: int, seed: int) -> I
     done = 0
     while done < samples:
         n = min(batch, samples - done)
-        yield random_inputs(sess, batch=max(n, 2), seed=seed + done)
+        yield noise_inputs(sess, batch=max(n, 2), seed=seed + done, kind=noise)
         done += n
+
+
+def closed_form(graph: gs.Graph, consumers: list[gs.Node], correlated: bool) -> dict[str, LayerStats]:
+    """Statistics of the consumers whose inputs :class:`moments.MomentPropagator` can reach (others left out)."""
+    from .moments import EFFECTIVE_ROWS, MomentPropagator, consumer_second_moment
+
+    propagator = MomentPropagator(graph, correlated)
+    stats = {}
+    for node in consumers:
+        if node.op == "Gemm" and node.attrs.get("transA", 0):
+            continue
+        if node.op not in ("Conv", "Gemm"):
+            continue  # MatMul reads token tensors, whose moments the per-channel model does not describe
+        moments = propagator.of(node.inputs[0])
+        if moments is None:
+            continue
+        k = int(np.prod(const_values(node.inputs[1]).shape[2:])) if node.op == "Conv" else 1
+        h, mean = consumer_second_moment(moments, k)
+        stats[node.name] = LayerStats(h, mean, np.sqrt(np.diag(h)), EFFECTIVE_ROWS)
+    return stats

@@ -1,151 +1,227 @@
-"""Benchmark: test accuracy after pruning with no fine-tuning, for every criterion, in one run.
+"""Benchmark: test accuracy after pruning with no fine-tuning, every criterion at EQUAL MACs, in one run.
 
-    pip install -e ".[zoo-torch]" scikit-learn onnxsim    # onnxsim and torch-pruning: reference rows only
+    pip install -e ".[zoo-torch]" scikit-learn torch-pruning onnxsim   # torch: reference rows and MLP seeds
     python tools/accuracy_bench.py [--models digits_cnn digits_vit tabular_mlp] [--ratios 0.3 0.5 0.7]
 
-For each trained model in models/trained (see models/train_benchmarks.py):
-data-free criteria (random, l1, l2, bn_scale, obspa with each statistics
-source), criteria with the calibration split (activation, wanda,
-obspa+calib), each of the latter with and without BatchNorm
-re-calibration; then the same torch model pruned by Torch-Pruning
-(MagnitudeImportance L1/L2, Taylor on the calibration split with the
-model's own predictions as labels, Random) and the same ONNX file pruned by
-onnxsim (apply_structured_pruning, apply_structured_wanda_pruning with the
-same calibration inputs).  Columns: accuracy at each ratio, and the MACs
-ratio / params ratio / seconds at the middle ratio.
+For each trained model in models/trained (see models/train_benchmarks.py),
+each column is one MACs budget: the MACs that removing a fraction r of every
+group's channels (local, uniform) leaves.  Every row is pruned to that budget
+(``target_macs``), so all rows of a column cost the same:
+
+- data-free criteria: random, l1, l2, bn_scale, obspa with each Hessian source
+  (identity, synthetic, bn, weights, bnstat; global ranking, the default) and
+  obspa with ``--local``;
+- with the calibration split: activation, wanda, obspa + calib, each with and
+  without BatchNorm re-calibration;
+- Torch-Pruning on the same torch model (MagnitudeImportance L1/L2, Taylor on
+  the calibration split with the model's own predictions as labels, Random),
+  its pruning ratio bisected until its MACs match the column's budget; where
+  it cannot get that low, the cell shows the MACs it reached in parentheses;
+- onnxsim's structured pruning on the same ONNX file at sparsity r.
+
+The tabular MLP is small and its test split has 171 rows, so its rows are the
+mean over ``--mlp-seeds`` models trained with different seeds and splits
+(seed 0 is the committed model; others are trained into tools/out/trained).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-TRAINED = Path(__file__).resolve().parent.parent / "models" / "trained"
+ROOT = Path(__file__).resolve().parent.parent
+TRAINED = ROOT / "models" / "trained"
+SEED_CACHE = ROOT / "tools" / "out" / "trained"
+MACS_TOLERANCE = 0.02  # a peer's MACs further than this from the budget are shown next to its accuracy
+TP_BISECTIONS = 12
 
 
-def accuracy(model, name: str) -> float:
+@dataclass
+class Bench:
+    """One trained model: its architecture name and where its files are."""
+
+    arch: str
+    folder: Path
+    stem: str
+
+    def file(self, suffix: str) -> str:
+        return str(self.folder / f"{self.stem}{suffix}")
+
+
+def benches(arch: str, seeds: int) -> list[Bench]:
+    """The committed model, plus models trained with seeds 1..seeds-1 (cached) when asked for."""
+    out = [Bench(arch, TRAINED, arch)]
+    for seed in range(1, seeds):
+        stem = f"{arch}_seed{seed}"
+        if not (SEED_CACHE / f"{stem}.onnx").exists():
+            from models.train_benchmarks import train
+
+            train(arch, seed=seed, out=str(SEED_CACHE), stem=stem)
+        out.append(Bench(arch, SEED_CACHE, stem))
+    return out
+
+
+def accuracy(model, bench: Bench) -> float:
     from spa_compiler.verify import session
 
-    data = np.load(TRAINED / f"{name}_test.npz")
+    data = np.load(bench.file("_test.npz"))
     logits = session(model).run(None, {"x": data["x"]})[0]
     return float((logits.argmax(1) == data["y"]).mean())
 
 
-def spac_rows(name: str, ratios: list[float]) -> list[dict]:
-    import onnx
-
+def macs_budgets(bench: Bench, ratios: list[float]) -> dict[float, float]:
+    """The MACs fraction that removing *ratio* of every group's channels leaves (the column's budget)."""
     import spa_compiler
 
-    path = str(TRAINED / f"{name}.onnx")
-    calib = str(TRAINED / f"{name}_calib.npz")
-    has_bn = any(n.op_type == "BatchNormalization" for n in onnx.load(path).graph.node)
-    configs = [("random", {}), ("l1", {}), ("l2", {}), ("bn_scale", {}),
-               ("obspa (H=I)", {"criterion": "obspa", "hessian": "identity"}),
-               ("obspa (synthetic)", {"criterion": "obspa", "hessian": "synthetic"})]
-    if has_bn:
-        configs.append(("obspa (bnstat, default)", {"criterion": "obspa", "hessian": "bnstat"}))
+    budgets = {}
+    for ratio in ratios:
+        report = spa_compiler.prune(bench.file(".onnx"), ratio=ratio, criterion="l2", global_ranking=False,
+                                    verify=False).report
+        budgets[ratio] = report["macs"]["after"] / report["macs"]["before"]
+    return budgets
+
+
+def spac_configs(has_bn: bool, calib: str) -> list[tuple[str, dict]]:
+    """(row label, spa_compiler.prune keywords) for every spac row."""
+    obspa = {"criterion": "obspa"}
+    configs = [(c, {"criterion": c}) for c in ("random", "l1", "l2", "bn_scale")]
+    sources = ["identity", "synthetic", "bn", "weights"] + (["bnstat"] if has_bn else [])
+    default = "bnstat" if has_bn else "synthetic"
+    for source in sources:
+        configs.append((f"obspa ({source}{', default' if source == default else ''})", {**obspa, "hessian": source}))
+    configs.append((f"obspa ({default}) --local", {**obspa, "global_ranking": False}))
+    configs.append((f"obspa ({default}) --noise white", {**obspa, "noise": "white"}))
     for crit in ("activation", "wanda", "obspa"):
         configs.append((f"{crit} + calib", {"criterion": crit, "calib": calib}))
         if has_bn:
             configs.append((f"{crit} + calib + BN recal", {"criterion": crit, "calib": calib, "recalibrate_bn": True}))
-    configs.append(("obspa --global, same MACs as local", {"criterion": "obspa", "global_ranking": True}))
-    rows = [{"model": name, "method": "dense", **{f"acc@{r}": accuracy(onnx.load(path), name) for r in ratios}}]
-    local_macs = {}
-    for label, kw in configs:
-        kw = {"criterion": label.split()[0], **kw}
-        row = {"model": name, "method": f"spac {label}"}
+    return configs
+
+
+def spac_rows(bench: Bench, ratios: list[float], budgets: dict[float, float]) -> list[dict]:
+    import onnx
+
+    import spa_compiler
+
+    path = bench.file(".onnx")
+    has_bn = any(n.op_type == "BatchNormalization" for n in onnx.load(path).graph.node)
+    dense = accuracy(onnx.load(path), bench)
+    rows = [{"model": bench.arch, "method": "dense", **{f"acc@{r}": dense for r in ratios}}]
+    for label, kw in spac_configs(has_bn, bench.file("_calib.npz")):
+        row = {"model": bench.arch, "method": f"spac {label}"}
         for ratio in ratios:
             start = time.perf_counter()
-            if kw.get("global_ranking"):  # rank across layers, but at the MACs local pruning reached
-                result = spa_compiler.prune(path, target_macs=local_macs[ratio], **kw)
-            else:
-                result = spa_compiler.prune(path, ratio=ratio, **kw)
-                local_macs[ratio] = result.report["macs"]["after"] / result.report["macs"]["before"]
-            seconds = time.perf_counter() - start
-            row[f"acc@{ratio}"] = accuracy(result.model, name)
+            result = spa_compiler.prune(path, target_macs=budgets[ratio], **kw)
+            row[f"acc@{ratio}"] = accuracy(result.model, bench)
             if ratio == ratios[len(ratios) // 2]:
                 rep = result.report
                 row.update(macs=rep["macs"]["after"] / rep["macs"]["before"],
-                           params=rep["params"]["after"] / rep["params"]["before"], seconds=seconds)
+                           params=rep["params"]["after"] / rep["params"]["before"],
+                           seconds=time.perf_counter() - start)
         rows.append(row)
     return rows
 
 
-def torch_pruning_rows(name: str, ratios: list[float]) -> list[dict]:
+def torch_pruning_rows(bench: Bench, ratios: list[float], budgets: dict[float, float]) -> list[dict]:
     try:
         import torch
         import torch_pruning as tp
 
         from models.train_benchmarks import build
     except ImportError as exc:
-        return [{"model": name, "method": f"Torch-Pruning: not installed ({exc.name})"}]
-    test = np.load(TRAINED / f"{name}_test.npz")
-    calib = torch.from_numpy(np.load(TRAINED / f"{name}_calib.npz")["x"])
+        return [{"model": bench.arch, "method": f"Torch-Pruning: not installed ({exc.name})"}]
+    test = np.load(bench.file("_test.npz"))
+    calib = torch.from_numpy(np.load(bench.file("_calib.npz"))["x"])
+    example = calib[:2]
+
+    def pruned(label: str, ratio: float):
+        model = build(bench.arch)
+        model.load_state_dict(torch.load(bench.file(".pt")))
+        model.eval()
+        importance = {"L1": tp.importance.MagnitudeImportance(p=1), "L2": tp.importance.MagnitudeImportance(p=2),
+                      "Taylor": tp.importance.TaylorImportance(), "Random": tp.importance.RandomImportance()}[label]
+        head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+        heads = {m: m.num_heads for m in model.modules() if isinstance(m, torch.nn.MultiheadAttention)}
+        base, base_params = tp.utils.count_ops_and_params(model, example)
+        pruner = tp.pruner.MetaPruner(model, example, importance=importance, pruning_ratio=ratio,
+                                      ignored_layers=[head], num_heads=heads, prune_num_heads=bool(heads),
+                                      prune_head_dims=False)
+        if label == "Taylor":
+            with torch.no_grad():
+                labels = model(calib).argmax(1)
+            torch.nn.functional.cross_entropy(model(calib), labels).backward()
+        pruner.step()
+        macs, params = tp.utils.count_ops_and_params(model, example)
+        return model, macs / base, params / base_params
+
     rows = []
     for label in ("L1", "L2", "Taylor", "Random"):
-        row = {"model": name, "method": f"Torch-Pruning {label}"}
+        row = {"model": bench.arch, "method": f"Torch-Pruning {label} (ratio bisected to equal MACs)"}
         for ratio in ratios:
-            model = build(name)
-            model.load_state_dict(torch.load(TRAINED / f"{name}.pt"))
-            model.eval()
-            example = calib[:2]
-            importance = {"L1": tp.importance.MagnitudeImportance(p=1), "L2": tp.importance.MagnitudeImportance(p=2),
-                          "Taylor": tp.importance.TaylorImportance(), "Random": tp.importance.RandomImportance()}[label]
-            head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
-            heads = {m: m.num_heads for m in model.modules() if isinstance(m, torch.nn.MultiheadAttention)}
             start = time.perf_counter()
             try:
-                pruner = tp.pruner.MetaPruner(model, example, importance=importance, pruning_ratio=ratio,
-                                              ignored_layers=[head], num_heads=heads, prune_num_heads=bool(heads),
-                                              prune_head_dims=False)
-                base, base_params = tp.utils.count_ops_and_params(model, example)
-                if label == "Taylor":
-                    with torch.no_grad():
-                        labels = model(calib).argmax(1)
-                    torch.nn.functional.cross_entropy(model(calib), labels).backward()
-                pruner.step()
+                model, macs, params = _bisect(lambda r: pruned(label, r), budgets[ratio])
             except Exception as exc:  # noqa: BLE001 - a peer failing is a row, not a crash
                 row[f"acc@{ratio}"] = f"error: {type(exc).__name__}"
                 continue
-            seconds = time.perf_counter() - start
             with torch.no_grad():
-                row[f"acc@{ratio}"] = float((model(torch.from_numpy(test["x"])).argmax(1).numpy() == test["y"]).mean())
+                acc = float((model(torch.from_numpy(test["x"])).argmax(1).numpy() == test["y"]).mean())
+            row[f"acc@{ratio}"] = acc
+            if abs(macs - budgets[ratio]) > MACS_TOLERANCE:
+                row[f"acc@{ratio}"] = f"{acc:.3g} (MACs {macs:.2f})"
             if ratio == ratios[len(ratios) // 2]:
-                macs, params = tp.utils.count_ops_and_params(model, example)
-                row.update(macs=macs / base, params=params / base_params, seconds=seconds)
+                row.update(macs=macs, params=params, seconds=time.perf_counter() - start)
         rows.append(row)
     return rows
 
 
-def onnxsim_rows(name: str, ratios: list[float]) -> list[dict]:
+def _bisect(prune_at: Callable[[float], tuple], budget: float):
+    """Torch-Pruning's ratio whose MACs come closest to *budget* from below (or its lowest reachable MACs)."""
+    lo, hi = 0.0, 0.95
+    best = prune_at(hi)
+    if best[1] > budget:
+        return best
+    for _ in range(TP_BISECTIONS):
+        mid = (lo + hi) / 2
+        trial = prune_at(mid)
+        if trial[1] <= budget:
+            hi, best = mid, trial
+        else:
+            lo = mid
+    return best
+
+
+def onnxsim_rows(bench: Bench, ratios: list[float]) -> list[dict]:
     try:
         from onnxsim import pruning
     except ImportError:
-        return [{"model": name, "method": "onnxsim: not installed"}]
+        return [{"model": bench.arch, "method": "onnxsim: not installed"}]
     import onnx
 
     from spa_compiler.cost import totals
     from spa_compiler.normalize import normalize
 
-    path = str(TRAINED / f"{name}.onnx")
-    calib = np.load(TRAINED / f"{name}_calib.npz")["x"]
+    path = bench.file(".onnx")
+    calib = np.load(bench.file("_calib.npz"))["x"]
     dense_params, dense_macs = totals(normalize(onnx.load(path)).graph)
     rows = []
     for label, fn in (("structured L2", lambda r: pruning.apply_structured_pruning(path, sparsity=r)),
                       ("structured Wanda + calib", lambda r: pruning.apply_structured_wanda_pruning(
                           path, calibration_data=[{"x": calib[i:i + 32]} for i in range(0, len(calib), 32)],
                           sparsity=r))):
-        row = {"model": name, "method": f"onnxsim {label}"}
+        row = {"model": bench.arch, "method": f"onnxsim {label} (sparsity r)"}
         for ratio in ratios:
             start = time.perf_counter()
             try:
                 model = fn(ratio)
-                row[f"acc@{ratio}"] = accuracy(model, name)
+                row[f"acc@{ratio}"] = accuracy(model, bench)
             except Exception as exc:  # noqa: BLE001
                 row[f"acc@{ratio}"] = f"error: {type(exc).__name__}"
                 continue
@@ -157,22 +233,52 @@ def onnxsim_rows(name: str, ratios: list[float]) -> list[dict]:
     return rows
 
 
-def main() -> None:
+def mean_rows(runs: list[list[dict]]) -> list[dict]:
+    """Average numeric cells of the same row over several seeds (text cells: the first seed's)."""
+    merged = []
+    for rows in zip(*runs):
+        row = dict(rows[0])
+        for key, value in rows[0].items():
+            values = [r.get(key) for r in rows]
+            if all(isinstance(v, float) for v in values):
+                row[key] = float(np.mean(values))
+        merged.append(row)
+    return merged
+
+
+def model_rows(arch: str, ratios: list[float], seeds: int, peers: bool) -> tuple[list[dict], dict[float, float]]:
+    runs, first_budgets = [], None
+    for bench in benches(arch, seeds):
+        budgets = macs_budgets(bench, ratios)
+        first_budgets = first_budgets or budgets
+        rows = spac_rows(bench, ratios, budgets)
+        if peers:
+            rows += torch_pruning_rows(bench, ratios, budgets) + onnxsim_rows(bench, ratios)
+        runs.append(rows)
+    return mean_rows(runs) if len(runs) > 1 else runs[0], first_budgets
+
+
+def main(argv: Optional[list[str]] = None) -> None:
     from tools.common import markdown_table
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["digits_cnn", "digits_vit", "tabular_mlp"])
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.3, 0.5, 0.7])
+    parser.add_argument("--mlp-seeds", type=int, default=5, help="tabular_mlp rows are the mean over this many seeds")
     parser.add_argument("--no-peers", action="store_true", help="skip the Torch-Pruning and onnxsim rows")
-    args = parser.parse_args()
-    rows = []
-    for name in args.models:
-        rows += spac_rows(name, args.ratios)
-        if not args.no_peers:
-            rows += torch_pruning_rows(name, args.ratios) + onnxsim_rows(name, args.ratios)
+    args = parser.parse_args(argv)
+    rows, notes = [], []
+    for arch in args.models:
+        seeds = args.mlp_seeds if arch == "tabular_mlp" else 1
+        arch_rows, budgets = model_rows(arch, args.ratios, seeds, not args.no_peers)
+        rows += arch_rows
+        notes.append(f"{arch}: MACs budgets " + ", ".join(f"r={r}: {budgets[r]:.3f}" for r in args.ratios)
+                     + (f" (mean over {seeds} seeds)" if seeds > 1 else ""))
     mid = args.ratios[len(args.ratios) // 2]
     columns = ["model", "method"] + [f"acc@{r}" for r in args.ratios] + ["macs", "params", "seconds"]
-    print(f"accuracy with no fine-tuning; macs/params/seconds at ratio {mid}\n")
+    print("accuracy with no fine-tuning; column acc@r: every row pruned to the MACs that removing r of every "
+          f"group's channels leaves; macs/params/seconds at r={mid}")
+    print("\n".join(f"- {n}" for n in notes) + "\n")
     print(markdown_table(rows, columns))
 
 
