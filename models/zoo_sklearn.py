@@ -20,31 +20,33 @@ REQUIRES = ("sklearn", "skl2onnx")
 FEATURES = 20
 
 
+# name -> (preprocessing steps, classifier?); the MLP itself is the same everywhere
+PIPELINES = {
+    "mlp_classifier": ((), True),
+    "mlp_classifier_nozipmap": ((), True),
+    "mlp_regressor": ((), False),
+    "standard_scaler_mlp_classifier": (("standard",), True),
+    "standard_scaler_mlp_regressor": (("standard",), False),
+    "minmax_scaler_mlp_regressor": (("minmax",), False),
+    "pca_mlp_classifier": (("standard", "pca"), True),
+}
+
+
 def _estimator(name: str):
-    """A fresh, unfitted estimator and whether it is a classifier."""
+    """A fresh, unfitted estimator (a pipeline when *name* has preprocessing) and whether it classifies."""
     from sklearn.decomposition import PCA
     from sklearn.neural_network import MLPClassifier, MLPRegressor
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
-    hidden = (64, 32)
-    classifier = lambda: MLPClassifier(hidden_layer_sizes=hidden, max_iter=20, random_state=0)  # noqa: E731
-    regressor = lambda: MLPRegressor(hidden_layer_sizes=hidden, max_iter=20, random_state=0)  # noqa: E731
-    table = {
-        "mlp_classifier": (classifier, True),
-        "mlp_classifier_nozipmap": (classifier, True),
-        "mlp_regressor": (regressor, False),
-        "standard_scaler_mlp_classifier": (lambda: make_pipeline(StandardScaler(), classifier()), True),
-        "standard_scaler_mlp_regressor": (lambda: make_pipeline(StandardScaler(), regressor()), False),
-        "minmax_scaler_mlp_regressor": (lambda: make_pipeline(MinMaxScaler(), regressor()), False),
-        "pca_mlp_classifier": (lambda: make_pipeline(StandardScaler(), PCA(12), classifier()), True),
-    }
-    make, is_classifier = table[name]
-    return make(), is_classifier
+    steps, is_classifier = PIPELINES[name]
+    make = {"standard": StandardScaler, "minmax": MinMaxScaler, "pca": lambda: PCA(12)}
+    mlp = (MLPClassifier if is_classifier else MLPRegressor)(hidden_layer_sizes=(64, 32), max_iter=20,
+                                                             random_state=0)
+    return (make_pipeline(*[make[s]() for s in steps], mlp) if steps else mlp), is_classifier
 
 
-NAMES = ("mlp_classifier", "mlp_classifier_nozipmap", "mlp_regressor", "standard_scaler_mlp_classifier",
-         "standard_scaler_mlp_regressor", "minmax_scaler_mlp_regressor", "pca_mlp_classifier")
+NAMES = tuple(PIPELINES)
 
 
 def build(name: str) -> Callable[[Path], None]:
