@@ -98,6 +98,30 @@ def reshape_runs(in_dims: list, out_dims: list) -> Optional[list[tuple[list[int]
     return runs
 
 
+LONE_DYNAMIC = "lone_dynamic_dim"
+
+
+def same_lone_dynamic_dim(in_dims: list, out_dims: list) -> tuple[list, list]:
+    """Give the one dynamic dim of each side the same name when the static dims multiply alike.
+
+    Exporters name the batch afresh across a reshape (tf2onnx's ``unk__12 x 32
+    -> unk__0 x 32 x 1 x 1``, paddle2onnx's ``DynamicDimension.0`` into a
+    ``[-1, 512]`` flatten): both sides hold as many elements, so when the
+    static parts have equal products the two dynamic dims are equal too.  The
+    shared name is also one the factorization can parse (``DynamicDimension.0``
+    is not).
+    """
+    dyn_in = [i for i, d in enumerate(in_dims) if not isinstance(d, (int, np.integer))]
+    dyn_out = [j for j, d in enumerate(out_dims) if not isinstance(d, (int, np.integer))]
+    if len(dyn_in) != 1 or len(dyn_out) != 1:
+        return in_dims, out_dims
+    static_in = _int_prod([d for i, d in enumerate(in_dims) if i != dyn_in[0]])
+    if static_in == 0 or static_in != _int_prod([d for j, d in enumerate(out_dims) if j != dyn_out[0]]):
+        return in_dims, out_dims
+    in_dims[dyn_in[0]] = out_dims[dyn_out[0]] = LONE_DYNAMIC
+    return in_dims, out_dims
+
+
 def outermost(axes: list[int], dims: list) -> Optional[int]:
     """The first axis of a run whose size is not 1 (the factor a channel ties to)."""
     for a in axes:
@@ -201,6 +225,8 @@ class Reshape(Rule):
         if port[0] == "in" and port[1] != 0:
             return frozen(f"{node.name} ({node.op}) shape computed from a channel tensor")
         in_shape, out_shape = cx.raw_shape(node.inputs[0]), cx.raw_shape(node.outputs[0])
+        if in_shape is not None and out_shape is not None:
+            in_shape, out_shape = same_lone_dynamic_dim(list(in_shape), list(out_shape))
         runs = None if in_shape is None or out_shape is None else reshape_runs(in_shape, out_shape)
         if runs is None:
             return frozen(f"{node.name} ({node.op}) shapes unknown or not a factorization")
@@ -265,6 +291,7 @@ class Reshape(Rule):
                 new_out[unfold[1]] = len(kept)
                 write_shape(node, rx, new_out, static(out_shape))
             return
+        in_shape, out_shape = same_lone_dynamic_dim(in_shape, out_shape)
         runs = reshape_runs(in_shape, out_shape)
         if runs is None:
             return
