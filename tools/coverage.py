@@ -127,6 +127,8 @@ def main() -> None:
         rows = merged(out, row, fresh)
         fresh = False
         write_tables(rows, out)  # after every model: an interrupted run still leaves its table
+    if not rows:
+        raise SystemExit("no zoo model to run here (is the framework installed in this environment?)")
     print(write_tables(rows, out))
 
 
