@@ -68,6 +68,17 @@ class Net:
         bias = self.init(f"{base}_bias", self.rng.normal(0, 0.1, c).astype(np.float32))
         return self.node("GroupNormalization", [x, scale, bias], c, self.hw[x], num_groups=groups)
 
+    def torch_group_norm(self, x: str, groups: int) -> str:
+        """GroupNorm as torch.onnx writes it: Reshape [0, G, -1], InstanceNorm, Reshape back, Mul, Add."""
+        c, hw = self.ch[x], self.hw[x]
+        base = self._name("tgn")
+        flat = self.node("Reshape", [x, self.init(f"{base}_shape", np.array([0, groups, -1], np.int64))], groups, None)
+        norm = self.node("InstanceNormalization", [flat, self.init(f"{base}_ones", np.ones(groups, np.float32)),
+                                                   self.init(f"{base}_zeros", np.zeros(groups, np.float32))],
+                         groups, None)
+        back = self.node("Reshape", [norm, self.node("Shape", [x], 4, None)], c, hw)
+        return self.channel_const("Add", self.channel_const("Mul", back))
+
     def act(self, x: str, op: str = "Relu", **attrs) -> str:
         return self.node(op, [x], self.ch[x], self.hw[x], **attrs)
 
@@ -205,6 +216,13 @@ def group_norm() -> onnx.ModelProto:
     return net.model(_head(net, _cbr(net, y, 8)))
 
 
+def torch_group_norm() -> onnx.ModelProto:
+    """PyTorch's exported GroupNorm (Reshape/InstanceNormalization/Reshape): whole groups are the atoms."""
+    net = Net("torch_group_norm")
+    x = net.act(net.torch_group_norm(net.conv("x", 12), 3))
+    return net.model(_head(net, _cbr(net, x, 8)))
+
+
 def se_block() -> onnx.ModelProto:
     net = Net("se_block")
     x = _cbr(net, "x", 8)
@@ -307,8 +325,9 @@ def misc_layouts() -> onnx.ModelProto:
     return net.model(_head(net, _cbr(net, y, 8)))
 
 
-RULE_MODELS = {f.__name__: f for f in (residual, concat_dense, split_branches, depthwise, grouped, group_norm, se_block,
-                                        flatten_gemm, channel_shuffle, activations, linear_layouts, misc_layouts)}
+RULE_MODELS = {f.__name__: f for f in (residual, concat_dense, split_branches, depthwise, grouped, group_norm,
+                                        torch_group_norm, se_block, flatten_gemm, channel_shuffle, activations,
+                                        linear_layouts, misc_layouts)}
 
 
 def demo_cnn(seed: int = 0) -> onnx.ModelProto:

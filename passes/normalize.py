@@ -162,6 +162,40 @@ def lower_ml_scaler(graph: gs.Graph, notes: list[str]) -> None:
         notes.append(f"lower_ml_scaler: {count} ai.onnx.ml Scaler nodes")
 
 
+@register("normalize", "group_norm_as_split")
+def group_norm_as_split(graph: gs.Graph, notes: list[str]) -> None:
+    """Make PyTorch's exported GroupNorm reshape split the channels instead of mixing them with space.
+
+    ``torch.onnx`` writes GroupNorm as ``Reshape(x, [0, G, -1])`` ->
+    ``InstanceNormalization`` -> ``Reshape(back to x's shape)``, which merges
+    each group's channels with the spatial axes: no rule can follow a channel
+    through that.  Reshaping to ``[N, G, C/G, H, W]`` instead gives the
+    InstanceNormalization the same statistics (it normalizes every axis after
+    the second), and the Reshape becomes a plain split of the channel axis
+    (ties each channel to its group: whole groups are the atoms).
+    """
+    count = 0
+    for node in list(graph.nodes):
+        if node.op != "Reshape" or len(node.inputs) != 2 or not isinstance(node.inputs[1], gs.Constant):
+            continue
+        x, target = node.inputs[0], np.asarray(node.inputs[1].values).tolist()
+        shape = x.shape
+        if shape is None or len(shape) < 3 or len(target) != 3 or target[0] != 0 or target[2] != -1 or \
+                not all(isinstance(d, (int, np.integer)) for d in shape[1:]):
+            continue
+        groups, channels = int(target[1]), int(shape[1])
+        readers = node.outputs[0].outputs
+        if groups <= 0 or channels % groups or node.outputs[0] in graph.outputs or \
+                not readers or any(r.op != "InstanceNormalization" for r in readers):
+            continue
+        split = np.array([0, groups, channels // groups, *[int(d) for d in shape[2:]]], np.int64)
+        node.inputs[1] = gs.Constant(f"{node.inputs[1].name}_as_split", split)
+        node.outputs[0].shape = None
+        count += 1
+    if count:
+        notes.append(f"group_norm_as_split: {count} GroupNorm reshapes")
+
+
 @register("normalize", "sequence_split_to_split")
 def sequence_split_to_split(graph: gs.Graph, notes: list[str]) -> None:
     """``SplitToSequence`` read only by ``SequenceAt`` at constant positions becomes a plain ``Split``.

@@ -67,3 +67,10 @@ def test_group_norm_atoms_are_whole_groups_and_num_groups_shrinks():
     groups = sorted(int(a.i) for n in pruned.graph.node if n.op_type == "GroupNormalization"
                     for a in n.attribute if a.name == "num_groups")
     assert groups == [2, 2]
+
+
+def test_torch_group_norm_reshape_becomes_a_split_into_groups():
+    compiled = compile_model(builders.torch_group_norm())
+    assert any("group_norm_as_split: 1" in note for note in compiled.notes)
+    widths = sorted((g.n_atoms, max(g.sizes.values())) for g in compiled.analysis.prunable_groups)
+    assert (3, 12) in widths  # 12 channels in 3 groups: one atom per group
