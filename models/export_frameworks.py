@@ -8,10 +8,10 @@ them with the zoo's own builder and writes them as *weightless skeletons*
 (:mod:`models.skeleton`) when their weights would make the file large.
 Run it from the framework's own environment, one framework at a time::
 
-    /work/venv-skl/bin/python models/export_frameworks.py sklearn      # pip install -e ".[zoo-sklearn]"
-    /work/venv-tf/bin/python models/export_frameworks.py keras         # pip install -e ".[zoo-tf]"
-    /work/venv-jax/bin/python models/export_frameworks.py jax          # pip install -e ".[zoo-jax]"
-    /work/venv-paddle/bin/python models/export_frameworks.py paddle    # pip install -e ".[zoo-paddle]"
+    ../venv-skl/bin/python models/export_frameworks.py sklearn      # pip install -e ".[zoo-sklearn]"
+    ../venv-tf/bin/python models/export_frameworks.py keras         # pip install -e ".[zoo-tf]"
+    ../venv-jax/bin/python models/export_frameworks.py jax          # pip install -e ".[zoo-jax]"
+    ../venv-paddle/bin/python models/export_frameworks.py paddle    # pip install -e ".[zoo-paddle]"
 """
 from __future__ import annotations
 
