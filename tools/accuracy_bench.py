@@ -9,8 +9,9 @@ group's channels (local, uniform) leaves.  Every row is pruned to that budget
 (``target_macs``), so all rows of a column cost the same:
 
 - data-free criteria: random, l1, l2, bn_scale, obspa with each Hessian source
-  (identity, synthetic, bn, weights, bnstat; global ranking, the default) and
-  obspa with ``--local``;
+  (identity, synthetic, bn, weights, bnstat; global ranking, the default),
+  obspa with ``--local``, with white instead of 1/f² noise, and on
+  transformers with ``--prune-hidden``;
 - with the calibration split: activation, wanda, obspa + calib, each with and
   without BatchNorm re-calibration;
 - Torch-Pruning on the same torch model (MagnitudeImportance L1/L2, Taylor on
@@ -88,7 +89,7 @@ def macs_budgets(bench: Bench, ratios: list[float]) -> dict[float, float]:
     return budgets
 
 
-def spac_configs(has_bn: bool, calib: str) -> list[tuple[str, dict]]:
+def spac_configs(has_bn: bool, has_ln: bool, calib: str) -> list[tuple[str, dict]]:
     """(row label, spa_compiler.prune keywords) for every spac row."""
     obspa = {"criterion": "obspa"}
     configs = [(c, {"criterion": c}) for c in ("random", "l1", "l2", "bn_scale")]
@@ -98,6 +99,8 @@ def spac_configs(has_bn: bool, calib: str) -> list[tuple[str, dict]]:
         configs.append((f"obspa ({source}{', default' if source == default else ''})", {**obspa, "hessian": source}))
     configs.append((f"obspa ({default}) --local", {**obspa, "global_ranking": False}))
     configs.append((f"obspa ({default}) --noise white", {**obspa, "noise": "white"}))
+    if has_ln:
+        configs.append((f"obspa ({default}) --prune-hidden", {**obspa, "prune_hidden": True}))
     for crit in ("activation", "wanda", "obspa"):
         configs.append((f"{crit} + calib", {"criterion": crit, "calib": calib}))
         if has_bn:
@@ -111,10 +114,10 @@ def spac_rows(bench: Bench, ratios: list[float], budgets: dict[float, float]) ->
     import spa_compiler
 
     path = bench.file(".onnx")
-    has_bn = any(n.op_type == "BatchNormalization" for n in onnx.load(path).graph.node)
+    ops = {n.op_type for n in onnx.load(path).graph.node}
     dense = accuracy(onnx.load(path), bench)
     rows = [{"model": bench.arch, "method": "dense", **{f"acc@{r}": dense for r in ratios}}]
-    for label, kw in spac_configs(has_bn, bench.file("_calib.npz")):
+    for label, kw in spac_configs("BatchNormalization" in ops, "LayerNormalization" in ops, bench.file("_calib.npz")):
         row = {"model": bench.arch, "method": f"spac {label}"}
         for ratio in ratios:
             start = time.perf_counter()
@@ -126,6 +129,7 @@ def spac_rows(bench: Bench, ratios: list[float], budgets: dict[float, float]) ->
                            params=rep["params"]["after"] / rep["params"]["before"],
                            seconds=time.perf_counter() - start)
         rows.append(row)
+        print(f"{bench.stem}: {row['method']}", *(f"{row[f'acc@{r}']:.3f}" for r in ratios), file=sys.stderr)
     return rows
 
 
