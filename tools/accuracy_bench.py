@@ -122,9 +122,10 @@ def spac_rows(bench: Bench, ratios: list[float], budgets: dict[float, float]) ->
         for ratio in ratios:
             start = time.perf_counter()
             result = spa_compiler.prune(path, target_macs=budgets[ratio], **kw)
+            rep = result.report
             row[f"acc@{ratio}"] = accuracy(result.model, bench)
+            row[f"macs@{ratio}"] = rep["macs"]["after"] / rep["macs"]["before"]
             if ratio == ratios[len(ratios) // 2]:
-                rep = result.report
                 row.update(macs=rep["macs"]["after"] / rep["macs"]["before"],
                            params=rep["params"]["after"] / rep["params"]["before"],
                            seconds=time.perf_counter() - start)
@@ -177,9 +178,7 @@ def torch_pruning_rows(bench: Bench, ratios: list[float], budgets: dict[float, f
                 continue
             with torch.no_grad():
                 acc = float((model(torch.from_numpy(test["x"])).argmax(1).numpy() == test["y"]).mean())
-            row[f"acc@{ratio}"] = acc
-            if abs(macs - budgets[ratio]) > MACS_TOLERANCE:
-                row[f"acc@{ratio}"] = f"{acc:.3g} (MACs {macs:.2f})"
+            row[f"acc@{ratio}"], row[f"macs@{ratio}"] = acc, macs
             if ratio == ratios[len(ratios) // 2]:
                 row.update(macs=macs, params=params, seconds=time.perf_counter() - start)
         rows.append(row)
@@ -187,7 +186,7 @@ def torch_pruning_rows(bench: Bench, ratios: list[float], budgets: dict[float, f
 
 
 def _bisect(prune_at: Callable[[float], tuple], budget: float):
-    """Torch-Pruning's ratio whose MACs come closest to *budget* from below (or its lowest reachable MACs)."""
+    """Torch-Pruning's ratio whose MACs come closest to *budget* (or its lowest reachable MACs)."""
     lo, hi = 0.0, 0.95
     best = prune_at(hi)
     if best[1] > budget:
@@ -195,8 +194,10 @@ def _bisect(prune_at: Callable[[float], tuple], budget: float):
     for _ in range(TP_BISECTIONS):
         mid = (lo + hi) / 2
         trial = prune_at(mid)
+        if abs(trial[1] - budget) < abs(best[1] - budget):
+            best = trial
         if trial[1] <= budget:
-            hi, best = mid, trial
+            hi = mid
         else:
             lo = mid
     return best
@@ -226,6 +227,7 @@ def onnxsim_rows(bench: Bench, ratios: list[float]) -> list[dict]:
             try:
                 model = fn(ratio)
                 row[f"acc@{ratio}"] = accuracy(model, bench)
+                row[f"macs@{ratio}"] = totals(normalize(model).graph)[1] / dense_macs
             except Exception as exc:  # noqa: BLE001
                 row[f"acc@{ratio}"] = f"error: {type(exc).__name__}"
                 continue
@@ -235,6 +237,15 @@ def onnxsim_rows(bench: Bench, ratios: list[float]) -> list[dict]:
                            seconds=time.perf_counter() - start)
         rows.append(row)
     return rows
+
+
+def mark_off_budget(rows: list[dict], ratios: list[float], budgets: dict[float, float]) -> None:
+    """Show the MACs next to an accuracy that was not reached at the column's budget (within the tolerance)."""
+    for row in rows:
+        for ratio in ratios:
+            macs, acc = row.pop(f"macs@{ratio}", None), row.get(f"acc@{ratio}")
+            if isinstance(macs, float) and isinstance(acc, float) and abs(macs - budgets[ratio]) > MACS_TOLERANCE:
+                row[f"acc@{ratio}"] = f"{acc:.3g} (MACs {macs:.2f})"
 
 
 def mean_rows(runs: list[list[dict]]) -> list[dict]:
@@ -259,7 +270,9 @@ def model_rows(arch: str, ratios: list[float], seeds: int, peers: bool) -> tuple
         if peers:
             rows += torch_pruning_rows(bench, ratios, budgets) + onnxsim_rows(bench, ratios)
         runs.append(rows)
-    return mean_rows(runs) if len(runs) > 1 else runs[0], first_budgets
+    rows = mean_rows(runs) if len(runs) > 1 else runs[0]
+    mark_off_budget(rows, ratios, first_budgets)
+    return rows, first_budgets
 
 
 def main(argv: Optional[list[str]] = None) -> None:
