@@ -10,7 +10,7 @@ group's channels (local, uniform) leaves.  Every row is pruned to that budget
 
 - data-free criteria: random, l1, l2, bn_scale, obspa with each Hessian source
   (identity, synthetic, bn, weights, bnstat; global ranking, the default),
-  obspa with ``--local``, with white instead of 1/f² noise, and on
+  obspa with ``--local``, without compensation, with white instead of 1/f² noise, and on
   transformers with ``--prune-hidden``;
 - with the calibration split: activation, wanda, obspa + calib, each with and
   without BatchNorm re-calibration;
@@ -98,6 +98,7 @@ def spac_configs(has_bn: bool, has_ln: bool, calib: str) -> list[tuple[str, dict
     for source in sources:
         configs.append((f"obspa ({source}{', default' if source == default else ''})", {**obspa, "hessian": source}))
     configs.append((f"obspa ({default}) --local", {**obspa, "global_ranking": False}))
+    configs.append((f"obspa ({default}) --no-compensate", {**obspa, "compensate": False}))
     configs.append((f"obspa ({default}) --noise white", {**obspa, "noise": "white"}))
     if has_ln:
         configs.append((f"obspa ({default}) --prune-hidden", {**obspa, "prune_hidden": True}))
