@@ -86,9 +86,10 @@ def estimate_macs(graph: gs.Graph, fraction: Callable[[str, int], Optional[float
         if node.op in ("Conv", "ConvTranspose", "Gemm"):
             f_out = fraction(out.name, 1)
             f_in = fraction(x.name, 1) if int(node.attrs.get("group", 1)) == 1 else None
-        else:
+        else:  # MatMul: every output axis may shrink (heads are a batch axis of attention's products)
             rank = len(out.shape or [])
-            f_out = fraction(out.name, rank - 1)
-            f_in = fraction(x.name, rank - 1)
+            kept = [fraction(out.name, axis) for axis in range(rank)]
+            f_out = float(np.prod([1.0 if f is None else f for f in kept]))
+            f_in = fraction(x.name, len(x.shape or [None]) - 1)
         total += macs * (1.0 if f_out is None else f_out) * (1.0 if f_in is None else f_in)
     return int(total)

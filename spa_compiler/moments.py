@@ -101,9 +101,9 @@ class MomentPropagator:
         if len(tensor.inputs) != 1:
             return None
         node = tensor.inputs[0]
-        handler = getattr(self, f"_op_{node.op}", None)
         if node.op in PASS_THROUGH:
             return self.of(node.inputs[0])
+        handler = getattr(self, f"_op_{node.op}", None)
         return handler(node) if handler is not None else None
 
     def _op_BatchNormalization(self, node: gs.Node) -> Optional[Moments]:

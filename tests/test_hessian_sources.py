@@ -165,3 +165,13 @@ def test_cli_hessian_noise_and_ranking_flags(tmp_path):
     assert bad.exit_code == 2 and "nope" in bad.output
     with pytest.raises(spa_compiler.errors.UsageError):
         spa_compiler.prune(model, criterion="obspa", noise="pink")
+
+
+def test_cli_progress_bar_on_request(tmp_path):
+    result = CliRunner().invoke(main, ["prune", str(TRAINED / "tabular_mlp.onnx"), "-o", str(tmp_path / "o.onnx"),
+                                       "--criterion", "obspa", "--progress"])
+    assert result.exit_code == 0, result.output
+    assert "statistics (bnstat) [" in result.output and "scoring (obspa) [" in result.output
+    quiet = CliRunner().invoke(main, ["prune", str(TRAINED / "tabular_mlp.onnx"), "-o", str(tmp_path / "o.onnx"),
+                                      "--criterion", "obspa", "--no-progress", "--force"])
+    assert quiet.exit_code == 0 and " [#" not in quiet.output

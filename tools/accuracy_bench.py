@@ -9,8 +9,9 @@ group's channels (local, uniform) leaves.  Every row is pruned to that budget
 (``target_macs``), so all rows of a column cost the same:
 
 - data-free criteria: random, l1, l2, bn_scale, obspa with each Hessian source
-  (identity, synthetic, bn, weights, bnstat; global ranking, the default) and
-  obspa with ``--local``;
+  (identity, synthetic, bn, weights, bnstat; global ranking, the default),
+  obspa with ``--local``, without compensation, with white instead of 1/f² noise, and on
+  transformers with ``--prune-hidden``;
 - with the calibration split: activation, wanda, obspa + calib, each with and
   without BatchNorm re-calibration;
 - Torch-Pruning on the same torch model (MagnitudeImportance L1/L2, Taylor on
@@ -88,7 +89,7 @@ def macs_budgets(bench: Bench, ratios: list[float]) -> dict[float, float]:
     return budgets
 
 
-def spac_configs(has_bn: bool, calib: str) -> list[tuple[str, dict]]:
+def spac_configs(has_bn: bool, has_ln: bool, calib: str) -> list[tuple[str, dict]]:
     """(row label, spa_compiler.prune keywords) for every spac row."""
     obspa = {"criterion": "obspa"}
     configs = [(c, {"criterion": c}) for c in ("random", "l1", "l2", "bn_scale")]
@@ -97,7 +98,10 @@ def spac_configs(has_bn: bool, calib: str) -> list[tuple[str, dict]]:
     for source in sources:
         configs.append((f"obspa ({source}{', default' if source == default else ''})", {**obspa, "hessian": source}))
     configs.append((f"obspa ({default}) --local", {**obspa, "global_ranking": False}))
+    configs.append((f"obspa ({default}) --no-compensate", {**obspa, "compensate": False}))
     configs.append((f"obspa ({default}) --noise white", {**obspa, "noise": "white"}))
+    if has_ln:
+        configs.append((f"obspa ({default}) --prune-hidden", {**obspa, "prune_hidden": True}))
     for crit in ("activation", "wanda", "obspa"):
         configs.append((f"{crit} + calib", {"criterion": crit, "calib": calib}))
         if has_bn:
@@ -111,21 +115,23 @@ def spac_rows(bench: Bench, ratios: list[float], budgets: dict[float, float]) ->
     import spa_compiler
 
     path = bench.file(".onnx")
-    has_bn = any(n.op_type == "BatchNormalization" for n in onnx.load(path).graph.node)
+    ops = {n.op_type for n in onnx.load(path).graph.node}
     dense = accuracy(onnx.load(path), bench)
     rows = [{"model": bench.arch, "method": "dense", **{f"acc@{r}": dense for r in ratios}}]
-    for label, kw in spac_configs(has_bn, bench.file("_calib.npz")):
+    for label, kw in spac_configs("BatchNormalization" in ops, "LayerNormalization" in ops, bench.file("_calib.npz")):
         row = {"model": bench.arch, "method": f"spac {label}"}
         for ratio in ratios:
             start = time.perf_counter()
             result = spa_compiler.prune(path, target_macs=budgets[ratio], **kw)
+            rep = result.report
             row[f"acc@{ratio}"] = accuracy(result.model, bench)
+            row[f"macs@{ratio}"] = rep["macs"]["after"] / rep["macs"]["before"]
             if ratio == ratios[len(ratios) // 2]:
-                rep = result.report
                 row.update(macs=rep["macs"]["after"] / rep["macs"]["before"],
                            params=rep["params"]["after"] / rep["params"]["before"],
                            seconds=time.perf_counter() - start)
         rows.append(row)
+        print(f"{bench.stem}: {row['method']}", *(f"{row[f'acc@{r}']:.3f}" for r in ratios), file=sys.stderr)
     return rows
 
 
@@ -173,9 +179,7 @@ def torch_pruning_rows(bench: Bench, ratios: list[float], budgets: dict[float, f
                 continue
             with torch.no_grad():
                 acc = float((model(torch.from_numpy(test["x"])).argmax(1).numpy() == test["y"]).mean())
-            row[f"acc@{ratio}"] = acc
-            if abs(macs - budgets[ratio]) > MACS_TOLERANCE:
-                row[f"acc@{ratio}"] = f"{acc:.3g} (MACs {macs:.2f})"
+            row[f"acc@{ratio}"], row[f"macs@{ratio}"] = acc, macs
             if ratio == ratios[len(ratios) // 2]:
                 row.update(macs=macs, params=params, seconds=time.perf_counter() - start)
         rows.append(row)
@@ -183,7 +187,7 @@ def torch_pruning_rows(bench: Bench, ratios: list[float], budgets: dict[float, f
 
 
 def _bisect(prune_at: Callable[[float], tuple], budget: float):
-    """Torch-Pruning's ratio whose MACs come closest to *budget* from below (or its lowest reachable MACs)."""
+    """Torch-Pruning's ratio whose MACs come closest to *budget* (or its lowest reachable MACs)."""
     lo, hi = 0.0, 0.95
     best = prune_at(hi)
     if best[1] > budget:
@@ -191,8 +195,10 @@ def _bisect(prune_at: Callable[[float], tuple], budget: float):
     for _ in range(TP_BISECTIONS):
         mid = (lo + hi) / 2
         trial = prune_at(mid)
+        if abs(trial[1] - budget) < abs(best[1] - budget):
+            best = trial
         if trial[1] <= budget:
-            hi, best = mid, trial
+            hi = mid
         else:
             lo = mid
     return best
@@ -222,6 +228,7 @@ def onnxsim_rows(bench: Bench, ratios: list[float]) -> list[dict]:
             try:
                 model = fn(ratio)
                 row[f"acc@{ratio}"] = accuracy(model, bench)
+                row[f"macs@{ratio}"] = totals(normalize(model).graph)[1] / dense_macs
             except Exception as exc:  # noqa: BLE001
                 row[f"acc@{ratio}"] = f"error: {type(exc).__name__}"
                 continue
@@ -231,6 +238,15 @@ def onnxsim_rows(bench: Bench, ratios: list[float]) -> list[dict]:
                            seconds=time.perf_counter() - start)
         rows.append(row)
     return rows
+
+
+def mark_off_budget(rows: list[dict], ratios: list[float], budgets: dict[float, float]) -> None:
+    """Show the MACs next to an accuracy that was not reached at the column's budget (within the tolerance)."""
+    for row in rows:
+        for ratio in ratios:
+            macs, acc = row.pop(f"macs@{ratio}", None), row.get(f"acc@{ratio}")
+            if isinstance(macs, float) and isinstance(acc, float) and abs(macs - budgets[ratio]) > MACS_TOLERANCE:
+                row[f"acc@{ratio}"] = f"{acc:.3g} (MACs {macs:.2f})"
 
 
 def mean_rows(runs: list[list[dict]]) -> list[dict]:
@@ -255,7 +271,9 @@ def model_rows(arch: str, ratios: list[float], seeds: int, peers: bool) -> tuple
         if peers:
             rows += torch_pruning_rows(bench, ratios, budgets) + onnxsim_rows(bench, ratios)
         runs.append(rows)
-    return mean_rows(runs) if len(runs) > 1 else runs[0], first_budgets
+    rows = mean_rows(runs) if len(runs) > 1 else runs[0]
+    mark_off_budget(rows, ratios, first_budgets)
+    return rows, first_budgets
 
 
 def main(argv: Optional[list[str]] = None) -> None:
