@@ -16,8 +16,9 @@ group's channels (local, uniform) leaves.  Every row is pruned to that budget
   without BatchNorm re-calibration;
 - Torch-Pruning on the same torch model (MagnitudeImportance L1/L2, Taylor on
   the calibration split with the model's own predictions as labels, Random),
-  its pruning ratio bisected until its MACs match the column's budget; where
-  it cannot get that low, the cell shows the MACs it reached in parentheses;
+  its pruning ratio bisected until its MACs match the column's budget (its
+  seconds include every bisection trial); where it cannot get that low, the
+  cell shows the MACs it reached in parentheses;
 - onnxsim's structured pruning on the same ONNX file at sparsity r.
 
 The tabular MLP is small and its test split has 171 rows, so its rows are the
@@ -148,6 +149,7 @@ def torch_pruning_rows(bench: Bench, ratios: list[float], budgets: dict[float, f
     example = calib[:2]
 
     def pruned(label: str, ratio: float):
+        torch.manual_seed(0)  # RandomImportance draws from torch: the same table on every run
         model = build(bench.arch)
         model.load_state_dict(torch.load(bench.file(".pt")))
         model.eval()
