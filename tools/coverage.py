@@ -66,7 +66,7 @@ try:
     else:
         row["status"] = "ok (no exact group)"
 except Exception as exc:
-    msg = str(exc).strip().splitlines()
+    msg = str(exc).replace({root!r} + "/", "").strip().splitlines()  # paths relative to the checkout
     kind = "frozen" if type(exc).__name__ == "NothingToPruneError" else "error: " + type(exc).__name__
     row["status"] = kind + ": " + (msg[0][:200] if msg else "")
 try:
