@@ -65,10 +65,16 @@ def constant_output(graph: gs.Graph, node: gs.Node, values: np.ndarray) -> bool:
     return True
 
 
-def finish(graph: gs.Graph, notes: list[str], message: str, count: int) -> None:
-    """Drop the nodes a pass disconnected and say what it did."""
+def finish(graph: gs.Graph, notes: list[str], message: str, count: int, reorder: bool = False) -> None:
+    """Drop the nodes a pass disconnected and say what it did.
+
+    *reorder*: the pass appended new nodes at the end of the list, so the graph is
+    sorted again before the next pass walks it in order.
+    """
     if count:
         graph.cleanup()
+        if reorder:
+            graph.toposort()
         notes.append(message.format(count=count))
 
 
@@ -157,9 +163,7 @@ def lower_ml_scaler(graph: gs.Graph, notes: list[str]) -> None:
         node.inputs.clear()
         node.outputs.clear()
         count += 1
-    if count:
-        graph.cleanup().toposort()
-        notes.append(f"lower_ml_scaler: {count} ai.onnx.ml Scaler nodes")
+    finish(graph, notes, "lower_ml_scaler: {count} ai.onnx.ml Scaler nodes", count, reorder=True)
 
 
 @register("normalize", "group_norm_as_split")
@@ -230,9 +234,7 @@ def sequence_split_to_split(graph: gs.Graph, notes: list[str]) -> None:
             reader.outputs.clear()
         node.outputs.clear()
         count += 1
-    if count:
-        graph.cleanup().toposort()
-        notes.append(f"sequence_split_to_split: {count} SplitToSequence nodes")
+    finish(graph, notes, "sequence_split_to_split: {count} SplitToSequence nodes", count, reorder=True)
 
 
 @register("normalize", "einsum_to_matmul")
@@ -263,9 +265,7 @@ def einsum_to_matmul(graph: gs.Graph, notes: list[str]) -> None:
                                    outputs=list(node.outputs)))
         node.outputs.clear()
         count += 1
-    if count:
-        graph.cleanup().toposort()
-        notes.append(f"einsum_to_matmul: {count} Einsum nodes")
+    finish(graph, notes, "einsum_to_matmul: {count} Einsum nodes", count, reorder=True)
 
 
 def _einsum_as_matmul(equation: str):
@@ -303,9 +303,7 @@ def remove_identity(graph: gs.Graph, notes: list[str]) -> None:
         node.inputs.clear()
         node.outputs.clear()
         count += 1
-    if count:
-        graph.cleanup()
-        notes.append(f"remove_identity: {count} Identity nodes")
+    finish(graph, notes, "remove_identity: {count} Identity nodes", count)
 
 
 def _np_transpose(node, x):
