@@ -107,7 +107,9 @@ class MomentPropagator:
         return handler(node) if handler is not None else None
 
     def _op_BatchNormalization(self, node: gs.Node) -> Optional[Moments]:
-        gamma, beta = (np.asarray(const_values(node.inputs[i]), dtype=np.float64) for i in (1, 2))
+        if not all(isinstance(node.inputs[i], gs.Constant) for i in (1, 2)):
+            return None
+        gamma, beta = (np.asarray(const_values(node.inputs[i]), dtype=np.float64).reshape(-1) for i in (1, 2))
         before = self.of(node.inputs[0]) if self.correlated else None
         r = _correlation(before.cov) if before is not None and len(before.mean) == len(gamma) else np.eye(len(gamma))
         return Moments(beta.copy(), gamma[:, None] * r * gamma[None, :])
@@ -152,7 +154,8 @@ class MomentPropagator:
         if w.shape[1] != len(x.mean):
             return None
         mean = np.einsum("oik,i->o", w, x.mean)
-        cov = np.einsum("oik,ij,pjk->op", w, x.cov, w)
+        per_tap = w.transpose(2, 0, 1)  # (k, out, in): sum over taps of W_k Sigma W_k^T, as matrix products
+        cov = np.tensordot(per_tap @ x.cov, per_tap, axes=([0, 2], [0, 2]))
         return Moments(mean + _bias(node, len(mean)), cov)
 
     def _op_Gemm(self, node: gs.Node) -> Optional[Moments]:

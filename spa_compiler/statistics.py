@@ -223,7 +223,7 @@ def closed_form(graph: gs.Graph, consumers: list[gs.Node], correlated: bool) -> 
     for node in consumers:
         if node.op == "Gemm" and node.attrs.get("transA", 0):
             continue
-        if node.op not in ("Conv", "Gemm"):
+        if node.op not in ("Conv", "Gemm") or not isinstance(node.inputs[1], gs.Constant):
             continue  # MatMul reads token tensors, whose moments the per-channel model does not describe
         moments = propagator.of(node.inputs[0])
         if moments is None:
