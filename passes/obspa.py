@@ -58,14 +58,13 @@ class ObspaCriterion(Criterion):
                 costs += _costs(w, hinv, [atom_cols[a] for a in candidates]) / energy
             take = np.argsort(costs, kind="stable")[: min(step, budget - removed)]
             for index in take:
-                a = candidates[index]
                 total += float(costs[index])
-                scores[a] = total
-                alive[a] = False
-                for entry in state:
-                    cols = entry[2][a]
-                    if len(cols):
-                        entry[0], entry[1] = remove_block(entry[0], entry[1], cols)
+                scores[candidates[index]] = total
+            alive[candidates[take]] = False
+            for entry in state:  # one joint downdate per step: equal to removing the atoms one by one
+                cols = np.concatenate([entry[2][a] for a in candidates[take]])
+                if len(cols):
+                    entry[0], entry[1] = remove_block(entry[0], entry[1], cols)
             removed += len(take)
         finite = scores[np.isfinite(scores)]
         scores[~np.isfinite(scores)] = (finite.max() if len(finite) else 0.0) * 2 + 1.0

@@ -17,7 +17,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .analysis import CONSUMER, DependencyAnalysis, Group
-from .obs import DEFAULT_DAMPING, ConsumerLayer, damped_inverse
+from .obs import DEFAULT_DAMPING, ConsumerLayer, damped_inverse, output_power
 from .plan import Plan
 from .statistics import LayerStats
 
@@ -142,8 +142,8 @@ def _fold_into_batchnorm(ctx: ObsContext, bn: gs.Node, w0, w1, h, mean, updates)
     if running_mean.shape[0] != w0.shape[0]:
         return
     mu0, mu1 = w0 @ mean, w1 @ mean
-    var0 = np.einsum("ij,jk,ik->i", w0, h, w0) - mu0 ** 2
-    var1 = np.einsum("ij,jk,ik->i", w1, h, w1) - mu1 ** 2
+    var0 = output_power(w0, h) - mu0 ** 2
+    var1 = output_power(w1, h) - mu1 ** 2
     ratio = np.where(var0 > 1e-12, var1 / np.maximum(var0, 1e-12), 1.0)
     ratio = np.clip(ratio, *VAR_RATIO_BOUNDS)
     updates[mean_name] = running_mean - (mu0 - mu1)

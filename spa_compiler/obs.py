@@ -58,12 +58,26 @@ def block_costs_uniform(w: np.ndarray, hinv: np.ndarray, blocks: np.ndarray) -> 
     return 0.5 * np.einsum("nok,nko->n", wq, solved)
 
 
+def output_power(w: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Per output row ``w_i H w_i^T`` (the second moment of each output), through BLAS.
+
+    A three-operand ``einsum`` would loop over out x in x in in C without BLAS:
+    minutes on a 3x3 conv with 512 inputs.
+    """
+    return np.sum((w @ h) * w, axis=1)
+
+
 def remove_block(w: np.ndarray, hinv: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Compensate *w* for removing *cols* and downdate *hinv*; removed columns become exactly zero."""
+    """Compensate *w* for removing *cols* and downdate *hinv*; removed columns become exactly zero.
+
+    Removing several blocks at once with their union as *cols* equals removing
+    them one after another (the OBS downdate composes), at the cost of one
+    pass over *hinv* instead of one per block.  The inputs are left unchanged.
+    """
     block_inv = np.linalg.inv(hinv[np.ix_(cols, cols)])
-    rows = hinv[cols, :]
-    w = w - w[:, cols] @ block_inv @ rows
-    hinv = hinv - hinv[:, cols] @ block_inv @ rows
+    rows = block_inv @ hinv[cols, :]
+    w = w - w[:, cols] @ rows
+    hinv = hinv - hinv[:, cols] @ rows
     w[:, cols] = 0.0
     hinv[cols, :] = 0.0
     hinv[:, cols] = 0.0
@@ -104,4 +118,4 @@ class ConsumerLayer:
 
     def energy(self, h: np.ndarray) -> float:
         """tr(W H W^T): the layer's output energy, so costs compare across layers."""
-        return float(np.einsum("ij,jk,ik->", self.w, h, self.w)) or 1.0
+        return float(np.sum(output_power(self.w, h))) or 1.0

@@ -65,6 +65,19 @@ def test_obs_block_update_matches_the_formula():
     assert block_cost(w, hinv, cols) == pytest.approx(0.5 * err, rel=1e-6)
 
 
+def test_joint_removal_of_blocks_equals_removing_them_one_by_one():
+    """OBSPA removes the atoms of one greedy step with one downdate; that must equal sequential removal."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, 12))
+    w = rng.normal(size=(5, 12))
+    hinv = damped_inverse(x.T @ x / 300, 0.01)
+    first, second = np.array([1, 2, 3]), np.array([7, 8, 9])
+    w_seq, hinv_seq = remove_block(*remove_block(w, hinv, first), second)
+    w_joint, hinv_joint = remove_block(w, hinv, np.concatenate([first, second]))
+    np.testing.assert_allclose(w_joint, w_seq, atol=1e-10)
+    np.testing.assert_allclose(hinv_joint, hinv_seq, atol=1e-10)
+
+
 def test_removing_an_exactly_zero_channel_costs_nothing_and_changes_nothing():
     rng = np.random.default_rng(2)
     w1, b1, w2 = rng.normal(size=(8, 5)), rng.normal(size=8), rng.normal(size=(2, 8))
