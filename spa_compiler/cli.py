@@ -18,8 +18,6 @@ from .noise import NOISE_KINDS
 from .progress import for_terminal
 from .statistics import SOURCES
 
-EXIT_CODES = {0: "success", 1: "compile failure", 2: "usage or bad input", 3: "verification failed"}
-
 
 def _emit_json(data) -> None:
     click.echo(json.dumps(data, indent=2, default=_json_default))

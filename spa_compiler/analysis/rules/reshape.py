@@ -122,6 +122,16 @@ def same_lone_dynamic_dim(in_dims: list, out_dims: list) -> tuple[list, list]:
     return in_dims, out_dims
 
 
+def factorization(in_dims: list, out_dims: list) -> tuple[list, list, Optional[list[tuple[list[int], list[int]]]]]:
+    """Copies of both shapes with a lone renamed dynamic dim matched, and their runs (None: not a factorization).
+
+    Analysis and rewrite both read a Reshape through this, so they agree on
+    which dims are the same.
+    """
+    in_dims, out_dims = same_lone_dynamic_dim(list(in_dims), list(out_dims))
+    return in_dims, out_dims, reshape_runs(in_dims, out_dims)
+
+
 def outermost(axes: list[int], dims: list) -> Optional[int]:
     """The first axis of a run whose size is not 1 (the factor a channel ties to)."""
     for a in axes:
@@ -224,10 +234,9 @@ class Reshape(Rule):
             return shuffle.analyze(node, port, axis, cx)
         if port[0] == "in" and port[1] != 0:
             return frozen(f"{node.name} ({node.op}) shape computed from a channel tensor")
-        in_shape, out_shape = cx.raw_shape(node.inputs[0]), cx.raw_shape(node.outputs[0])
+        in_shape, out_shape, runs = cx.raw_shape(node.inputs[0]), cx.raw_shape(node.outputs[0]), None
         if in_shape is not None and out_shape is not None:
-            in_shape, out_shape = same_lone_dynamic_dim(list(in_shape), list(out_shape))
-        runs = None if in_shape is None or out_shape is None else reshape_runs(in_shape, out_shape)
+            in_shape, out_shape, runs = factorization(in_shape, out_shape)
         if runs is None:
             return frozen(f"{node.name} ({node.op}) shapes unknown or not a factorization")
         x, y = node.inputs[0], node.outputs[0]
@@ -291,8 +300,7 @@ class Reshape(Rule):
                 new_out[unfold[1]] = len(kept)
                 write_shape(node, rx, new_out, static(out_shape))
             return
-        in_shape, out_shape = same_lone_dynamic_dim(in_shape, out_shape)
-        runs = reshape_runs(in_shape, out_shape)
+        in_shape, out_shape, runs = factorization(in_shape, out_shape)
         if runs is None:
             return
         new_out = list(out_shape)
