@@ -95,7 +95,9 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
     updates = None
     if compensating:
         say("compensating consumer weights and folding into BatchNorm")
-        updates = compensation(obs or ObsContext(compiled.graph, compiled.analysis, {}, damping), plan)
+        context = obs or ObsContext(compiled.graph, compiled.analysis, {}, damping)
+        updates = compensation(context, plan)
+        warnings = warnings + context.warnings()
     say(f"rewriting {len(plan.removed)} groups")
     graph, log = rewrite(compiled.graph, compiled.meta, compiled.analysis, plan, updates)
     release_pages()
