@@ -7,9 +7,10 @@ from typing import Callable, Optional, Sequence
 
 import onnx
 
-from . import registry, statistics
+from . import registry
 from .analysis import PRODUCER
-from .compensate import ObsContext, compensate as compensation
+from .obspa import statistics
+from .obspa.compensate import ObsContext, compensate as compensation
 from .cost import totals
 from .errors import UsageError
 from .finite import check_input_weights, guard_written_model, guard_written_weights
@@ -17,12 +18,12 @@ from .ir import to_model
 from .jsonout import to_json
 from .modelio import (EXTERNAL_DATA_THRESHOLD, ModelLike, check_input_file, check_output_path, check_written_files,
                       staged_output, uses_external_data, write_graph, write_proto)
-from .noise import NOISE_KINDS
+from .obspa.noise import NOISE_KINDS
 from .pipeline import (Compiled, bn_free_conv_warning, choose_hessian_source, compile_model,
                        consumer_nodes, load_calib, plan_pruning, require_prunable, score_groups)
 from .plan import Plan, PlanOptions
 from .rewrite import rewrite
-from .verify import check_checker, check_pruned
+from .runtime import check_checker, check_pruned
 from .weights import release_pages, total_constant_bytes
 
 
@@ -104,7 +105,7 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
     release_pages()
     pruned = None
     if recalibrate_bn:
-        from .recalibrate import recalibrate_batchnorm
+        from .obspa.recalibrate import recalibrate_batchnorm
 
         say("recalibrating BatchNorm statistics on the calibration inputs")
         pruned = recalibrate_batchnorm(to_model(graph, compiled.meta), calib_data)

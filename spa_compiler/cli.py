@@ -15,9 +15,9 @@ import click
 
 from .errors import SpacError, UsageError
 from .jsonout import to_json
-from .noise import NOISE_KINDS
+from .obspa.noise import NOISE_KINDS
 from .progress import for_terminal
-from .statistics import SOURCES
+from .obspa.statistics import SOURCES
 
 
 def _emit_json(data) -> None:
@@ -275,7 +275,7 @@ def bench(model_a, model_b, batch, runs, warmup, threads, as_json, debug):
     from .cost import totals
     from .modelio import load_model
     from .normalize import normalize
-    from .verify import bench_pair
+    from .runtime import bench_pair
 
     if batch < 1 or runs < 1 or warmup < 0:
         raise UsageError("--batch and --runs must be >= 1, --warmup >= 0")
@@ -310,7 +310,7 @@ def bench(model_a, model_b, batch, runs, warmup, threads, as_json, debug):
 def verify(original, pruned, as_json, debug):
     """Check that PRUNED passes onnx.checker, runs, and keeps ORIGINAL's output shapes."""
     from .modelio import load_model
-    from .verify import check_runs
+    from .runtime import check_runs
 
     load_model(original), load_model(pruned)  # every input check, with one-line errors naming the file
     result = check_runs(original, pruned)  # paths: onnxruntime resolves external data next to each model

@@ -487,7 +487,7 @@ def test_bench_reports_every_run_and_true_percentiles(model):
 
 
 def test_timing_percentiles_are_numpy_percentiles():
-    from spa_compiler.verify import summarize
+    from spa_compiler.runtime import summarize
 
     samples = list(np.random.default_rng(0).exponential(size=200))
     timing = summarize(samples)
