@@ -15,7 +15,7 @@ from .errors import UsageError
 
 KINDS = ("normalize", "criterion")
 ENTRY_POINT_GROUP = "spa_compiler.passes"
-BUILTIN_MODULES = ("passes.normalize", "passes.criteria", "passes.obspa", "passes.calibrated")
+BUILTIN_MODULES = ("passes.normalize", "passes.recurrent", "passes.criteria", "passes.obspa", "passes.calibrated")
 
 
 @dataclass(frozen=True)
