@@ -160,3 +160,25 @@ def qdq_activations() -> onnx.ModelProto:
 
 RECURRENT_MODELS = {f.__name__: f for f in (recurrent_stack, lstm_states, tagger)}
 EXACT_MODELS = {**RECURRENT_MODELS, "qdq_activations": qdq_activations}
+
+
+def quantize_static(model: onnx.ModelProto, qdq: bool = True, per_channel: bool = True) -> onnx.ModelProto:
+    """onnxruntime's static int8 quantization (QDQ, or QOperator with *qdq* False), calibrated on noise."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static as ort_quantize_static
+
+    from spa_compiler.verify import random_inputs, session
+
+    class Noise(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter([random_inputs(session(model), batch=2, seed=k) for k in range(4)])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    with tempfile.TemporaryDirectory(prefix="spac-quant-") as tmp:
+        src, dst = os.path.join(tmp, "float.onnx"), os.path.join(tmp, "int8.onnx")
+        onnx.save(model, src)
+        ort_quantize_static(src, dst, Noise(), quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator,
+                            per_channel=per_channel, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+        return onnx.load(dst)

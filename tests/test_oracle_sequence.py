@@ -121,3 +121,27 @@ def test_dynamic_int8_tagger_keeps_its_interface():
     sizes = sorted(int(a.i) for n in pruned.graph.node if n.op_type == "DynamicQuantizeLSTM"
                    for a in n.attribute if a.name == "hidden_size")
     assert sizes == [6, 6]
+
+
+@pytest.mark.parametrize("name", ["residual", "depthwise", "linear_layouts", "se_block", "concat_dense"])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_qdq_static_int8_is_exact(name, per_channel):
+    """QDQ models (onnxruntime's quantize_static): weights are DequantizeLinear(int8 initializer), activations
+    pass Quantize/DequantizeLinear with fixed scales; slices land on the int8 weights, int32 biases and
+    per-channel scales, and pruning stays exact."""
+    from models import builders
+
+    model = sequence.quantize_static(builders.RULE_MODELS[name](), per_channel=per_channel)
+    compiled = compile_model(model)
+    assert len(compiled.analysis.prunable_groups) == len(compiled.analysis.groups) - 1  # all but the output's
+    result = oracle_check(compiled, ratio=0.5)
+    assert result.removed_atoms > 0
+    assert result.relative_error < 1e-5
+    scores = score_groups(compiled, "l2")
+    pruned, _, _ = apply_plan(compiled, make_plan(compiled.analysis, scores, PlanOptions(ratio=0.5)))
+    before = {i.name: (i.data_type, list(i.dims)) for i in model.graph.initializer}
+    after = {i.name: (i.data_type, list(i.dims)) for i in pruned.graph.initializer}
+    shrunk = [n for n in after if n in before and after[n][1] != before[n][1]]
+    assert any(after[n][0] == TensorProto.INT8 for n in shrunk), "int8 weights themselves are sliced"
+    if per_channel:
+        assert any(n.endswith("_scale") for n in shrunk), "per-channel scales are sliced with them"

@@ -6,6 +6,11 @@
 - ``DynamicQuantizeLinear`` quantizes with a scale computed from the whole
   tensor's min and max: removing channels can move that range, so the groups
   it sees are inexact (still prunable).
+- A weight that is ``DequantizeLinear(initializer)`` (QDQ models) counts as a
+  constant for every rule (:func:`~spa_compiler.ir.const_shape` sees through
+  it); :func:`through_dequantize` moves its slices onto the quantized
+  initializer, with per-axis scales and zero points when they run along the
+  sliced axis.  Zeroing quantized rows is exact for zero-point-0 weights.
 - ``MatMulInteger`` with a constant ``B`` is a boundary like MatMul; a
   per-column ``b_zero_point`` goes with ``B``'s output columns.  Its oracle
   masking zeroes ``B``'s input rows, which is exact for symmetric
@@ -13,11 +18,13 @@
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ...ir import attr, const_shape, input_at, normalize_axes
-from ..effects import PASSIVE, PRODUCER, frozen
+from ...ir import attr, const_shape, dequantized_constant, input_at, normalize_axes
+from ..effects import PASSIVE, PRODUCER, ParamSlice, frozen
 from .base import Rule, axis_tie, param, space_of
 from .linear import MatMul
 
@@ -26,6 +33,21 @@ def _per_axis(tensor) -> bool:
     """A scale or zero point with more than one entry (per-axis quantization)."""
     shape = const_shape(tensor)
     return shape is not None and int(np.prod(shape)) > 1
+
+
+def through_dequantize(p: ParamSlice, tensors: dict) -> list[ParamSlice]:
+    """*p* itself, or, on a dequantized weight, its slice of the quantized initializer plus the per-axis
+    scale and zero point when they run along the sliced axis (per-tensor ones stay whole)."""
+    quantized = dequantized_constant(tensors.get(p.tensor))
+    if quantized is None:
+        return [p]
+    dequantize = tensors[p.tensor].inputs[0]
+    out = [replace(p, tensor=quantized.name)]
+    axis = normalize_axes([int(attr(dequantize, "axis", 1))], len(quantized.shape))[0]
+    for tensor in dequantize.inputs[1:]:
+        if tensor is not None and tensor.name and _per_axis(tensor) and axis == p.axis:
+            out.append(replace(p, tensor=tensor.name, axis=0, role=PASSIVE))
+    return out
 
 
 class QuantizeDequantize(Rule):
