@@ -167,7 +167,7 @@ def quantize_static(model: onnx.ModelProto, qdq: bool = True, per_channel: bool 
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize_static
 
-    from spa_compiler.verify import random_inputs, session
+    from spa_compiler.runtime import random_inputs, session
 
     class Noise(CalibrationDataReader):
         def __init__(self):

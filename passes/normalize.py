@@ -536,7 +536,7 @@ def _symbolic_shapes(model: onnx.ModelProto) -> dict[str, tuple[list, int]]:
     import tempfile
 
     try:
-        from passes.contrib_shapes import ContribShapeInference
+        from spa_compiler.passes.contrib_shapes import ContribShapeInference
 
         with tempfile.TemporaryDirectory(prefix="spac-shapes-") as scratch, _working_directory(scratch):
             return _value_shapes(ContribShapeInference.infer_shapes(model, auto_merge=True))

@@ -7,20 +7,22 @@ from typing import Callable, Optional, Sequence
 
 import onnx
 
-from . import registry, statistics
+from . import registry
 from .analysis import PRODUCER
-from .compensate import ObsContext, compensate as compensation
+from .obspa import statistics
+from .obspa.compensate import ObsContext, compensate as compensation
 from .cost import totals
 from .errors import UsageError
 from .ir import to_model
-from .modelio import (EXTERNAL_DATA_THRESHOLD, ModelLike, check_output_path, staged_output, uses_external_data,
-                      write_graph, write_proto)
-from .noise import NOISE_KINDS
+from .jsonout import to_json
+from .modelio import (EXTERNAL_DATA_THRESHOLD, ModelLike, check_input_file, check_output_path, check_written_files,
+                      staged_output, uses_external_data, write_graph, write_proto)
+from .obspa.noise import NOISE_KINDS
 from .pipeline import (Compiled, bn_free_conv_warning, choose_hessian_source, compile_model,
                        consumer_nodes, load_calib, plan_pruning, require_prunable, score_groups)
 from .plan import Plan, PlanOptions
 from .rewrite import rewrite
-from .verify import check_pruned
+from .runtime import check_checker, check_pruned
 from .weights import release_pages, total_constant_bytes
 
 
@@ -40,7 +42,7 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
           max_group_ratio: float = 0.9, reduce: str = "sum", seed: int = 0, verify: bool = True,
           prune_hidden: bool = False, prune_head_dims: bool = False, hessian: Optional[str] = None, calib=None, samples: int = 256,
           damping: float = 0.01, compensate: Optional[bool] = None, recalibrate_bn: bool = False, noise: str = "auto",
-          output: Optional[str] = None, force: bool = False,
+          output: Optional[str] = None, force: bool = False, report_path: Optional[str] = None,
           progress: Optional[Callable[[str], None]] = None) -> PruneResult:
     """Prune whole channels of *model* (a path or an ``onnx.ModelProto``).
 
@@ -49,7 +51,8 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
     energy-normalized costs compare across layers, local otherwise); target_macs: instead of a ratio, prune until the MACs
     are at most this fraction of the original; prune_hidden: also prune a
     transformer's residual-stream width (inexact through LayerNorm, opt-in).  With *output*, the model is
-    written atomically after verification.  Raises :class:`SpacError`
+    written atomically after verification, together with the JSON report at *report_path*
+    (both or neither).  Raises :class:`SpacError`
     subclasses with one-line messages.
     """
     say = progress or (lambda _msg: None)
@@ -66,8 +69,12 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
     if recalibrate_bn and calib is None:
         raise UsageError("--recalibrate-bn needs --calib inputs")
     input_path = None if isinstance(model, onnx.ModelProto) else str(model)
+    if input_path is not None:
+        check_input_file(input_path)
     if output is not None:
-        check_output_path(output, input_path, force)
+        check_written_files(output, report_path, input_path, calib, force)
+    elif report_path is not None:
+        check_output_path(report_path, input_path, what="report")
     t0 = time.perf_counter()
     say("analyzing")
     compiled = compile_model(model, prune_hidden=prune_hidden, head_dims=prune_head_dims)
@@ -94,18 +101,24 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
     release_pages()
     pruned = None
     if recalibrate_bn:
-        from .recalibrate import recalibrate_batchnorm
+        from .obspa.recalibrate import recalibrate_batchnorm
 
         say("recalibrating BatchNorm statistics on the calibration inputs")
         pruned = recalibrate_batchnorm(to_model(graph, compiled.meta), calib_data)
     t2 = time.perf_counter()
     report = build_report(compiled, graph, plan, log, criterion, options, target_macs)
     expected = {t.name: [d if isinstance(d, int) else None for d in (t.shape or [])] for t in compiled.graph.outputs}
-    verification = None
+    report.update(verify=None, hessian=hessian_info, compensated=bool(compensating), warnings=warnings)
+
+    def finish(verification) -> None:
+        report["verify"] = verification
+        report["seconds"] = {"analyze": round(t1 - t0, 3), "prune": round(t2 - t1, 3),
+                             "total": round(time.perf_counter() - t0, 3)}
+
     if output is not None:
         external = (input_path is not None and uses_external_data(input_path)) or \
             total_constant_bytes(graph) > EXTERNAL_DATA_THRESHOLD
-        with staged_output(output) as stage:  # renamed into place only if verified
+        with staged_output(output) as stage:  # renamed into place only if verified, with the report
             say(f"writing {output}" + (" (weights streamed to external data)" if external else ""))
             if pruned is None:
                 pruned = write_graph(graph, compiled.meta, stage, external)
@@ -114,21 +127,27 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
             del graph  # written: its arrays can go before onnxruntime loads the file
             if verify:
                 say("verifying with onnxruntime")
-                verification = check_pruned(stage.model_path, expected)
-        report["output"] = str(output)
+            finish(check_pruned(stage.model_path, expected) if verify else check_checker(stage.model_path))
+            report["output"] = str(output)
+            if report_path is not None:
+                stage.add_file(report_path, _report_bytes(report, report_path))
     else:
         pruned = pruned if pruned is not None else to_model(graph, compiled.meta)
         del graph  # the protobuf holds the pruned weights from here on
         if verify:
             say("verifying with onnxruntime")
-            verification = check_pruned(pruned, expected)
-    report["verify"] = verification
-    report["hessian"] = hessian_info
-    report["compensated"] = bool(compensating)
-    report["warnings"] = warnings
-    report["seconds"] = {"analyze": round(t1 - t0, 3), "prune": round(t2 - t1, 3),
-                         "total": round(time.perf_counter() - t0, 3)}
+        finish(check_pruned(pruned, expected) if verify else check_checker(pruned))
+        if report_path is not None:
+            with staged_output(report_path) as stage:
+                stage.model_path.write_bytes(_report_bytes(report, report_path))
     return PruneResult(pruned, plan, report, compiled, scores)
+
+
+def _report_bytes(report: dict, path) -> bytes:
+    try:
+        return to_json(report).encode()
+    except (OSError, ValueError, TypeError) as exc:
+        raise UsageError(f"{path}: cannot write the report ({exc})") from None
 
 
 def _statistics(compiled: Compiled, hessian, calib_data, samples: int, seed: int, damping: float, noise: str, say):

@@ -1,7 +1,6 @@
 """``spac``: the command line.  Every error is one line on stderr and a documented exit code."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -14,25 +13,14 @@ from typing import Optional
 import click
 
 from .errors import SpacError, UsageError
-from .noise import NOISE_KINDS
+from .jsonout import to_json
+from .obspa.noise import NOISE_KINDS
 from .progress import for_terminal
-from .statistics import SOURCES
+from .obspa.statistics import SOURCES
 
 
 def _emit_json(data) -> None:
-    click.echo(json.dumps(data, indent=2, default=_json_default))
-
-
-def _json_default(value):
-    import numpy as np
-
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
+    click.echo(to_json(data))
 
 
 def handled(func):
@@ -153,14 +141,8 @@ def prune(model, output, ratio, criterion, global_ranking, max_group_ratio, roun
                        max_group_ratio=max_group_ratio, reduce=reduce, seed=seed, verify=not no_verify,
                        prune_hidden=prune_hidden, prune_head_dims=prune_head_dims, calib=calib, hessian=hessian, noise=noise, samples=samples, damping=damping,
                        compensate=compensate, recalibrate_bn=recalibrate_bn,
-                       output=output, force=force, progress=progress)
+                       output=output, force=force, report_path=report_path, progress=progress)
     report = result.report
-    if report_path:
-        from .modelio import check_output_path
-
-        check_output_path(report_path)
-        with open(report_path, "w") as fh:
-            json.dump(report, fh, indent=2, default=_json_default)
     if as_json:
         _emit_json(report)
         return
@@ -247,7 +229,7 @@ def bench(model_a, model_b, batch, runs, warmup, threads, as_json, debug):
     from .cost import totals
     from .modelio import load_model
     from .normalize import normalize
-    from .verify import bench_pair
+    from .runtime import bench_pair
 
     if batch < 1 or runs < 1 or warmup < 0:
         raise UsageError("--batch and --runs must be >= 1, --warmup >= 0")
@@ -280,7 +262,7 @@ def bench(model_a, model_b, batch, runs, warmup, threads, as_json, debug):
 def verify(original, pruned, as_json, debug):
     """Check that PRUNED passes onnx.checker, runs, and keeps ORIGINAL's output shapes."""
     from .modelio import load_model
-    from .verify import check_runs
+    from .runtime import check_runs
 
     result = check_runs(load_model(original), load_model(pruned))
     if as_json:

@@ -18,7 +18,7 @@ from .ir import to_model
 from .pipeline import Compiled, apply_plan, score_groups
 from .plan import Plan, PlanOptions, make_plan
 from .rewrite import kept_positions
-from .verify import random_inputs, session, tensor_outputs
+from .runtime import random_inputs, session, tensor_outputs
 
 
 def masked_model(compiled: Compiled, plan: Plan) -> onnx.ModelProto:

@@ -8,7 +8,7 @@ from models import builders, sequence
 from spa_compiler.oracle import oracle_check
 from spa_compiler.pipeline import apply_plan, compile_model, score_groups
 from spa_compiler.plan import PlanOptions, make_plan
-from spa_compiler.verify import random_inputs, session
+from spa_compiler.runtime import random_inputs, session
 
 RULE_MODELS = {**builders.RULE_MODELS, **sequence.EXACT_MODELS}  # + recurrent layers and QDQ activations
 

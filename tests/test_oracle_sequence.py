@@ -15,7 +15,7 @@ from spa_compiler.analysis.rules import recurrent
 from spa_compiler.oracle import oracle_check
 from spa_compiler.pipeline import apply_plan, compile_model, score_groups
 from spa_compiler.plan import PlanOptions, make_plan
-from spa_compiler.verify import random_inputs, session
+from spa_compiler.runtime import random_inputs, session
 
 # dynamic quantization moves with the removed channels' ranges: well under this, unlike a wrong rule (~0.2)
 QUANTIZED_TOLERANCE = 0.03
