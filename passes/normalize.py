@@ -508,7 +508,9 @@ def _infer(graph: gs.Graph, notes: list[str], symbolic: bool) -> None:
         notes.append(f"infer_shapes: failed ({str(exc).splitlines()[0][:160]}); exporter shapes kept")
         return
     shapes = _value_shapes(inferred)
-    if symbolic and any(_has_unknown(dims) for dims, _ in shapes.values()):
+    missing = any(isinstance(t, gs.Variable) and t.name and t.name not in shapes and t not in graph.inputs
+                  for t in graph.tensors().values())  # ONNX stops at ops it does not know (contrib ops)
+    if symbolic and (missing or any(_has_unknown(dims) for dims, _ in shapes.values())):
         symbolic = _symbolic_shapes(inferred)
         shapes.update({k: v for k, v in symbolic.items() if not _has_unknown(v[0]) or k not in shapes})
     for name, tensor in graph.tensors().items():
@@ -571,10 +573,10 @@ def _symbolic_shapes(model: onnx.ModelProto) -> dict[str, tuple[list, int]]:
     import tempfile
 
     try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+        from spa_compiler.passes.contrib_shapes import ContribShapeInference
 
         with tempfile.TemporaryDirectory(prefix="spac-shapes-") as scratch, _working_directory(scratch):
-            return _value_shapes(SymbolicShapeInference.infer_shapes(model, auto_merge=True))
+            return _value_shapes(ContribShapeInference.infer_shapes(model, auto_merge=True))
     except Exception:  # noqa: BLE001 - unsupported ops or no sympy: keep what ONNX inferred
         return {}
 

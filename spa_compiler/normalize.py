@@ -18,7 +18,7 @@ from .ir import ModelMeta, meta_of, to_graph, to_model
 MODEL_PIPELINE_BEFORE = ("strip_initializer_inputs", "upgrade_opset")
 GRAPH_PIPELINE = ("constants_to_initializers", "castlike_constants", "lower_ml_scaler", "remove_identity",
                   "infer_shapes", "refuse_absurd_shapes", "sequence_split_to_split", "einsum_to_matmul",
-                  "fold_weight_layouts", "infer_shapes", "fold_constants", "group_norm_as_split",
+                  "fold_weight_layouts", "infer_shapes", "fold_constants", "drop_zero_states", "group_norm_as_split",
                   "unshare_initializers", "cleanup", "infer_shapes_symbolic", "refuse_inconsistent_weights")
 
 

@@ -97,6 +97,8 @@ def random_inputs(sess, batch: int = 1, seed: int = 0, dims: Optional[dict[str, 
     """Seeded random feeds for every graph input (symbolic dims: batch for the first, else 1 or *dims*)."""
     rng = np.random.default_rng(seed)
     feeds = {}
+    # a dim named like some input's first axis is the batch everywhere (state inputs [layers, batch, hidden])
+    batch_names = {arg.shape[0] for arg in sess.get_inputs() if arg.shape and isinstance(arg.shape[0], str)}
     for arg in sess.get_inputs():
         shape = []
         for i, d in enumerate(arg.shape):
@@ -105,7 +107,7 @@ def random_inputs(sess, batch: int = 1, seed: int = 0, dims: Optional[dict[str, 
             elif dims and isinstance(d, str) and d in dims:
                 shape.append(dims[d])
             else:
-                shape.append(batch if i == 0 else 1)
+                shape.append(batch if i == 0 or d in batch_names else 1)
         dtype = _NP_TYPES.get(arg.type, np.float32)
         if np.issubdtype(dtype, np.floating):
             feeds[arg.name] = rng.standard_normal(shape).astype(dtype)
