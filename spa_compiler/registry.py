@@ -17,7 +17,8 @@ from .errors import UsageError
 
 KINDS = ("normalize", "criterion")
 ENTRY_POINT_GROUP = "spa_compiler.passes"
-BUILTIN_MODULES = tuple(f"spa_compiler.passes.{name}" for name in ("normalize", "criteria", "obspa", "calibrated"))
+BUILTIN_MODULES = tuple(f"spa_compiler.passes.{name}" for name in ("normalize", "recurrent", "criteria", "obspa",
+                                                                     "calibrated"))
 
 
 @dataclass(frozen=True)
