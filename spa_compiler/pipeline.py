@@ -58,17 +58,17 @@ def compile_model(source: ModelLike, prune_hidden: bool = False, head_dims: bool
     return Compiled(normalized.graph, normalized.meta, analysis, normalized.notes, where)
 
 
-def score_groups(compiled: Compiled, criterion: Union[str, type[Criterion]] = "l2", seed: int = 0,
+def score_groups(compiled: Compiled, criterion: Union[str, registry.PassInfo] = "l2", seed: int = 0,
                  reduce: str = "sum", groups=None, obs=None, progress=None) -> dict[int, np.ndarray]:
-    """Run a criterion pass (its registered name, or its class) on every prunable group.
+    """Run a criterion pass (its registered name, or the registry entry already looked up) on every prunable group.
 
     *obs*: statistics for passes that declare ``needs_statistics`` (identity statistics when not given).
     """
     if reduce not in REDUCTIONS:
         raise CompileError(f"unknown reduction {reduce!r}")
-    pass_class = registry.get("criterion", criterion).factory if isinstance(criterion, str) else criterion
-    criterion = criterion if isinstance(criterion, str) else pass_class.__name__
-    pass_ = pass_class(reduce=reduce)
+    info = registry.get("criterion", criterion) if isinstance(criterion, str) else criterion
+    criterion = info.name
+    pass_: Criterion = info.factory(reduce=reduce)
     if obs is None and pass_.needs_statistics:
         from .obspa.compensate import ObsContext
 
