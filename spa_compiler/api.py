@@ -13,6 +13,7 @@ from .obspa import statistics
 from .obspa.compensate import ObsContext, compensate as compensation
 from .cost import totals
 from .errors import UsageError
+from .finite import check_input_weights, guard_written_model, guard_written_weights
 from .ir import to_model
 from .jsonout import to_json
 from .modelio import (EXTERNAL_DATA_THRESHOLD, ModelLike, check_input_file, check_output_path, check_written_files,
@@ -79,6 +80,8 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
     say("analyzing")
     compiled = compile_model(model, prune_hidden=prune_hidden, head_dims=prune_head_dims)
     require_prunable(compiled)
+    parameters = {p.tensor for g in compiled.analysis.groups for p in g.params}
+    nonfinite, finite_warnings = check_input_weights(compiled.graph, parameters, force)
     t1 = time.perf_counter()
     compensating = getattr(criterion_cls, "compensates", False) if compensate is None else compensate
     warnings, hessian_info, obs = [], None, None
@@ -98,6 +101,7 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
         updates = compensation(obs or ObsContext(compiled.graph, compiled.analysis, {}, damping), plan)
     say(f"rewriting {len(plan.removed)} groups")
     graph, log = rewrite(compiled.graph, compiled.meta, compiled.analysis, plan, updates)
+    guard_written_weights(graph, nonfinite)
     release_pages()
     pruned = None
     if recalibrate_bn:
@@ -105,10 +109,12 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
 
         say("recalibrating BatchNorm statistics on the calibration inputs")
         pruned = recalibrate_batchnorm(to_model(graph, compiled.meta), calib_data)
+        guard_written_model(pruned, nonfinite)
     t2 = time.perf_counter()
     report = build_report(compiled, graph, plan, log, criterion, options, target_macs)
     expected = {t.name: [d if isinstance(d, int) else None for d in (t.shape or [])] for t in compiled.graph.outputs}
-    report.update(verify=None, hessian=hessian_info, compensated=bool(compensating), warnings=warnings)
+    report.update(verify=None, hessian=hessian_info, compensated=bool(compensating),
+                  warnings=finite_warnings + warnings)
 
     def finish(verification) -> None:
         report["verify"] = verification
