@@ -91,7 +91,8 @@ def prune_with(model: ModelLike, opts: PruneOptions, progress: Optional[Callable
         obs, hessian_info, warnings = _statistics(compiled, opts.hessian, calib_data, opts.samples, opts.seed,
                                                   opts.damping, opts.noise, say)
     say(f"scoring {len(compiled.analysis.prunable_groups)} groups with {criterion}")
-    scores = score_groups(compiled, opts.contract, seed=opts.seed, reduce=opts.reduce, obs=obs, progress=progress)
+    scores = score_groups(compiled, opts.contract, seed=opts.seed, reduce=opts.reduce, obs=obs, progress=progress,
+                          name=opts.criterion)
     plan = plan_pruning(compiled, scores, options, target_macs)
     if not plan.removed and ratio > 0 and target_macs is None:
         raise UsageError(f"{compiled.source}: ratio {ratio} removes no channel (groups too small or excluded)")
