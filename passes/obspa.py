@@ -6,7 +6,7 @@ by its output energy) goes first; weights and inverse Hessians are updated
 before the next choice.  Scores are the cumulative normalized cost at the
 step an atom goes, so they compare across groups: obspa ranks globally unless
 told ``--local`` (measured at equal MACs: more accuracy on the digits CNN and
-ViT, a tie on the MLP; see the README).  The pipeline then applies the compensation itself
+ViT, a tie on the MLP; see docs/obspa.md).  The pipeline then applies the compensation itself
 (:mod:`spa_compiler.obspa.compensate`).
 """
 from __future__ import annotations
