@@ -65,7 +65,11 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
 
 
 def prune_with(model: ModelLike, opts: PruneOptions, progress: Optional[Callable[[str], None]] = None) -> PruneResult:
-    """:func:`prune` with its options already built (and so validated): what the CLI calls."""
+    """:func:`prune` with its options already built (and so validated): what the CLI calls.
+
+    The one driver: analysis -> statistics -> score -> plan -> compensate -> rewrite -> recalibrate -> report
+    -> verify and write.  The stages themselves live in :mod:`.pipeline` and :mod:`.obspa`.
+    """
     say = progress or (lambda _msg: None)
     ratio, criterion, target_macs, calib, output, report_path, verify = (
         opts.ratio, opts.criterion, opts.target_macs, opts.calib, opts.output, opts.report_path, opts.verify)
