@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import onnx
 
-from . import registry, statistics
+from . import fidelity, registry, statistics
 from .analysis import PRODUCER
+from .budget import MaxErrorSearch
 from .compensate import ObsContext, compensate as compensation
 from .cost import totals
 from .errors import UsageError
@@ -40,14 +42,16 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
           max_group_ratio: float = 0.9, reduce: str = "sum", seed: int = 0, verify: bool = True,
           prune_hidden: bool = False, prune_head_dims: bool = False, hessian: Optional[str] = None, calib=None, samples: int = 256,
           damping: float = 0.01, compensate: Optional[bool] = None, recalibrate_bn: bool = False, noise: str = "auto",
-          output: Optional[str] = None, force: bool = False,
+          max_error: Optional[float] = None, output: Optional[str] = None, force: bool = False,
           progress: Optional[Callable[[str], None]] = None) -> PruneResult:
     """Prune whole channels of *model* (a path or an ``onnx.ModelProto``).
 
     ratio: fraction of each group's channels removed (or of all channels with
     ``global_ranking``; None lets the criterion choose: global for obspa, whose
     energy-normalized costs compare across layers, local otherwise); target_macs: instead of a ratio, prune until the MACs
-    are at most this fraction of the original; prune_hidden: also prune a
+    are at most this fraction of the original; max_error: instead of a ratio, prune as much as possible
+    while the outputs' relative L2 error on the measurement inputs stays at most this (with target_macs:
+    the MACs target is the goal, never beyond this error; see :mod:`budget`); prune_hidden: also prune a
     transformer's residual-stream width (inexact through LayerNorm, opt-in).  With *output*, the model is
     written atomically after verification.  Raises :class:`SpacError`
     subclasses with one-line messages.
@@ -63,6 +67,8 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
     options.validate()
     if samples < 2 or damping < 0:
         raise UsageError("--samples must be >= 2 and --damping >= 0")
+    if max_error is not None and not max_error > 0:
+        raise UsageError(f"--max-error must be > 0, got {max_error}")
     if recalibrate_bn and calib is None:
         raise UsageError("--recalibrate-bn needs --calib inputs")
     input_path = None if isinstance(model, onnx.ModelProto) else str(model)
@@ -82,53 +88,86 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
         options = PlanOptions(**{**options.__dict__, "normalize": criterion_cls.global_normalize})
     say(f"scoring {len(compiled.analysis.prunable_groups)} groups with {criterion}")
     scores = score_groups(compiled, criterion, seed=seed, reduce=reduce, obs=obs, progress=progress)
-    plan = plan_pruning(compiled, scores, options, target_macs)
-    if not plan.removed and ratio > 0 and target_macs is None:
-        raise UsageError(f"{compiled.source}: ratio {ratio} removes no channel (groups too small or excluded)")
-    updates = None
-    if compensating:
-        say("compensating consumer weights and folding into BatchNorm")
-        updates = compensation(obs or ObsContext(compiled.graph, compiled.analysis, {}, damping), plan)
-    say(f"rewriting {len(plan.removed)} groups")
-    graph, log = rewrite(compiled.graph, compiled.meta, compiled.analysis, plan, updates)
-    release_pages()
-    pruned = None
-    if recalibrate_bn:
-        from .recalibrate import recalibrate_batchnorm
+    measurement = None
+    if verify or max_error is not None:
+        say("measuring the dense model on the measurement inputs")
+        measurement = fidelity.measure_dense(input_path or model, calib_data, seed, noise)
 
-        say("recalibrating BatchNorm statistics on the calibration inputs")
-        pruned = recalibrate_batchnorm(to_model(graph, compiled.meta), calib_data)
-    t2 = time.perf_counter()
-    report = build_report(compiled, graph, plan, log, criterion, options, target_macs)
+    def updates_for(plan: Plan):
+        return compensation(obs or ObsContext(compiled.graph, compiled.analysis, {}, damping), plan) \
+            if compensating else None
+
+    search = None
+    if max_error is not None:
+        search = MaxErrorSearch(compiled, scores, options, measurement, max_error, target_macs, updates_for, progress)
+        plan = _within_max_error(search, target_macs, say)
+    else:
+        plan = plan_pruning(compiled, scores, options, target_macs)
+        if not plan.removed and ratio > 0 and target_macs is None:
+            raise UsageError(f"{compiled.source}: ratio {ratio} removes no channel (groups too small or excluded)")
     expected = {t.name: [d if isinstance(d, int) else None for d in (t.shape or [])] for t in compiled.graph.outputs}
-    verification = None
-    if output is not None:
-        external = (input_path is not None and uses_external_data(input_path)) or \
-            total_constant_bytes(graph) > EXTERNAL_DATA_THRESHOLD
-        with staged_output(output) as stage:  # renamed into place only if verified
-            say(f"writing {output}" + (" (weights streamed to external data)" if external else ""))
-            if pruned is None:
-                pruned = write_graph(graph, compiled.meta, stage, external)
+    staging = staged_output(output) if output is not None else nullcontext()
+    with staging as stage:  # a written model is renamed into place only if verified
+        while True:
+            if compensating:
+                say("compensating consumer weights and folding into BatchNorm")
+            updates = updates_for(plan)
+            say(f"rewriting {len(plan.removed)} groups")
+            graph, log = rewrite(compiled.graph, compiled.meta, compiled.analysis, plan, updates)
+            release_pages()
+            pruned = None
+            if recalibrate_bn:
+                from .recalibrate import recalibrate_batchnorm
+
+                say("recalibrating BatchNorm statistics on the calibration inputs")
+                pruned = recalibrate_batchnorm(to_model(graph, compiled.meta), calib_data)
+            t2 = time.perf_counter()
+            report = build_report(compiled, graph, plan, log, criterion, options, target_macs)
+            if stage is not None:
+                external = (input_path is not None and uses_external_data(input_path)) or \
+                    total_constant_bytes(graph) > EXTERNAL_DATA_THRESHOLD
+                say(f"writing {output}" + (" (weights streamed to external data)" if external else ""))
+                if pruned is None:
+                    pruned = write_graph(graph, compiled.meta, stage, external)
+                else:
+                    write_proto(pruned, stage, external)
+                target = stage.model_path
+                report["output"] = str(output)
             else:
-                write_proto(pruned, stage, external)
-            del graph  # written: its arrays can go before onnxruntime loads the file
+                pruned = pruned if pruned is not None else to_model(graph, compiled.meta)
+                target = pruned
+            del graph  # written or in the protobuf: its arrays can go before onnxruntime loads the model
+            verification = None
             if verify:
                 say("verifying with onnxruntime")
-                verification = check_pruned(stage.model_path, expected)
-        report["output"] = str(output)
-    else:
-        pruned = pruned if pruned is not None else to_model(graph, compiled.meta)
-        del graph  # the protobuf holds the pruned weights from here on
-        if verify:
-            say("verifying with onnxruntime")
-            verification = check_pruned(pruned, expected)
+                verification = check_pruned(target, expected)
+            fid = fidelity.measure(target, measurement) if measurement is not None else None
+            smaller = search.back_off(fidelity.relative_error(fid)) if search is not None else None
+            if smaller is None:
+                break
+            say(f"measured {fidelity.relative_error(fid):.4f} > --max-error {max_error}: backing off")
+            plan = smaller
     report["verify"] = verification
     report["hessian"] = hessian_info
     report["compensated"] = bool(compensating)
-    report["warnings"] = warnings
+    report["fidelity"] = fid
+    if search is not None:
+        report["max_error"] = search.report(fidelity.relative_error(fid))
+    collapse = fidelity.collapse_warning(fid) if fid is not None else None
+    report["warnings"] = warnings + ([collapse] if collapse else [])
     report["seconds"] = {"analyze": round(t1 - t0, 3), "prune": round(t2 - t1, 3),
                          "total": round(time.perf_counter() - t0, 3)}
     return PruneResult(pruned, plan, report, compiled, scores)
+
+
+def _within_max_error(search: MaxErrorSearch, target_macs: Optional[float], say) -> Plan:
+    """The MACs target's own plan when it measures within the limit, else the sensitivity search's plan."""
+    if target_macs is not None:
+        plan = plan_pruning(search.compiled, search.scores, search.options, target_macs)
+        if search.error(plan) <= search.limit:
+            return plan
+    say(f"searching the largest pruning within relative error {search.limit}")
+    return search.search()
 
 
 def _statistics(compiled: Compiled, hessian, calib_data, samples: int, seed: int, damping: float, noise: str, say):
