@@ -15,14 +15,15 @@ from .compensate import ObsContext, compensate as compensation
 from .cost import totals
 from .errors import UsageError
 from .ir import to_model
-from .modelio import (EXTERNAL_DATA_THRESHOLD, ModelLike, check_output_path, staged_output, uses_external_data,
-                      write_graph, write_proto)
+from .jsonout import to_json
+from .modelio import (EXTERNAL_DATA_THRESHOLD, ModelLike, check_input_file, check_output_path, check_written_files,
+                      staged_output, uses_external_data, write_graph, write_proto)
 from .noise import NOISE_KINDS
 from .pipeline import (Compiled, bn_free_conv_warning, choose_hessian_source, compile_model,
                        consumer_nodes, load_calib, plan_pruning, require_prunable, score_groups)
 from .plan import Plan, PlanOptions
 from .rewrite import rewrite
-from .verify import check_pruned
+from .verify import check_checker, check_pruned
 from .weights import release_pages, total_constant_bytes
 
 
@@ -43,6 +44,7 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
           prune_hidden: bool = False, prune_head_dims: bool = False, hessian: Optional[str] = None, calib=None, samples: int = 256,
           damping: float = 0.01, compensate: Optional[bool] = None, recalibrate_bn: bool = False, noise: str = "auto",
           max_error: Optional[float] = None, output: Optional[str] = None, force: bool = False,
+          report_path: Optional[str] = None,
           progress: Optional[Callable[[str], None]] = None) -> PruneResult:
     """Prune whole channels of *model* (a path or an ``onnx.ModelProto``).
 
@@ -53,7 +55,8 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
     while the outputs' relative L2 error on the measurement inputs stays at most this (with target_macs:
     the MACs target is the goal, never beyond this error; see :mod:`budget`); prune_hidden: also prune a
     transformer's residual-stream width (inexact through LayerNorm, opt-in).  With *output*, the model is
-    written atomically after verification.  Raises :class:`SpacError`
+    written atomically after verification, together with the JSON report at *report_path*
+    (both or neither).  Raises :class:`SpacError`
     subclasses with one-line messages.
     """
     say = progress or (lambda _msg: None)
@@ -72,8 +75,12 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
     if recalibrate_bn and calib is None:
         raise UsageError("--recalibrate-bn needs --calib inputs")
     input_path = None if isinstance(model, onnx.ModelProto) else str(model)
+    if input_path is not None:
+        check_input_file(input_path)
     if output is not None:
-        check_output_path(output, input_path, force)
+        check_written_files(output, report_path, input_path, calib, force)
+    elif report_path is not None:
+        check_output_path(report_path, input_path, what="report")
     t0 = time.perf_counter()
     say("analyzing")
     compiled = compile_model(model, prune_hidden=prune_hidden, head_dims=prune_head_dims)
@@ -107,7 +114,7 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
             raise UsageError(f"{compiled.source}: ratio {ratio} removes no channel (groups too small or excluded)")
     expected = {t.name: [d if isinstance(d, int) else None for d in (t.shape or [])] for t in compiled.graph.outputs}
     staging = staged_output(output) if output is not None else nullcontext()
-    with staging as stage:  # a written model is renamed into place only if verified
+    with staging as stage:  # a written model is renamed into place only if verified, with the report
         while True:
             if compensating:
                 say("compensating consumer weights and folding into BatchNorm")
@@ -132,31 +139,33 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
                 else:
                     write_proto(pruned, stage, external)
                 target = stage.model_path
-                report["output"] = str(output)
             else:
                 pruned = pruned if pruned is not None else to_model(graph, compiled.meta)
                 target = pruned
             del graph  # written or in the protobuf: its arrays can go before onnxruntime loads the model
-            verification = None
             if verify:
                 say("verifying with onnxruntime")
-                verification = check_pruned(target, expected)
+            verification = check_pruned(target, expected) if verify else check_checker(target)
             fid = fidelity.measure(target, measurement) if measurement is not None else None
             smaller = search.back_off(fidelity.relative_error(fid)) if search is not None else None
             if smaller is None:
                 break
             say(f"measured {fidelity.relative_error(fid):.4f} > --max-error {max_error}: backing off")
             plan = smaller
-    report["verify"] = verification
-    report["hessian"] = hessian_info
-    report["compensated"] = bool(compensating)
-    report["fidelity"] = fid
-    if search is not None:
-        report["max_error"] = search.report(fidelity.relative_error(fid))
-    collapse = fidelity.collapse_warning(fid) if fid is not None else None
-    report["warnings"] = warnings + ([collapse] if collapse else [])
-    report["seconds"] = {"analyze": round(t1 - t0, 3), "prune": round(t2 - t1, 3),
-                         "total": round(time.perf_counter() - t0, 3)}
+        collapse = fidelity.collapse_warning(fid) if fid is not None else None
+        report.update(verify=verification, hessian=hessian_info, compensated=bool(compensating), fidelity=fid,
+                      warnings=warnings + ([collapse] if collapse else []))
+        if search is not None:
+            report["max_error"] = search.report(fidelity.relative_error(fid))
+        report["seconds"] = {"analyze": round(t1 - t0, 3), "prune": round(t2 - t1, 3),
+                             "total": round(time.perf_counter() - t0, 3)}
+        if stage is not None:
+            report["output"] = str(output)
+            if report_path is not None:
+                stage.add_file(report_path, _report_bytes(report, report_path))
+    if output is None and report_path is not None:
+        with staged_output(report_path) as stage:
+            stage.model_path.write_bytes(_report_bytes(report, report_path))
     return PruneResult(pruned, plan, report, compiled, scores)
 
 
@@ -168,6 +177,13 @@ def _within_max_error(search: MaxErrorSearch, target_macs: Optional[float], say)
             return plan
     say(f"searching the largest pruning within relative error {search.limit}")
     return search.search()
+
+
+def _report_bytes(report: dict, path) -> bytes:
+    try:
+        return to_json(report).encode()
+    except (OSError, ValueError, TypeError) as exc:
+        raise UsageError(f"{path}: cannot write the report ({exc})") from None
 
 
 def _statistics(compiled: Compiled, hessian, calib_data, samples: int, seed: int, damping: float, noise: str, say):

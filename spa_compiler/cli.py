@@ -1,7 +1,6 @@
 """``spac``: the command line.  Every error is one line on stderr and a documented exit code."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -14,25 +13,14 @@ from typing import Optional
 import click
 
 from .errors import SpacError, UsageError
+from .jsonout import to_json
 from .noise import NOISE_KINDS
 from .progress import for_terminal
 from .statistics import SOURCES
 
 
 def _emit_json(data) -> None:
-    click.echo(json.dumps(data, indent=2, default=_json_default))
-
-
-def _json_default(value):
-    import numpy as np
-
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
+    click.echo(to_json(data))
 
 
 def handled(func):
@@ -156,14 +144,8 @@ def prune(model, output, ratio, criterion, global_ranking, max_group_ratio, roun
                        max_group_ratio=max_group_ratio, reduce=reduce, seed=seed, verify=not no_verify,
                        prune_hidden=prune_hidden, prune_head_dims=prune_head_dims, calib=calib, hessian=hessian, noise=noise, samples=samples, damping=damping,
                        compensate=compensate, recalibrate_bn=recalibrate_bn, max_error=max_error,
-                       output=output, force=force, progress=progress)
+                       output=output, force=force, report_path=report_path, progress=progress)
     report = result.report
-    if report_path:
-        from .modelio import check_output_path
-
-        check_output_path(report_path)
-        with open(report_path, "w") as fh:
-            json.dump(report, fh, indent=2, default=_json_default)
     if as_json:
         _emit_json(report)
         return

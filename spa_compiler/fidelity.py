@@ -139,7 +139,7 @@ class _Accumulator:
         a, b = ref.astype(np.float64), got.astype(np.float64)
         self.finite &= bool(np.isfinite(b).all())
         b = np.nan_to_num(b, nan=0.0, posinf=0.0, neginf=0.0)
-        self.diff_sq += float(np.sum((a - b) ** 2)) if self.finite else float("inf")
+        self.diff_sq += float(np.sum((a - b) ** 2))
         self.ref_sq += float(np.sum(a ** 2))
         rows_a = a.reshape(len(a), -1) if a.ndim >= 2 else a.reshape(1, -1)
         rows_b = b.reshape(len(b), -1) if b.ndim >= 2 else b.reshape(1, -1)
@@ -156,9 +156,9 @@ class _Accumulator:
     def result(self) -> dict:
         if not self.floating:
             return {"kind": "integer", "equal": self.agree / max(self.positions, 1)}
-        error = float(np.sqrt(self.diff_sq / self.ref_sq)) if self.ref_sq > 0 else (0.0 if self.diff_sq == 0 else
-                                                                                       float("inf"))
-        out = {"kind": "float", "rel_error": error, "cosine": self.cosines / max(self.rows, 1),
+        error = float(np.sqrt(self.diff_sq / max(self.ref_sq, 1e-300))) if self.diff_sq else 0.0
+        out = {"kind": "float", "rel_error": error if self.finite else None,  # None: JSON has no infinity
+               "cosine": self.cosines / max(self.rows, 1),
                "finite": self.finite}
         if self.scores:
             out["top1"] = self.agree / max(self.positions, 1)
@@ -179,7 +179,8 @@ def compare(reference: Reference, outputs: Iterable[list[np.ndarray]]) -> dict:
     floats = [r for r in per_output.values() if r["kind"] == "float"]
     tops = [r["top1"] for r in floats if "top1" in r]
     return {"outputs": per_output,
-            "rel_error": max((r["rel_error"] for r in floats), default=0.0),
+            "rel_error": None if any(r["rel_error"] is None for r in floats) else
+            max((r["rel_error"] for r in floats), default=0.0),
             "cosine": min((r["cosine"] for r in floats), default=1.0),
             "top1": min(tops) if tops else None,
             "finite": all(r["finite"] for r in floats)}
@@ -196,15 +197,15 @@ def measure(pruned, measurement: Measurement) -> dict:
 
 def relative_error(fidelity: dict) -> float:
     """The number ``--max-error`` bounds: the worst float output's relative L2 error (inf if non-finite)."""
-    return fidelity["rel_error"] if fidelity.get("finite", True) else float("inf")
+    return fidelity["rel_error"] if fidelity["rel_error"] is not None else float("inf")
 
 
 def collapse_warning(fidelity: dict) -> Optional[str]:
     """One plain line when the pruned model no longer computes what the dense one did, else None."""
     error, cosine = relative_error(fidelity), fidelity["cosine"]
-    if fidelity.get("finite", True) and cosine >= COLLAPSE_COSINE and error <= COLLAPSE_ERROR:
+    if fidelity["finite"] and cosine >= COLLAPSE_COSINE and error <= COLLAPSE_ERROR:
         return None
-    what = "non-finite outputs" if not fidelity.get("finite", True) else \
+    what = "non-finite outputs" if not fidelity["finite"] else \
         f"output cosine {cosine:.3f}, relative error {error:.3f}"
     return (f"fidelity collapsed ({what} on {fidelity.get('inputs', 'the measurement inputs')}): "
             "try a smaller --ratio/--target-macs, --calib with real inputs, or --max-error 0.05")

@@ -132,11 +132,13 @@ def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], providers=None) ->
     return sess.run(None, feeds)
 
 
-def _check_model(pruned) -> None:
+def check_checker(pruned, label: str = "pruned model") -> None:
+    """onnx.checker on a ModelProto or a model file (even with ``--no-verify``: never write an invalid model)."""
     try:
         onnx.checker.check_model(str(pruned) if not isinstance(pruned, onnx.ModelProto) else pruned)
-    except onnx.checker.ValidationError as exc:
-        raise VerificationError(f"pruned model fails onnx.checker: {str(exc).splitlines()[0][:200]}") from None
+    except (onnx.checker.ValidationError, ValueError, OSError) as exc:
+        text = str(exc).strip().splitlines()
+        raise VerificationError(f"{label} fails onnx.checker: {text[0][:200] if text else type(exc).__name__}") from None
 
 
 def check_pruned(pruned, expected: dict[str, list], batch: int = 2) -> dict:
@@ -147,7 +149,7 @@ def check_pruned(pruned, expected: dict[str, list], batch: int = 2) -> dict:
     models would need a second session of the dense weights.  *pruned* is a
     ModelProto or the path of a written model (read from disk by onnxruntime).
     """
-    _check_model(pruned)
+    check_checker(pruned)
     providers = default_providers()
     lean = not isinstance(pruned, onnx.ModelProto) and size_on_disk(pruned) > LEAN_SESSION_BYTES
     try:

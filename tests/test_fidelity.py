@@ -95,7 +95,7 @@ def test_compare_metrics_on_known_arrays():
     assert flipped["rel_error"] == pytest.approx(2) and flipped["cosine"] == pytest.approx(-1)
     assert flipped["top1"] == 0 and fidelity.collapse_warning(flipped)
     broken = fidelity.compare(reference, [[np.full_like(ref, np.nan)]])
-    assert not broken["finite"] and fidelity.relative_error(broken) == float("inf")
+    assert not broken["finite"] and broken["rel_error"] is None and fidelity.relative_error(broken) == float("inf")
     assert "non-finite" in fidelity.collapse_warning(broken)
     ints = fidelity.compare(fidelity.Reference(["ids"], [[np.array([1, 2, 3])]]), [[np.array([1, 0, 3])]])
     assert ints["outputs"]["ids"] == {"kind": "integer", "equal": pytest.approx(2 / 3)}
