@@ -6,7 +6,8 @@ every prune run measures the pruned model against the dense one on the same
 *measurement inputs*: the calibration inputs when given, else a small seeded
 set of the data-free inputs the statistics use (:func:`noise.noise_inputs`).
 Per float output it reports the relative L2 error ``||y - y0|| / ||y0||``
-over all samples, the mean per-sample cosine, and where an output looks like
+over all samples, the mean per-sample cosine (of all samples as one vector
+where a sample is one number), and where an output looks like
 class scores (rank 2 or 3, last axis > 1) the top-1 agreement along the last
 axis (per position for sequence taggers).  The dense outputs are computed
 once and kept (small: a few batches); sessions open model files directly so
@@ -122,6 +123,8 @@ class _Accumulator:
 
     diff_sq: float = 0.0
     ref_sq: float = 0.0
+    dot: float = 0.0
+    got_sq: float = 0.0
     cosines: float = 0.0
     rows: int = 0
     agree: int = 0
@@ -141,24 +144,32 @@ class _Accumulator:
         b = np.nan_to_num(b, nan=0.0, posinf=0.0, neginf=0.0)
         self.diff_sq += float(np.sum((a - b) ** 2))
         self.ref_sq += float(np.sum(a ** 2))
-        rows_a = a.reshape(len(a), -1) if a.ndim >= 2 else a.reshape(1, -1)
-        rows_b = b.reshape(len(b), -1) if b.ndim >= 2 else b.reshape(1, -1)
-        norms = np.linalg.norm(rows_a, axis=1) * np.linalg.norm(rows_b, axis=1)
-        both_zero = (np.linalg.norm(rows_a, axis=1) == 0) & (np.linalg.norm(rows_b, axis=1) == 0)
-        cos = np.where(both_zero, 1.0, np.sum(rows_a * rows_b, axis=1) / np.maximum(norms, 1e-300))
-        self.cosines += float(np.sum(cos))
-        self.rows += len(cos)
+        self.dot += float(np.sum(a * b))
+        self.got_sq += float(np.sum(b ** 2))
+        if a.ndim >= 2 and a[0].size > 1:  # per-sample cosines; a sample of one number has no direction
+            rows_a, rows_b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+            norm_a, norm_b = np.linalg.norm(rows_a, axis=1), np.linalg.norm(rows_b, axis=1)
+            cos = np.where((norm_a == 0) & (norm_b == 0), 1.0,
+                           np.sum(rows_a * rows_b, axis=1) / np.maximum(norm_a * norm_b, 1e-300))
+            self.cosines += float(np.sum(cos))
+            self.rows += len(cos)
         if looks_like_scores(ref):
             self.scores = True
             self.agree += int(np.sum(np.argmax(a, axis=-1) == np.argmax(b, axis=-1)))
             self.positions += int(np.prod(a.shape[:-1]))
+
+    def _overall_cosine(self) -> float:
+        """Cosine of all samples as one vector: for outputs of one number per sample (a score, a tag)."""
+        if self.ref_sq == 0 and self.got_sq == 0:
+            return 1.0
+        return self.dot / max(float(np.sqrt(self.ref_sq * self.got_sq)), 1e-300)
 
     def result(self) -> dict:
         if not self.floating:
             return {"kind": "integer", "equal": self.agree / max(self.positions, 1)}
         error = float(np.sqrt(self.diff_sq / max(self.ref_sq, 1e-300))) if self.diff_sq else 0.0
         out = {"kind": "float", "rel_error": error if self.finite else None,  # None: JSON has no infinity
-               "cosine": self.cosines / max(self.rows, 1),
+               "cosine": self.cosines / self.rows if self.rows else self._overall_cosine(),
                "finite": self.finite}
         if self.scores:
             out["top1"] = self.agree / max(self.positions, 1)

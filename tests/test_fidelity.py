@@ -99,3 +99,9 @@ def test_compare_metrics_on_known_arrays():
     assert "non-finite" in fidelity.collapse_warning(broken)
     ints = fidelity.compare(fidelity.Reference(["ids"], [[np.array([1, 2, 3])]]), [[np.array([1, 0, 3])]])
     assert ints["outputs"]["ids"] == {"kind": "integer", "equal": pytest.approx(2 / 3)}
+
+
+def test_one_number_per_sample_outputs_get_the_cosine_of_all_samples():
+    ref = np.array([1.0, -2.0, 3.0], dtype=np.float32)  # e.g. a per-position tagger score
+    result = fidelity.compare(fidelity.Reference(["s"], [[ref]]), [[np.array([1.0, 2.0, 3.0], np.float32)]])
+    assert result["cosine"] == pytest.approx(6 / 14)
