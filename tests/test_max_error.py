@@ -12,7 +12,7 @@ from spa_compiler.budget import MaxErrorSearch, _upper_hull
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = [ROOT / "models" / "demo_cnn.onnx", ROOT / "models" / "trained" / "digits_cnn.onnx",
-          ROOT / "models" / "trained" / "tabular_mlp.onnx"]
+          ROOT / "models" / "trained" / "digits_vit.onnx", ROOT / "models" / "trained" / "tabular_mlp.onnx"]
 
 
 def _measured(source, pruned, calib=None) -> float:
@@ -64,6 +64,28 @@ def test_written_model_over_the_limit_backs_off(monkeypatch):
     assert result.report["max_error"]["budget"] < result.report["max_error"]["increments"]
     assert result.report["fidelity"]["rel_error"] <= 0.1
     assert _measured(path, result.model) <= 0.1
+
+
+@pytest.mark.parametrize("compensated", [False, True])
+def test_masked_probe_measures_what_the_rewritten_model_computes(compensated):
+    """Weights fed as masked inputs (with OBSPA's compensated values) equal the pruned model, on exact groups."""
+    from spa_compiler.compensate import ObsContext, compensate
+    from spa_compiler.pipeline import apply_plan, compile_model, score_groups
+    from spa_compiler.plan import PlanOptions, make_plan
+
+    path = str(ROOT / "models" / "trained" / "digits_cnn.onnx")
+    compiled = compile_model(path)
+    scores = score_groups(compiled, "l2")
+    options = PlanOptions(ratio=0.3)
+    plan = make_plan(compiled.analysis, scores, options)
+    updates_for = (lambda p: compensate(ObsContext(compiled.graph, compiled.analysis), p)) \
+        if compensated else (lambda p: None)
+    measurement = fidelity.measure_dense(path)
+    search = MaxErrorSearch(compiled, scores, options, measurement, 0.1, updates_for=updates_for)
+    masked = search.error(plan)
+    rewritten = fidelity.relative_error(fidelity.measure(apply_plan(compiled, plan, updates_for(plan))[0],
+                                                         measurement))
+    assert masked == pytest.approx(rewritten, rel=1e-4) and masked > 0.01
 
 
 def test_max_error_must_be_positive():
