@@ -8,22 +8,24 @@ from typing import Callable, Optional, Sequence
 
 import onnx
 
-from . import fidelity, registry, statistics
+from . import fidelity, registry
 from .analysis import PRODUCER
 from .budget import MaxErrorSearch
-from .compensate import ObsContext, compensate as compensation
+from .obspa import statistics
+from .obspa.compensate import ObsContext, compensate as compensation
 from .cost import totals
 from .errors import UsageError
+from .finite import check_input_weights, guard_written_model, guard_written_weights
 from .ir import to_model
 from .jsonout import to_json
 from .modelio import (EXTERNAL_DATA_THRESHOLD, ModelLike, check_input_file, check_output_path, check_written_files,
                       staged_output, uses_external_data, write_graph, write_proto)
-from .noise import NOISE_KINDS
+from .obspa.noise import NOISE_KINDS
 from .pipeline import (Compiled, bn_free_conv_warning, choose_hessian_source, compile_model,
                        consumer_nodes, load_calib, plan_pruning, require_prunable, score_groups)
 from .plan import Plan, PlanOptions
 from .rewrite import rewrite
-from .verify import check_checker, check_pruned
+from .runtime import check_checker, check_pruned
 from .weights import release_pages, total_constant_bytes
 
 
@@ -85,6 +87,8 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
     say("analyzing")
     compiled = compile_model(model, prune_hidden=prune_hidden, head_dims=prune_head_dims)
     require_prunable(compiled)
+    parameters = {p.tensor for g in compiled.analysis.groups for p in g.params}
+    nonfinite, finite_warnings = check_input_weights(compiled.graph, parameters, force)
     t1 = time.perf_counter()
     compensating = getattr(criterion_cls, "compensates", False) if compensate is None else compensate
     warnings, hessian_info, obs = [], None, None
@@ -98,7 +102,9 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
     measurement = None
     if verify or max_error is not None:
         say("measuring the dense model on the measurement inputs")
-        measurement = fidelity.measure_dense(input_path or model, calib_data, seed, noise)
+        measurement, unmeasured = fidelity.try_measure_dense(input_path or model, calib_data, seed, noise,
+                                                             required=max_error is not None)
+        warnings = warnings + unmeasured
 
     def updates_for(plan: Plan):
         return compensation(obs or ObsContext(compiled.graph, compiled.analysis, {}, damping), plan) \
@@ -121,13 +127,15 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
             updates = updates_for(plan)
             say(f"rewriting {len(plan.removed)} groups")
             graph, log = rewrite(compiled.graph, compiled.meta, compiled.analysis, plan, updates)
+            guard_written_weights(graph, nonfinite)
             release_pages()
             pruned = None
             if recalibrate_bn:
-                from .recalibrate import recalibrate_batchnorm
+                from .obspa.recalibrate import recalibrate_batchnorm
 
                 say("recalibrating BatchNorm statistics on the calibration inputs")
                 pruned = recalibrate_batchnorm(to_model(graph, compiled.meta), calib_data)
+                guard_written_model(pruned, nonfinite)
             t2 = time.perf_counter()
             report = build_report(compiled, graph, plan, log, criterion, options, target_macs)
             if stage is not None:
@@ -154,7 +162,7 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
             plan = smaller
         collapse = fidelity.collapse_warning(fid) if fid is not None else None
         report.update(verify=verification, hessian=hessian_info, compensated=bool(compensating), fidelity=fid,
-                      warnings=warnings + ([collapse] if collapse else []))
+                      warnings=finite_warnings + warnings + ([collapse] if collapse else []))
         if search is not None:
             report["max_error"] = search.report(fidelity.relative_error(fid))
         report["seconds"] = {"analyze": round(t1 - t0, 3), "prune": round(t2 - t1, 3),

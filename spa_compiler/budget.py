@@ -40,7 +40,7 @@ from .pipeline import Compiled, apply_plan
 from .plan import Plan, PlanOptions, candidate_groups, plan_from_ratios
 from .progress import step
 from .rewrite import kept_fraction
-from .verify import session
+from .runtime import session
 
 PROBE_RATIOS = (1 / 64, 1 / 32, 1 / 16, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
 PROBE_SAMPLES = 8  # probes run on the first measurement batches only; the bisection uses all of them

@@ -21,7 +21,8 @@ from typing import Iterable, Iterator, Optional, Sequence
 import numpy as np
 import onnx
 
-from .verify import LEAN_SESSION_BYTES, session, size_on_disk, tensor_outputs
+from .errors import UsageError, VerificationError
+from .runtime import LEAN_SESSION_BYTES, session, size_on_disk, tensor_outputs
 
 MEASURE_SAMPLES = 16  # data-free measurement samples (seeded like the statistics)
 CALIB_SAMPLES = 64    # at most this many calibration samples are measured
@@ -55,7 +56,7 @@ def _fixed_batch(sess) -> Optional[int]:
 def measurement_inputs(sess, calib: Optional[dict[str, np.ndarray]] = None, seed: int = 0, noise: str = "auto",
                        samples: int = MEASURE_SAMPLES) -> MeasurementInputs:
     """The calibration inputs (first CALIB_SAMPLES) or *samples* seeded data-free inputs, in batches."""
-    from .noise import noise_inputs
+    from .obspa.noise import noise_inputs
 
     fixed = _fixed_batch(sess)
     batch = fixed or BATCH
@@ -110,6 +111,25 @@ def measure_dense(model, calib: Optional[dict[str, np.ndarray]] = None, seed: in
     inputs = measurement_inputs(sess, calib, seed, noise)
     names = tensor_outputs(sess)
     return Measurement(inputs, Reference(names, list(run_batches(sess, names, inputs.batches))))
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def try_measure_dense(model, calib, seed: int, noise: str, required: bool) -> tuple[Optional[Measurement], list[str]]:
+    """:func:`measure_dense`, or no measurement and a warning when onnxruntime cannot run the dense model.
+
+    The compiler accepts models onnxruntime refuses (an IR version from the future, an op it lacks);
+    fidelity is then not measured, said in one warning.  *required* (``--max-error``) makes it an error.
+    """
+    try:
+        return measure_dense(model, calib, seed, noise), []
+    except Exception as exc:  # noqa: BLE001 - any runtime refusal of the input model
+        if required:
+            raise UsageError(f"--max-error needs the dense model to run in onnxruntime: {_first_line(exc)}") from None
+        return None, [f"fidelity not measured: onnxruntime cannot run the dense model ({_first_line(exc)})"]
 
 
 def looks_like_scores(value: np.ndarray) -> bool:
@@ -199,9 +219,12 @@ def compare(reference: Reference, outputs: Iterable[list[np.ndarray]]) -> dict:
 
 def measure(pruned, measurement: Measurement) -> dict:
     """Fidelity of the *pruned* model (path or ModelProto) on the measurement inputs."""
-    sess = open_session(pruned)
-    result = compare(measurement.reference, run_batches(sess, measurement.reference.names,
-                                                         measurement.inputs.batches))
+    try:
+        sess = open_session(pruned)
+        result = compare(measurement.reference, run_batches(sess, measurement.reference.names,
+                                                             measurement.inputs.batches))
+    except Exception as exc:  # noqa: BLE001 - reached with --no-verify only: the check runs it first
+        raise VerificationError(f"pruned model does not run in onnxruntime: {_first_line(exc)}") from None
     result["inputs"] = measurement.inputs.source
     return result
 

@@ -18,7 +18,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from .errors import ModelLoadError, UsageError
-from .validate import check_model
+from .validate import check_model, topological_order
 
 # protobuf refuses single messages above 2 GiB; beyond this the weights go to external data.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
@@ -42,6 +42,7 @@ def load_model(source: ModelLike) -> onnx.ModelProto:
             raise ModelLoadError(f"{where}: cannot read ({exc.strerror or exc})") from None
         _load_external_data(model, path)
     check_model(model, where)
+    topological_order(model)
     return model
 
 
@@ -80,12 +81,23 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
         if not location or Path(location).is_absolute() or folder not in (target, *target.parents):
             raise ModelLoadError(f"{path}: initializer {tensor.name} points its external data outside the "
                                  f"model's folder ({location!r}); refused")
-        if not target.is_file():
+        if not target.exists():
             raise ModelLoadError(f"{path}: initializer {tensor.name}: external data file {location!r} not found")
+        if not target.is_file():
+            raise ModelLoadError(f"{path}: initializer {tensor.name}: external data file {location!r} is not a "
+                                 "regular file (a device, FIFO or socket)")
+        if target.stat().st_nlink > 1:
+            raise ModelLoadError(f"{path}: initializer {tensor.name}: external data file {location!r} has "
+                                 f"{target.stat().st_nlink} hard links, so it may live outside the model's folder; "
+                                 "refused (copy it to break the links)")
         try:
-            end = int(info.get("offset", 0)) + int(info.get("length", 0))
+            offset, length = int(info.get("offset", 0)), int(info.get("length", 0))
         except ValueError:
-            raise ModelLoadError(f"{path}: initializer {tensor.name}: bad external data offset/length") from None
+            offset = length = -1
+        if offset < 0 or length < 0:
+            raise ModelLoadError(f"{path}: initializer {tensor.name}: bad external data offset/length "
+                                 f"({info.get('offset')!r}, {info.get('length')!r})")
+        end = offset + length
         if end > target.stat().st_size:
             raise ModelLoadError(f"{path}: initializer {tensor.name}: external data ends at byte {end}, past the "
                                  f"end of {location!r}")

@@ -12,11 +12,11 @@ from click.testing import CliRunner
 import spa_compiler
 from spa_compiler import fidelity
 from spa_compiler.cli import main
-from spa_compiler.noise import noise_inputs
+from spa_compiler.obspa.noise import noise_inputs
 from spa_compiler.oracle import masked_model
 from spa_compiler.pipeline import compile_model, score_groups
 from spa_compiler.plan import PlanOptions, make_plan
-from spa_compiler.verify import session
+from spa_compiler.runtime import session
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "models" / "demo_cnn.onnx"
@@ -105,3 +105,17 @@ def test_one_number_per_sample_outputs_get_the_cosine_of_all_samples():
     ref = np.array([1.0, -2.0, 3.0], dtype=np.float32)  # e.g. a per-position tagger score
     result = fidelity.compare(fidelity.Reference(["s"], [[ref]]), [[np.array([1.0, 2.0, 3.0], np.float32)]])
     assert result["cosine"] == pytest.approx(6 / 14)
+
+
+def test_dense_model_onnxruntime_refuses_is_a_warning_not_a_crash(tmp_path):
+    import onnx
+
+    model = onnx.load(str(DEMO))
+    model.ir_version = 99  # the compiler rewrites the IR version; onnxruntime refuses the input as it is
+    path = tmp_path / "future.onnx"
+    onnx.save(model, str(path))
+    result = spa_compiler.prune(str(path), ratio=0.3)
+    assert result.report["fidelity"] is None
+    assert any(w.startswith("fidelity not measured") for w in result.report["warnings"])
+    with pytest.raises(spa_compiler.errors.UsageError, match="--max-error needs"):
+        spa_compiler.prune(str(path), max_error=0.1)

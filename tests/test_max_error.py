@@ -69,7 +69,7 @@ def test_written_model_over_the_limit_backs_off(monkeypatch):
 @pytest.mark.parametrize("compensated", [False, True])
 def test_masked_probe_measures_what_the_rewritten_model_computes(compensated):
     """Weights fed as masked inputs (with OBSPA's compensated values) equal the pruned model, on exact groups."""
-    from spa_compiler.compensate import ObsContext, compensate
+    from spa_compiler.obspa.compensate import ObsContext, compensate
     from spa_compiler.pipeline import apply_plan, compile_model, score_groups
     from spa_compiler.plan import PlanOptions, make_plan
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -29,7 +30,7 @@ try:
               "error": again, "cosine": r.report["fidelity"]["cosine"], "top1": r.report["fidelity"]["top1"],
               "evaluations": r.report["max_error"]["evaluations"]}}
 except SpacError as exc:
-    extra = {{"refused": str(exc).split(": ")[-1][:80]}}
+    extra = {{"refused": "refused: " + str(exc).split(": ")[-1][:80]}}
 '''
 
 
@@ -39,13 +40,18 @@ def main() -> None:
     parser.add_argument("--max-error", type=float, default=0.05)
     parser.add_argument("--criteria", default="l2,obspa")
     parser.add_argument("--json", dest="json_out")
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds per (model, criterion) run")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in sorted(Path(args.folder).glob("*.onnx")):
             for criterion in args.criteria.split(","):
                 out = str(Path(tmp) / f"{model.stem}.{criterion}.onnx")
-                result = measure(RUN.format(model=str(model), criterion=criterion, limit=args.max_error, out=out))
+                try:
+                    result = measure(RUN.format(model=str(model), criterion=criterion, limit=args.max_error, out=out),
+                                     timeout=args.timeout)
+                except subprocess.TimeoutExpired:
+                    result = {"refused": f"timed out after {args.timeout} s"}
                 row = {"model": model.stem, "criterion": criterion, **result}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
@@ -60,7 +66,7 @@ def main() -> None:
                           "seconds": f"{r['seconds']:.1f}"})
         else:
             shown.append({"model": r["model"], "criterion": r["criterion"],
-                          "MACs kept": "refused: " + r.get("refused", r.get("error", "?"))})
+                          "MACs kept": r.get("refused", r.get("error", "?"))})
     print(markdown_table(shown, ["model", "criterion", "MACs kept", "params kept", "rel. error", "cosine",
                                  "evaluations", "seconds"]))
 

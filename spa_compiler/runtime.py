@@ -6,7 +6,6 @@ machine without a GPU prints nothing alarming.
 """
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -98,6 +97,8 @@ def random_inputs(sess, batch: int = 1, seed: int = 0, dims: Optional[dict[str, 
     """Seeded random feeds for every graph input (symbolic dims: batch for the first, else 1 or *dims*)."""
     rng = np.random.default_rng(seed)
     feeds = {}
+    # a dim named like some input's first axis is the batch everywhere (state inputs [layers, batch, hidden])
+    batch_names = {arg.shape[0] for arg in sess.get_inputs() if arg.shape and isinstance(arg.shape[0], str)}
     for arg in sess.get_inputs():
         shape = []
         for i, d in enumerate(arg.shape):
@@ -106,7 +107,7 @@ def random_inputs(sess, batch: int = 1, seed: int = 0, dims: Optional[dict[str, 
             elif dims and isinstance(d, str) and d in dims:
                 shape.append(dims[d])
             else:
-                shape.append(batch if i == 0 else 1)
+                shape.append(batch if i == 0 or d in batch_names else 1)
         dtype = _NP_TYPES.get(arg.type, np.float32)
         if np.issubdtype(dtype, np.floating):
             feeds[arg.name] = rng.standard_normal(shape).astype(dtype)
@@ -168,16 +169,29 @@ def check_pruned(pruned, expected: dict[str, list], batch: int = 2) -> dict:
     return {"provider": providers[0], "outputs": len(outputs)}
 
 
-def check_runs(original: onnx.ModelProto, pruned: onnx.ModelProto, batch: int = 2) -> dict:
-    """Like :func:`check_pruned`, with the expected output shapes measured by running *original*."""
+def check_runs(original, pruned, batch: int = 2) -> dict:
+    """Like :func:`check_pruned`, with the expected output shapes measured by running *original*.
+
+    Either may be a ModelProto or a model file; give files for external-data
+    models, so onnxruntime resolves their data relative to the model.  Errors
+    name the file they are about.
+    """
+    label_a, label_b = (_label(m, name) for m, name in ((original, "original model"), (pruned, "pruned model")))
     try:
         ref = session(original)
         names = tensor_outputs(ref)
         shapes = ref.run(names, random_inputs(ref, batch=batch))
     except Exception as exc:  # noqa: BLE001
-        raise VerificationError(f"original model does not run in onnxruntime: {str(exc).splitlines()[0][:200]}") from None
+        raise VerificationError(f"{label_a} does not run in onnxruntime: {str(exc).splitlines()[0][:200]}") from None
     expected = {name: [int(d) for d in np.shape(value)] for name, value in zip(names, shapes)}
-    return check_pruned(pruned, expected, batch)
+    try:
+        return check_pruned(pruned, expected, batch)
+    except VerificationError as exc:
+        raise VerificationError(f"{label_b}: {exc}") from None
+
+
+def _label(model, fallback: str) -> str:
+    return fallback if isinstance(model, onnx.ModelProto) else str(model)
 
 
 @dataclass
@@ -188,7 +202,15 @@ class Timing:
     runs: int
 
 
-def time_session(sess, feeds, warmup: int = 5, runs: int = 30) -> Timing:
+def summarize(samples_ms: Sequence[float]) -> Timing:
+    """Median and true 10th/90th percentiles (numpy's linear interpolation) over every sample."""
+    values = np.asarray(samples_ms, dtype=np.float64)
+    p10, median, p90 = np.percentile(values, [10, 50, 90])
+    return Timing(float(median), float(p10), float(p90), int(values.size))
+
+
+def time_session(sess, feeds, warmup: int = 5, runs: int = 30) -> list[float]:
+    """Milliseconds of *runs* runs after *warmup* untimed ones."""
     for _ in range(warmup):
         sess.run(None, feeds)
     samples = []
@@ -196,9 +218,7 @@ def time_session(sess, feeds, warmup: int = 5, runs: int = 30) -> Timing:
         start = time.perf_counter()
         sess.run(None, feeds)
         samples.append((time.perf_counter() - start) * 1000)
-    samples.sort()
-    return Timing(statistics.median(samples), samples[len(samples) // 10],
-                  samples[min(len(samples) - 1, (len(samples) * 9) // 10)], runs)
+    return samples
 
 
 def bench_pair(a: onnx.ModelProto, b: onnx.ModelProto, batch: int = 1, warmup: int = 5, runs: int = 30,
@@ -208,15 +228,10 @@ def bench_pair(a: onnx.ModelProto, b: onnx.ModelProto, batch: int = 1, warmup: i
     sa, sb = session(a, providers, threads), session(b, providers, threads)
     fa = random_inputs(sa, batch=batch, dims=dims)
     fb = random_inputs(sb, batch=batch, dims=dims)
-    rounds = 3
+    rounds = min(3, runs)
     ta, tb = [], []
-    for _ in range(rounds):
-        ta.append(time_session(sa, fa, warmup, max(1, runs // rounds)))
-        tb.append(time_session(sb, fb, warmup, max(1, runs // rounds)))
-    return _merge(ta), _merge(tb), providers[0]
-
-
-def _merge(timings: list[Timing]) -> Timing:
-    medians = sorted(t.median_ms for t in timings)
-    return Timing(statistics.median(medians), min(t.p10_ms for t in timings),
-                  max(t.p90_ms for t in timings), sum(t.runs for t in timings))
+    for k in range(rounds):  # exactly *runs* runs in all: the remainder goes to the first rounds
+        count = runs // rounds + (k < runs % rounds)
+        ta += time_session(sa, fa, warmup, count)
+        tb += time_session(sb, fb, warmup, count)
+    return summarize(ta), summarize(tb), providers[0]
