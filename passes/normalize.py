@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from spa_compiler.errors import ModelLoadError
+from spa_compiler.errors import ModelLoadError, first_line
 from spa_compiler.validate import ABSURD_TENSOR_BYTES
 from spa_compiler.registry import register
 
@@ -49,7 +49,7 @@ def upgrade_opset(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
     try:
         upgraded = version_converter.convert_version(model, UPGRADE_TO)
     except Exception as exc:  # noqa: BLE001 - the converter raises many types
-        notes.append(f"upgrade_opset: kept opset {version} ({str(exc).splitlines()[0][:120]})")
+        notes.append(f"upgrade_opset: kept opset {version} ({first_line(exc, 120)})")
         return model
     notes.append(f"upgrade_opset: {version} -> {UPGRADE_TO}")
     return upgraded
@@ -505,7 +505,7 @@ def _infer(graph: gs.Graph, notes: list[str], symbolic: bool) -> None:
     try:
         inferred = _onnx_infer(model)
     except Exception as exc:  # noqa: BLE001
-        notes.append(f"infer_shapes: failed ({str(exc).splitlines()[0][:160]}); exporter shapes kept")
+        notes.append(f"infer_shapes: failed ({first_line(exc, 160)}); exporter shapes kept")
         return
     shapes = _value_shapes(inferred)
     missing = any(isinstance(t, gs.Variable) and t.name and t.name not in shapes and t not in graph.inputs

@@ -8,7 +8,7 @@ from typing import Callable, Optional, Sequence
 
 import onnx
 
-from . import fidelity, registry
+from . import fidelity
 from .analysis import PRODUCER
 from .budget import MaxErrorSearch
 from .obspa import statistics
@@ -20,9 +20,9 @@ from .ir import to_model
 from .jsonout import to_json
 from .modelio import (EXTERNAL_DATA_THRESHOLD, ModelLike, check_input_file, check_output_path, check_written_files,
                       staged_output, uses_external_data, write_graph, write_proto)
-from .obspa.noise import NOISE_KINDS
 from .pipeline import (Compiled, bn_free_conv_warning, choose_hessian_source, compile_model,
                        consumer_nodes, load_calib, plan_pruning, require_prunable, score_groups)
+from .options import PruneOptions
 from .plan import Plan, PlanOptions
 from .rewrite import rewrite
 from .runtime import check_checker, check_pruned
@@ -46,8 +46,7 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
           prune_hidden: bool = False, prune_head_dims: bool = False, hessian: Optional[str] = None, calib=None, samples: int = 256,
           damping: float = 0.01, compensate: Optional[bool] = None, recalibrate_bn: bool = False, noise: str = "auto",
           max_error: Optional[float] = None, output: Optional[str] = None, force: bool = False,
-          report_path: Optional[str] = None,
-          progress: Optional[Callable[[str], None]] = None) -> PruneResult:
+          report_path: Optional[str] = None, progress: Optional[Callable[[str], None]] = None) -> PruneResult:
     """Prune whole channels of *model* (a path or an ``onnx.ModelProto``).
 
     ratio: fraction of each group's channels removed (or of all channels with
@@ -61,53 +60,54 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
     (both or neither).  Raises :class:`SpacError`
     subclasses with one-line messages.
     """
+    options = PruneOptions(ratio=ratio, criterion=criterion, global_ranking=global_ranking, round_to=round_to,
+                           exclude=exclude, target_macs=target_macs, max_group_ratio=max_group_ratio, reduce=reduce,
+                           seed=seed, verify=verify, prune_hidden=prune_hidden, prune_head_dims=prune_head_dims,
+                           hessian=hessian, calib=calib, samples=samples, damping=damping, compensate=compensate,
+                           recalibrate_bn=recalibrate_bn, noise=noise, max_error=max_error, output=output, force=force,
+                           report_path=report_path)
+    return prune_with(model, options, progress)
+
+
+def prune_with(model: ModelLike, opts: PruneOptions, progress: Optional[Callable[[str], None]] = None) -> PruneResult:
+    """:func:`prune` with its options already built (and so validated): what the CLI calls."""
     say = progress or (lambda _msg: None)
-    criterion_cls = registry.get("criterion", criterion).factory
-    if global_ranking is None:
-        global_ranking = bool(getattr(criterion_cls, "prefers_global", False))
-    if noise not in NOISE_KINDS:
-        raise UsageError(f"unknown noise {noise!r} (use one of {', '.join(NOISE_KINDS)})")
-    options = PlanOptions(ratio=ratio, global_ranking=global_ranking, max_group_ratio=max_group_ratio,
-                          round_to=round_to, exclude=tuple(exclude))
-    options.validate()
-    if samples < 2 or damping < 0:
-        raise UsageError("--samples must be >= 2 and --damping >= 0")
-    if max_error is not None and not max_error > 0:
-        raise UsageError(f"--max-error must be > 0, got {max_error}")
-    if recalibrate_bn and calib is None:
-        raise UsageError("--recalibrate-bn needs --calib inputs")
+    ratio, criterion, target_macs, calib, output, report_path, verify = (
+        opts.ratio, opts.criterion, opts.target_macs, opts.calib, opts.output, opts.report_path, opts.verify)
+    options = opts.plan_options()
     input_path = None if isinstance(model, onnx.ModelProto) else str(model)
     if input_path is not None:
         check_input_file(input_path)
     if output is not None:
-        check_written_files(output, report_path, input_path, calib, force)
+        check_written_files(output, report_path, input_path, calib, opts.force)
     elif report_path is not None:
         check_output_path(report_path, input_path, what="report")
     t0 = time.perf_counter()
     say("analyzing")
-    compiled = compile_model(model, prune_hidden=prune_hidden, head_dims=prune_head_dims)
+    compiled = compile_model(model, prune_hidden=opts.prune_hidden, head_dims=opts.prune_head_dims)
     require_prunable(compiled)
     parameters = {p.tensor for g in compiled.analysis.groups for p in g.params}
-    nonfinite, finite_warnings = check_input_weights(compiled.graph, parameters, force)
+    nonfinite, finite_warnings = check_input_weights(compiled.graph, parameters, opts.force)
     t1 = time.perf_counter()
-    compensating = getattr(criterion_cls, "compensates", False) if compensate is None else compensate
+    compensating = opts.compensating
     warnings, hessian_info, obs = [], None, None
     calib_data = load_calib(calib, compiled) if calib is not None else None
-    if compensating or getattr(criterion_cls, "needs_statistics", False):
-        obs, hessian_info, warnings = _statistics(compiled, hessian, calib_data, samples, seed, damping, noise, say)
-    if getattr(criterion_cls, "global_normalize", None):
-        options = PlanOptions(**{**options.__dict__, "normalize": criterion_cls.global_normalize})
+    if opts.needs_statistics:
+        obs, hessian_info, warnings = _statistics(compiled, opts.hessian, calib_data, opts.samples, opts.seed,
+                                                  opts.damping, opts.noise, say)
     say(f"scoring {len(compiled.analysis.prunable_groups)} groups with {criterion}")
-    scores = score_groups(compiled, criterion, seed=seed, reduce=reduce, obs=obs, progress=progress)
+    scores = score_groups(compiled, opts.contract, seed=opts.seed, reduce=opts.reduce, obs=obs, progress=progress,
+                          name=opts.criterion)
+    max_error = opts.max_error
     measurement = None
     if verify or max_error is not None:
         say("measuring the dense model on the measurement inputs")
-        measurement, unmeasured = fidelity.try_measure_dense(input_path or model, calib_data, seed, noise,
+        measurement, unmeasured = fidelity.try_measure_dense(input_path or model, calib_data, opts.seed, opts.noise,
                                                              required=max_error is not None)
         warnings = warnings + unmeasured
 
     def updates_for(plan: Plan):
-        return compensation(obs or ObsContext(compiled.graph, compiled.analysis, {}, damping), plan) \
+        return compensation(obs or ObsContext(compiled.graph, compiled.analysis, {}, opts.damping), plan) \
             if compensating else None
 
     search = None
@@ -130,7 +130,7 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
             guard_written_weights(graph, nonfinite)
             release_pages()
             pruned = None
-            if recalibrate_bn:
+            if opts.recalibrate_bn:
                 from .obspa.recalibrate import recalibrate_batchnorm
 
                 say("recalibrating BatchNorm statistics on the calibration inputs")

@@ -12,7 +12,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from . import registry
-from .errors import CompileError, ModelLoadError, SpacError
+from .errors import CompileError, ModelLoadError, SpacError, first_line
 from .ir import ModelMeta, meta_of, to_graph, to_model
 
 MODEL_PIPELINE_BEFORE = ("strip_initializer_inputs", "upgrade_opset")
@@ -43,7 +43,7 @@ def _run(kind_name: str, obj, notes: list[str]):
     except UnicodeDecodeError:
         raise ModelLoadError("a name or string in the model is not valid UTF-8 text") from None
     except Exception as exc:  # noqa: BLE001 - a failing pass must name itself
-        raise CompileError(f"normalize pass {kind_name} failed: {str(exc).splitlines()[0][:200]}") from exc
+        raise CompileError(f"normalize pass {kind_name} failed: {first_line(exc)}") from exc
 
 
 def normalize(model: onnx.ModelProto, copy: bool = True) -> Normalized:

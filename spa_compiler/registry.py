@@ -12,6 +12,7 @@ from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Callable, Dict, TypeVar
 
+from .criterion import Criterion
 from .errors import UsageError
 
 KINDS = ("normalize", "criterion")
@@ -41,6 +42,8 @@ def register(kind: str, name: str) -> Callable[[T], T]:
         raise ValueError(f"unknown pass kind {kind!r}")
 
     def wrap(obj: T) -> T:
+        if kind == "criterion" and not (isinstance(obj, type) and issubclass(obj, Criterion)):
+            raise TypeError(f"criterion pass {name!r} must be a subclass of spa_compiler.criterion.Criterion")
         doc = (obj.__doc__ or "").strip().splitlines()
         _REGISTRY[kind][name] = PassInfo(name, kind, doc[0] if doc else "", obj,
                                          getattr(obj, "__module__", "?"))
