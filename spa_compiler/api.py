@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import onnx
 
+from . import fidelity
 from .analysis import PRODUCER
+from .budget import MaxErrorSearch
 from .obspa import statistics
 from .obspa.compensate import ObsContext, compensate as compensation
 from .cost import totals
@@ -42,14 +45,16 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
           max_group_ratio: float = 0.9, reduce: str = "sum", seed: int = 0, verify: bool = True,
           prune_hidden: bool = False, prune_head_dims: bool = False, hessian: Optional[str] = None, calib=None, samples: int = 256,
           damping: float = 0.01, compensate: Optional[bool] = None, recalibrate_bn: bool = False, noise: str = "auto",
-          output: Optional[str] = None, force: bool = False, report_path: Optional[str] = None,
-          progress: Optional[Callable[[str], None]] = None) -> PruneResult:
+          max_error: Optional[float] = None, output: Optional[str] = None, force: bool = False,
+          report_path: Optional[str] = None, progress: Optional[Callable[[str], None]] = None) -> PruneResult:
     """Prune whole channels of *model* (a path or an ``onnx.ModelProto``).
 
     ratio: fraction of each group's channels removed (or of all channels with
     ``global_ranking``; None lets the criterion choose: global for obspa, whose
     energy-normalized costs compare across layers, local otherwise); target_macs: instead of a ratio, prune until the MACs
-    are at most this fraction of the original; prune_hidden: also prune a
+    are at most this fraction of the original; max_error: instead of a ratio, prune as much as possible
+    while the outputs' relative L2 error on the measurement inputs stays at most this (with target_macs:
+    the MACs target is the goal, never beyond this error; see :mod:`budget`); prune_hidden: also prune a
     transformer's residual-stream width (inexact through LayerNorm, opt-in).  With *output*, the model is
     written atomically after verification, together with the JSON report at *report_path*
     (both or neither).  Raises :class:`SpacError`
@@ -59,7 +64,7 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
                            exclude=exclude, target_macs=target_macs, max_group_ratio=max_group_ratio, reduce=reduce,
                            seed=seed, verify=verify, prune_hidden=prune_hidden, prune_head_dims=prune_head_dims,
                            hessian=hessian, calib=calib, samples=samples, damping=damping, compensate=compensate,
-                           recalibrate_bn=recalibrate_bn, noise=noise, output=output, force=force,
+                           recalibrate_bn=recalibrate_bn, noise=noise, max_error=max_error, output=output, force=force,
                            report_path=report_path)
     return prune_with(model, options, progress)
 
@@ -96,63 +101,95 @@ def prune_with(model: ModelLike, opts: PruneOptions, progress: Optional[Callable
                                                   opts.damping, opts.noise, say)
     say(f"scoring {len(compiled.analysis.prunable_groups)} groups with {criterion}")
     scores = score_groups(compiled, opts.criterion_pass, seed=opts.seed, reduce=opts.reduce, obs=obs, progress=progress)
-    plan = plan_pruning(compiled, scores, options, target_macs)
-    if not plan.removed and ratio > 0 and target_macs is None:
-        raise UsageError(f"{compiled.source}: ratio {ratio} removes no channel (groups too small or excluded)")
-    updates = None
-    if compensating:
-        say("compensating consumer weights and folding into BatchNorm")
-        context = obs or ObsContext(compiled.graph, compiled.analysis, {}, opts.damping)
-        updates = compensation(context, plan)
-        warnings = warnings + context.warnings()
-    say(f"rewriting {len(plan.removed)} groups")
-    graph, log = rewrite(compiled.graph, compiled.meta, compiled.analysis, plan, updates)
-    guard_written_weights(graph, nonfinite)
-    release_pages()
-    pruned = None
-    if opts.recalibrate_bn:
-        from .obspa.recalibrate import recalibrate_batchnorm
+    max_error = opts.max_error
+    measurement = None
+    if verify or max_error is not None:
+        say("measuring the dense model on the measurement inputs")
+        measurement, unmeasured = fidelity.try_measure_dense(input_path or model, calib_data, opts.seed, opts.noise,
+                                                             required=max_error is not None)
+        warnings = warnings + unmeasured
 
-        say("recalibrating BatchNorm statistics on the calibration inputs")
-        pruned = recalibrate_batchnorm(to_model(graph, compiled.meta), calib_data)
-        guard_written_model(pruned, nonfinite)
-    t2 = time.perf_counter()
-    report = build_report(compiled, graph, plan, log, criterion, options, target_macs)
+    context = (obs or ObsContext(compiled.graph, compiled.analysis, {}, opts.damping)) if compensating else None
+
+    def updates_for(plan: Plan):
+        return compensation(context, plan) if context is not None else None
+
+    search = None
+    if max_error is not None:
+        search = MaxErrorSearch(compiled, scores, options, measurement, max_error, target_macs, updates_for, progress)
+        plan = _within_max_error(search, target_macs, say)
+    else:
+        plan = plan_pruning(compiled, scores, options, target_macs)
+        if not plan.removed and ratio > 0 and target_macs is None:
+            raise UsageError(f"{compiled.source}: ratio {ratio} removes no channel (groups too small or excluded)")
     expected = {t.name: [d if isinstance(d, int) else None for d in (t.shape or [])] for t in compiled.graph.outputs}
-    report.update(verify=None, hessian=hessian_info, compensated=bool(compensating),
-                  warnings=finite_warnings + warnings)
+    staging = staged_output(output) if output is not None else nullcontext()
+    with staging as stage:  # a written model is renamed into place only if verified, with the report
+        while True:
+            if compensating:
+                say("compensating consumer weights and folding into BatchNorm")
+            updates = updates_for(plan)
+            say(f"rewriting {len(plan.removed)} groups")
+            graph, log = rewrite(compiled.graph, compiled.meta, compiled.analysis, plan, updates)
+            guard_written_weights(graph, nonfinite)
+            release_pages()
+            pruned = None
+            if opts.recalibrate_bn:
+                from .obspa.recalibrate import recalibrate_batchnorm
 
-    def finish(verification) -> None:
-        report["verify"] = verification
-        report["seconds"] = {"analyze": round(t1 - t0, 3), "prune": round(t2 - t1, 3),
-                             "total": round(time.perf_counter() - t0, 3)}
-
-    if output is not None:
-        external = (input_path is not None and uses_external_data(input_path)) or \
-            total_constant_bytes(graph) > EXTERNAL_DATA_THRESHOLD
-        with staged_output(output) as stage:  # renamed into place only if verified, with the report
-            say(f"writing {output}" + (" (weights streamed to external data)" if external else ""))
-            if pruned is None:
-                pruned = write_graph(graph, compiled.meta, stage, external)
+                say("recalibrating BatchNorm statistics on the calibration inputs")
+                pruned = recalibrate_batchnorm(to_model(graph, compiled.meta), calib_data)
+                guard_written_model(pruned, nonfinite)
+            t2 = time.perf_counter()
+            report = build_report(compiled, graph, plan, log, criterion, options, target_macs)
+            if stage is not None:
+                external = (input_path is not None and uses_external_data(input_path)) or \
+                    total_constant_bytes(graph) > EXTERNAL_DATA_THRESHOLD
+                say(f"writing {output}" + (" (weights streamed to external data)" if external else ""))
+                if pruned is None:
+                    pruned = write_graph(graph, compiled.meta, stage, external)
+                else:
+                    write_proto(pruned, stage, external)
+                target = stage.model_path
             else:
-                write_proto(pruned, stage, external)
-            del graph  # written: its arrays can go before onnxruntime loads the file
+                pruned = pruned if pruned is not None else to_model(graph, compiled.meta)
+                target = pruned
+            del graph  # written or in the protobuf: its arrays can go before onnxruntime loads the model
             if verify:
                 say("verifying with onnxruntime")
-            finish(check_pruned(stage.model_path, expected) if verify else check_checker(stage.model_path))
+            verification = check_pruned(target, expected) if verify else check_checker(target)
+            fid = fidelity.measure(target, measurement) if measurement is not None else None
+            smaller = search.back_off(fidelity.relative_error(fid)) if search is not None else None
+            if smaller is None:
+                break
+            say(f"measured {fidelity.relative_error(fid):.4f} > --max-error {max_error}: backing off")
+            plan = smaller
+        collapse = fidelity.collapse_warning(fid) if fid is not None else None
+        report.update(verify=verification, hessian=hessian_info, compensated=bool(compensating), fidelity=fid,
+                      warnings=finite_warnings + warnings + (context.warnings() if context is not None else [])
+                      + ([collapse] if collapse else []))
+        if search is not None:
+            report["max_error"] = search.report(fidelity.relative_error(fid))
+        report["seconds"] = {"analyze": round(t1 - t0, 3), "prune": round(t2 - t1, 3),
+                             "total": round(time.perf_counter() - t0, 3)}
+        if stage is not None:
             report["output"] = str(output)
             if report_path is not None:
                 stage.add_file(report_path, _report_bytes(report, report_path))
-    else:
-        pruned = pruned if pruned is not None else to_model(graph, compiled.meta)
-        del graph  # the protobuf holds the pruned weights from here on
-        if verify:
-            say("verifying with onnxruntime")
-        finish(check_pruned(pruned, expected) if verify else check_checker(pruned))
-        if report_path is not None:
-            with staged_output(report_path) as stage:
-                stage.model_path.write_bytes(_report_bytes(report, report_path))
+    if output is None and report_path is not None:
+        with staged_output(report_path) as stage:
+            stage.model_path.write_bytes(_report_bytes(report, report_path))
     return PruneResult(pruned, plan, report, compiled, scores)
+
+
+def _within_max_error(search: MaxErrorSearch, target_macs: Optional[float], say) -> Plan:
+    """The MACs target's own plan when it measures within the limit, else the sensitivity search's plan."""
+    if target_macs is not None:
+        plan = plan_pruning(search.compiled, search.scores, search.options, target_macs)
+        if search.error(plan) <= search.limit:
+            return plan
+    say(f"searching the largest pruning within relative error {search.limit}")
+    return search.search()
 
 
 def _report_bytes(report: dict, path) -> bytes:

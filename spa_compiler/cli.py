@@ -141,6 +141,9 @@ def main() -> None:
 @click.option("--round-to", type=int, default=1, show_default=True, help="Keep channel counts multiples of N.")
 @click.option("--exclude", multiple=True, help="Leave groups touching nodes matching this glob alone (repeatable).")
 @click.option("--target-macs", type=float, default=None, help="Prune until MACs <= this fraction of the original.")
+@click.option("--max-error", type=float, default=None,
+              help="Prune as much as possible while the outputs' relative L2 error on the measurement inputs "
+                   "stays at most this (with --target-macs: the target, but never beyond this error).")
 @click.option("--reduce", type=click.Choice(["sum", "mean", "max"]), default="sum", show_default=True,
               help="How scores of coupled parameter slices combine.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -169,7 +172,7 @@ def main() -> None:
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @handled
 def prune(model, output, ratio, criterion, global_ranking, max_group_ratio, round_to, exclude, target_macs,
-          reduce, seed, prune_hidden, prune_head_dims, calib, hessian, noise, samples, damping, compensate,
+          max_error, reduce, seed, prune_hidden, prune_head_dims, calib, hessian, noise, samples, damping, compensate,
           recalibrate_bn, no_verify, force, report_path, as_json, quiet, show_progress, debug):
     """Prune MODEL and write a smaller ONNX model."""
     from .api import prune_with
@@ -183,7 +186,8 @@ def prune(model, output, ratio, criterion, global_ranking, max_group_ratio, roun
                            seed=seed, verify=not no_verify, prune_hidden=prune_hidden,
                            prune_head_dims=prune_head_dims, calib=calib, hessian=hessian, noise=noise,
                            samples=samples, damping=damping, compensate=compensate, recalibrate_bn=recalibrate_bn,
-                           output=output, force=force, report_path=report_path)  # validated here, before any work
+                           max_error=max_error, output=output, force=force,
+                           report_path=report_path)  # validated here, before any work
     progress = for_terminal(show_progress, quiet=as_json or quiet)
     result = prune_with(model, options, progress)
     report = result.report
@@ -203,6 +207,13 @@ def prune(model, output, ratio, criterion, global_ranking, max_group_ratio, roun
         click.echo(f"statistics: {h['source']} ({h['why']}); weights compensated: {report['compensated']}")
     if report.get("verify"):
         click.echo(f"verified: onnxruntime ({report['verify']['provider']}) runs it, output shapes unchanged")
+    if report.get("fidelity"):
+        from .fidelity import summary_line
+
+        click.echo(summary_line(report["fidelity"]))
+    if report.get("max_error"):
+        click.echo(f"max error {report['max_error']['limit']}: measured {report['max_error']['measured']:.4f} "
+                   f"after {report['max_error']['evaluations']} evaluations")
     click.echo(f"wrote {output}")
 
 

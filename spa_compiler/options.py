@@ -44,6 +44,7 @@ class PruneOptions:
     compensate: Optional[bool] = None  # None: the criterion's contract (compensates)
     recalibrate_bn: bool = False
     noise: str = "auto"
+    max_error: Optional[float] = None  # prune as far as this relative output error allows (see budget.py)
     output: Optional[str] = None
     force: bool = False
     report_path: Optional[str] = None
@@ -66,6 +67,10 @@ class PruneOptions:
             _number("--target-macs", self.target_macs)
             if not 0.0 < self.target_macs <= 1.0:
                 raise UsageError(f"--target-macs must be in (0, 1], got {self.target_macs}")
+        if self.max_error is not None:
+            _number("--max-error", self.max_error)
+            if not self.max_error > 0:
+                raise UsageError(f"--max-error must be > 0, got {self.max_error}")
         if self.reduce not in REDUCTIONS:
             raise UsageError(f"unknown reduction {self.reduce!r} (use one of {', '.join(REDUCTIONS)})")
         _integer("--seed", self.seed)

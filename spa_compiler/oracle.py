@@ -8,6 +8,7 @@ weights and inputs, on every exact group.  No trained weights needed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -21,21 +22,32 @@ from .rewrite import kept_positions
 from .runtime import random_inputs, session, tensor_outputs
 
 
+def masked_consumers(analysis, plan: Plan, values: Callable[[str], np.ndarray]) -> dict[str, np.ndarray]:
+    """New values of every consumer tensor the plan touches, its removed atoms' input slices zeroed.
+
+    *values* gives a tensor's current values (the original, or OBSPA's compensated weights); the
+    masked model computes what the pruned one does on every exact group, without a rewrite.
+    """
+    kept = kept_positions(analysis, plan)
+    masked: dict[str, np.ndarray] = {}
+    for gid in plan.removed:
+        for param in analysis.groups[gid].params_by_role(CONSUMER):
+            current = masked.get(param.tensor)
+            array = np.array(values(param.tensor) if current is None else current, copy=True)
+            gone = np.setdiff1d(np.arange(array.shape[param.axis]), kept[param.space])
+            index = [slice(None)] * array.ndim
+            index[param.axis] = gone
+            array[tuple(index)] = 0
+            masked[param.tensor] = array
+    return masked
+
+
 def masked_model(compiled: Compiled, plan: Plan) -> onnx.ModelProto:
     """The original model with the consumer-side slices of the removed atoms zeroed."""
     graph = compiled.graph.copy()
     constants = {n: t for n, t in graph.tensors().items() if isinstance(t, gs.Constant)}
-    kept = kept_positions(compiled.analysis, plan)
-    for gid in plan.removed:
-        group = compiled.analysis.groups[gid]
-        for param in group.params_by_role(CONSUMER):
-            const = constants[param.tensor]
-            values = np.array(const.values, copy=True)
-            gone = np.setdiff1d(np.arange(values.shape[param.axis]), kept[param.space])
-            index = [slice(None)] * values.ndim
-            index[param.axis] = gone
-            values[tuple(index)] = 0
-            const.values = values
+    for name, values in masked_consumers(compiled.analysis, plan, lambda n: constants[n].values).items():
+        constants[name].values = values
     return to_model(graph, compiled.meta)
 
 

@@ -96,6 +96,21 @@ def make_plan(analysis: DependencyAnalysis, scores: dict[int, np.ndarray], optio
         counts = _global_counts(groups, scores, options)
     else:
         counts = {g.id: int(math.floor(options.ratio * g.n_atoms + 1e-9)) for g in groups}
+    return _remove_lowest(plan, groups, scores, counts, options)
+
+
+def plan_from_ratios(analysis: DependencyAnalysis, scores: dict[int, np.ndarray], ratios: dict[int, float],
+                     options: PlanOptions) -> Plan:
+    """A plan with its own ratio per group (the ``--max-error`` allocation); other groups are kept whole."""
+    plan = Plan()
+    groups = [g for g in candidate_groups(analysis, options, plan) if g.id in scores and ratios.get(g.id, 0) > 0]
+    counts = {g.id: int(math.floor(ratios[g.id] * g.n_atoms + 1e-9)) for g in groups}
+    return _remove_lowest(plan, groups, scores, counts, options)
+
+
+def _remove_lowest(plan: Plan, groups: list[Group], scores: dict[int, np.ndarray], counts: dict[int, int],
+                   options: PlanOptions) -> Plan:
+    """Remove the *counts* lowest-scored atoms of each group (rounded, every tensor kept non-empty)."""
     for group in groups:
         keep = _rounded_keep(group, group.n_atoms - counts[group.id], options.round_to)
         n_remove = group.n_atoms - keep

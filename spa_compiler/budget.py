@@ -1,0 +1,263 @@
+"""``--max-error F``: prune as much as possible while the outputs' relative L2 error stays at most F.
+
+Per-layer costs (weight norms, OBS costs) do not say how far the *outputs*
+move: a real CTC reader or a wake-word net collapses from a few channels of
+one sensitive layer.  So the budget is allocated by measured end-to-end
+sensitivity:
+
+1. *Probe*: every prunable group alone is pruned at a few ratios
+   (``PROBE_RATIOS``, its lowest-scored atoms as the criterion ranks them, with
+   OBSPA's compensation when it compensates) and the output error on the
+   measurement inputs is measured.  Probes do not rewrite: one onnxruntime
+   session of the dense graph takes the consumer weights as inputs, and a
+   probe feeds them with the removed input slices zeroed, which is exactly
+   the pruned model on exact groups (the oracle's masking, :mod:`oracle`).
+   A group's probes stop at the first ratio whose error alone exceeds F.
+2. *Allocate*: each group's probes form a curve of MACs saved against
+   squared error; its upper concave hull gives increments of decreasing
+   efficiency, and all groups' increments sorted by efficiency give one
+   global order: its first N increments are the allocation for budget N.
+3. *Bisect* N for the largest budget whose combined plan measures at most F
+   (by masking when every pruned group is exact, else by a real rewrite).
+   With ``--target-macs`` the budget stops where the MACs target is met.
+
+The caller writes the chosen plan, measures the written model and calls
+:meth:`MaxErrorSearch.back_off` while it exceeds F, so the result never does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .cost import estimate_macs, totals
+from .fidelity import Measurement, Reference, compare, relative_error, run_batches
+from .ir import to_model
+from .oracle import masked_consumers
+from .pipeline import Compiled, apply_plan
+from .plan import Plan, PlanOptions, candidate_groups, plan_from_ratios
+from .progress import step
+from .rewrite import kept_fraction
+from .runtime import session
+
+PROBE_RATIOS = (1 / 64, 1 / 32, 1 / 16, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
+PROBE_SAMPLES = 8  # probes run on the first measurement batches only; the bisection uses all of them
+
+Updates = Optional[dict[str, np.ndarray]]
+
+
+class MaskedRunner:
+    """One session of the dense graph whose consumer weights (and what OBSPA may update) are inputs.
+
+    Running a plan is feeding its masked (and compensated) weights: no
+    rewrite, no new session.  ``error`` returns None when the plan needs a
+    tensor the session does not take as an input (the caller then rewrites).
+    """
+
+    def __init__(self, compiled: Compiled, names: set[str]) -> None:
+        graph = compiled.graph.copy()
+        constants = {n: t for n, t in graph.tensors().items() if isinstance(t, gs.Constant) and n in names}
+        self.base = {n: np.asarray(t.values) for n, t in constants.items()}
+        inputs = {n: gs.Variable(n, dtype=v.dtype, shape=list(v.shape)) for n, v in self.base.items()}
+        for node in graph.nodes:
+            for i, tensor in enumerate(node.inputs):
+                if tensor is not None and tensor.name in inputs:
+                    node.inputs[i] = inputs[tensor.name]
+        graph.inputs.extend(inputs.values())
+        self.session = session(to_model(graph, compiled.meta))
+
+    def error(self, analysis, plan: Plan, updates: Updates, reference: Reference, batches) -> Optional[float]:
+        if any(name not in self.base for name in (updates or {})):
+            return None
+        current = {**self.base, **{k: np.asarray(v, dtype=self.base[k].dtype) for k, v in (updates or {}).items()}}
+        fed = {**current, **masked_consumers(analysis, plan, current.__getitem__)}
+        if any(name not in self.base for name in fed):
+            return None
+        runs = run_batches(self.session, reference.names, ({**feeds, **fed} for feeds in batches))
+        return relative_error(compare(reference, runs))
+
+
+def _updatable(compiled: Compiled, groups) -> set[str]:
+    """Consumer weights of *groups*, with the biases and following BatchNorm statistics OBSPA may change."""
+    from .analysis import CONSUMER
+
+    nodes = {n.name: n for n in compiled.graph.nodes}
+    names: set[str] = set()
+    for group in groups:
+        for param in group.params_by_role(CONSUMER):
+            names.add(param.tensor)
+            node = nodes.get(param.node)
+            if node is None:
+                continue
+            if len(node.inputs) > 2 and isinstance(node.inputs[2], gs.Constant):
+                names.add(node.inputs[2].name)
+            readers = node.outputs[0].outputs if node.outputs else []
+            if len(readers) == 1 and readers[0].op == "BatchNormalization":
+                names.update(t.name for t in readers[0].inputs[3:5] if isinstance(t, gs.Constant))
+    return names
+
+
+@dataclass
+class Probe:
+    ratio: float
+    saved: float   # MACs removed, as a fraction of the dense MACs
+    error: float
+
+
+@dataclass
+class MaxErrorSearch:
+    """The sensitivity-allocated budget search for one model; see the module docstring."""
+
+    compiled: Compiled
+    scores: dict[int, np.ndarray]
+    options: PlanOptions
+    measurement: Measurement
+    limit: float
+    target_macs: Optional[float] = None
+    updates_for: Callable[[Plan], Updates] = lambda plan: None
+    progress: Optional[Callable[[str], None]] = None
+    probes: dict[int, list[Probe]] = field(default_factory=dict)
+    evaluations: int = 0
+    _order: list[tuple[int, float]] = field(default_factory=list)
+    _budget: int = 0
+    _runner: Optional[MaskedRunner] = None
+
+    def __post_init__(self) -> None:
+        self.dense_macs = max(totals(self.compiled.graph)[1], 1)
+        self.groups = [g for g in candidate_groups(self.compiled.analysis, self.options, Plan())
+                       if g.id in self.scores]
+        try:
+            self._runner = MaskedRunner(self.compiled, _updatable(self.compiled, self.groups))
+        except Exception:  # noqa: BLE001 - a runtime that refuses weights as inputs: every probe rewrites
+            self._runner = None
+
+    # -- measuring ---------------------------------------------------------------------------------
+    def plan_for(self, ratios: dict[int, float]) -> Plan:
+        return plan_from_ratios(self.compiled.analysis, self.scores, ratios, self.options)
+
+    def macs_fraction(self, plan: Plan) -> float:
+        return estimate_macs(self.compiled.graph, kept_fraction(self.compiled.analysis, plan)) / self.dense_macs
+
+    def error(self, plan: Plan, probe: bool = False) -> float:
+        """Measured relative output error of *plan* (masked when exact, else rewritten)."""
+        self.evaluations += 1
+        reference, batches = self.measurement.reference, self.measurement.inputs.batches
+        if probe:
+            keep = max(1, -(-PROBE_SAMPLES // max(1, len(next(iter(batches[0].values()))))))
+            reference, batches = Reference(reference.names, reference.outputs[:keep]), batches[:keep]
+        updates = self.updates_for(plan)
+        analysis = self.compiled.analysis
+        exact = all(analysis.groups[gid].exact for gid in plan.removed)
+        if self._runner is not None and (exact or probe):
+            masked = self._runner.error(analysis, plan, updates, reference, batches)
+            if masked is not None:
+                return masked
+        model, _, _ = apply_plan(self.compiled, plan, updates)
+        return relative_error(compare(reference, run_batches(session(model), reference.names, batches)))
+
+    # -- the search --------------------------------------------------------------------------------
+    def probe(self) -> None:
+        """Each group alone at increasing ratios, until its error alone exceeds the limit."""
+        cap = self.options.max_group_ratio
+        ratios = [r for r in PROBE_RATIOS if r < cap] + [cap]
+        for done, group in enumerate(self.groups, 1):
+            points, last = [], None
+            for ratio in ratios:
+                plan = self.plan_for({group.id: ratio})
+                removed = plan.n_removed
+                if not removed or removed == last:
+                    continue
+                last = removed
+                error = self.error(plan, probe=True)
+                if not error <= self.limit:
+                    break
+                points.append(Probe(ratio, 1.0 - self.macs_fraction(plan), error))
+            self.probes[group.id] = points
+            step(self.progress, done, len(self.groups), "probing group sensitivity")
+
+    def allocate(self) -> None:
+        """The global order of (group, ratio) increments, most MACs saved per squared error first."""
+        increments = []
+        for gid, points in self.probes.items():
+            hull = _upper_hull([((p.error / self.limit) ** 2, p.saved, p.ratio) for p in points])
+            for (x0, y0, _), (x1, y1, ratio) in zip(hull, hull[1:]):
+                increments.append(((y1 - y0) / max(x1 - x0, 1e-12), gid, ratio))
+        increments.sort(key=lambda inc: (-inc[0], inc[1]))
+        self._order = [(gid, ratio) for _, gid, ratio in increments]
+
+    def plan_at(self, budget: int) -> Plan:
+        ratios: dict[int, float] = {}
+        for gid, ratio in self._order[:budget]:
+            ratios[gid] = ratio
+        return self.plan_for(ratios)
+
+    def search(self) -> Plan:
+        """The largest budget whose plan measures at most the limit (and, with a MACs target, no further)."""
+        self.probe()
+        self.allocate()
+        hi = len(self._order)
+        if self.target_macs is not None:
+            hi = self._first_meeting_target(hi)
+
+        def within(budget: int) -> bool:
+            return self.error(self.plan_at(budget)) <= self.limit
+
+        self._budget = hi if hi and within(hi) else _last_true(0, hi, within)
+        return self.plan_at(self._budget)
+
+    def _first_meeting_target(self, hi: int) -> int:
+        """The smallest budget whose estimated MACs meet the target (all of them when none does)."""
+        def above(budget: int) -> bool:
+            return self.macs_fraction(self.plan_at(budget)) > self.target_macs
+
+        return hi if above(hi) else _last_true(0, hi, above) + 1
+
+    def back_off(self, measured_error: float) -> Optional[Plan]:
+        """A smaller plan when the written model measured above the limit; None when it is within."""
+        if measured_error <= self.limit:
+            return None
+        if not self._order and not self.probes:
+            return self.search()  # the MACs target's own plan measured within the limit before writing
+        if self._budget == 0:
+            return None
+        self._budget = min(self._budget - 1, (self._budget * 3) // 4)
+        return self.plan_at(self._budget)
+
+    def report(self, measured_error: float) -> dict:
+        return {"limit": self.limit, "measured": measured_error, "budget": self._budget,
+                "increments": len(self._order), "evaluations": self.evaluations,
+                "groups_probed": len(self.probes),
+                "groups_insensitive": sum(1 for p in self.probes.values() if p and p[-1].ratio >= 0.5)}
+
+
+def _last_true(lo: int, hi: int, ok: Callable[[int], bool]) -> int:
+    """The largest n in [lo, hi) with ok(n), for ok true at lo, false at hi and monotone between."""
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _upper_hull(points: list[tuple[float, float, float]]) -> list[tuple[float, float, float]]:
+    """Upper concave hull from the origin (nothing pruned) of (squared error, MACs saved, ratio) points."""
+    best: dict[float, tuple[float, float, float]] = {}
+    for p in points:
+        if p[0] not in best or p[1] > best[p[0]][1]:
+            best[p[0]] = p
+    hull: list[tuple[float, float, float]] = [(0.0, 0.0, 0.0)]
+    for p in sorted(best.values()):
+        if p[1] <= hull[-1][1]:
+            continue
+        while len(hull) >= 2 and _slope(hull[-2], hull[-1]) <= _slope(hull[-2], p):
+            hull.pop()
+        hull.append(p)
+    return hull
+
+
+def _slope(a, b) -> float:
+    return (b[1] - a[1]) / max(b[0] - a[0], 1e-12)
