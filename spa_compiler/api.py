@@ -11,7 +11,9 @@ from . import registry, statistics
 from .analysis import PRODUCER
 from .compensate import ObsContext, compensate as compensation
 from .cost import totals
+from .densecheck import verify_like_dense
 from .errors import UsageError
+from .inputspec import parse_input_shapes
 from .ir import to_model
 from .modelio import (EXTERNAL_DATA_THRESHOLD, ModelLike, check_output_path, staged_output, uses_external_data,
                       write_graph, write_proto)
@@ -20,6 +22,7 @@ from .pipeline import (Compiled, bn_free_conv_warning, choose_hessian_source, co
                        consumer_nodes, load_calib, plan_pruning, require_prunable, score_groups)
 from .plan import Plan, PlanOptions
 from .rewrite import rewrite
+from .shapeinfer import concrete_shapes
 from .verify import check_pruned
 from .weights import release_pages, total_constant_bytes
 
@@ -40,7 +43,7 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
           max_group_ratio: float = 0.9, reduce: str = "sum", seed: int = 0, verify: bool = True,
           prune_hidden: bool = False, prune_head_dims: bool = False, hessian: Optional[str] = None, calib=None, samples: int = 256,
           damping: float = 0.01, compensate: Optional[bool] = None, recalibrate_bn: bool = False, noise: str = "auto",
-          output: Optional[str] = None, force: bool = False,
+          output: Optional[str] = None, force: bool = False, input_shapes=None,
           progress: Optional[Callable[[str], None]] = None) -> PruneResult:
     """Prune whole channels of *model* (a path or an ``onnx.ModelProto``).
 
@@ -48,7 +51,9 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
     ``global_ranking``; None lets the criterion choose: global for obspa, whose
     energy-normalized costs compare across layers, local otherwise); target_macs: instead of a ratio, prune until the MACs
     are at most this fraction of the original; prune_hidden: also prune a
-    transformer's residual-stream width (inexact through LayerNorm, opt-in).  With *output*, the model is
+    transformer's residual-stream width (inexact through LayerNorm, opt-in); input_shapes: dims of the
+    inputs (``{"images": (1, 3, 320, 320)}``) that shape inference, MACs, statistics and verification use
+    (chosen where not given; the dense model must run at them).  With *output*, the model is
     written atomically after verification.  Raises :class:`SpacError`
     subclasses with one-line messages.
     """
@@ -66,11 +71,13 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
     if recalibrate_bn and calib is None:
         raise UsageError("--recalibrate-bn needs --calib inputs")
     input_path = None if isinstance(model, onnx.ModelProto) else str(model)
+    given_shapes = parse_input_shapes(input_shapes)
     if output is not None:
         check_output_path(output, input_path, force)
     t0 = time.perf_counter()
     say("analyzing")
-    compiled = compile_model(model, prune_hidden=prune_hidden, head_dims=prune_head_dims)
+    compiled = compile_model(model, prune_hidden=prune_hidden, head_dims=prune_head_dims,
+                             input_shapes=given_shapes, run_dense=True)
     require_prunable(compiled)
     t1 = time.perf_counter()
     compensating = getattr(criterion_cls, "compensates", False) if compensate is None else compensate
@@ -100,7 +107,8 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
         pruned = recalibrate_batchnorm(to_model(graph, compiled.meta), calib_data)
     t2 = time.perf_counter()
     report = build_report(compiled, graph, plan, log, criterion, options, target_macs)
-    expected = {t.name: [d if isinstance(d, int) else None for d in (t.shape or [])] for t in compiled.graph.outputs}
+    expected = {t.name: [d if isinstance(d, int) and d > 0 else None for d in (t.shape or [])]
+                for t in compiled.graph.outputs}
     verification = None
     if output is not None:
         external = (input_path is not None and uses_external_data(input_path)) or \
@@ -114,21 +122,30 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
             del graph  # written: its arrays can go before onnxruntime loads the file
             if verify:
                 say("verifying with onnxruntime")
-                verification = check_pruned(stage.model_path, expected)
+                verification = _verify(stage.model_path, compiled, expected)
         report["output"] = str(output)
     else:
         pruned = pruned if pruned is not None else to_model(graph, compiled.meta)
         del graph  # the protobuf holds the pruned weights from here on
         if verify:
             say("verifying with onnxruntime")
-            verification = check_pruned(pruned, expected)
+            verification = _verify(pruned, compiled, expected)
     report["verify"] = verification
+    report["inputs"] = compiled.dense.describe() if compiled.dense else {"input_shapes": compiled.spec.describe()}
     report["hessian"] = hessian_info
     report["compensated"] = bool(compensating)
     report["warnings"] = warnings
     report["seconds"] = {"analyze": round(t1 - t0, 3), "prune": round(t2 - t1, 3),
                          "total": round(time.perf_counter() - t0, 3)}
     return PruneResult(pruned, plan, report, compiled, scores)
+
+
+def _verify(pruned, compiled: Compiled, expected: dict) -> dict:
+    """Against the dense model's run at the input spec when there was one, else the declared output shapes."""
+    dense = compiled.dense
+    if dense is not None and dense.outputs:
+        return verify_like_dense(pruned, dense, expected)
+    return check_pruned(pruned, expected)
 
 
 def _statistics(compiled: Compiled, hessian, calib_data, samples: int, seed: int, damping: float, noise: str, say):
@@ -144,8 +161,8 @@ def _statistics(compiled: Compiled, hessian, calib_data, samples: int, seed: int
 
 def build_report(compiled: Compiled, pruned_graph, plan: Plan, log, criterion: str, options: PlanOptions,
                  target_macs: Optional[float]) -> dict:
-    params0, macs0 = totals(compiled.graph)
-    params1, macs1 = totals(pruned_graph)
+    params0, macs0 = totals(compiled.graph, concrete_shapes(compiled.graph, compiled.spec))
+    params1, macs1 = totals(pruned_graph, concrete_shapes(pruned_graph, compiled.spec))
     analysis = compiled.analysis
     groups = []
     for gid, removed in sorted(plan.removed.items()):

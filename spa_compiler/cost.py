@@ -1,13 +1,14 @@
 """Cost model: parameters and multiply-accumulates, per layer and in total.
 
-Counted from shapes (symbolic dims count as 1), so it works without running
-the model; ``estimate`` predicts the cost of a plan from kept-channel
+Counted from shapes at the input spec's concrete dims (:func:`shapeinfer.concrete_shapes`:
+a detector's MACs at 640x640, not at 1x1), so it works without running the
+model; dims still unknown count as 1.  ``estimate`` predicts the cost of a plan from kept-channel
 fractions, which lets the planner meet a MACs target without rewriting.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -15,6 +16,8 @@ import onnx_graphsurgeon as gs
 from .ir import const_values, static_shape
 
 COUNTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+Concrete = Mapping[str, Sequence[int]]  # tensor name -> dims at the input spec
 
 
 @dataclass
@@ -29,12 +32,27 @@ def _prod(dims) -> int:
     return int(np.prod([d if d is not None else 1 for d in dims], dtype=np.int64))
 
 
-def node_macs(node: gs.Node) -> int:
-    """MACs of one node (0 for ops the model does not count)."""
+def _shape(tensor: gs.Tensor, shapes: Optional[Concrete]) -> Optional[list[Optional[int]]]:
+    if shapes and tensor.name in shapes:
+        return list(shapes[tensor.name])
+    return static_shape(tensor)
+
+
+def concrete(graph: gs.Graph, shapes: Optional[Concrete] = None) -> Concrete:
+    """*shapes*, or the graph's shapes at the active input spec."""
+    if shapes is not None:
+        return shapes
+    from .shapeinfer import concrete_shapes
+
+    return concrete_shapes(graph)
+
+
+def node_macs(node: gs.Node, shapes: Optional[Concrete] = None) -> int:
+    """MACs of one node (0 for ops the model does not count), at *shapes* where they name its tensors."""
     if node.op not in COUNTED_OPS:
         return 0
-    out = static_shape(node.outputs[0])
-    x = static_shape(node.inputs[0])
+    out = _shape(node.outputs[0], shapes)
+    x = _shape(node.inputs[0], shapes)
     w = node.inputs[1].shape if len(node.inputs) > 1 and node.inputs[1].shape is not None else None
     if out is None or w is None:
         return 0
@@ -55,15 +73,17 @@ def node_params(node: gs.Node) -> int:
     return sum(int(np.prod(t.shape)) for t in node.inputs if isinstance(t, gs.Constant) and _is_float(t))
 
 
-def layer_costs(graph: gs.Graph) -> list[LayerCost]:
-    return [LayerCost(n.name, n.op, node_params(n), node_macs(n)) for n in graph.nodes]
+def layer_costs(graph: gs.Graph, shapes: Optional[Concrete] = None) -> list[LayerCost]:
+    shapes = concrete(graph, shapes)
+    return [LayerCost(n.name, n.op, node_params(n), node_macs(n, shapes)) for n in graph.nodes]
 
 
-def totals(graph: gs.Graph) -> tuple[int, int]:
+def totals(graph: gs.Graph, shapes: Optional[Concrete] = None) -> tuple[int, int]:
     """(params, MACs) of the whole graph; each constant counted once."""
+    shapes = concrete(graph, shapes)
     params = sum(int(np.prod(t.shape)) for t in graph.tensors().values()
                  if isinstance(t, gs.Constant) and t.outputs and _is_float(t))
-    macs = sum(node_macs(n) for n in graph.nodes)
+    macs = sum(node_macs(n, shapes) for n in graph.nodes)
     return params, macs
 
 
@@ -75,11 +95,13 @@ def _is_float(t: gs.Constant) -> bool:
         return np.issubdtype(t.values.dtype, np.floating)
 
 
-def estimate_macs(graph: gs.Graph, fraction: Callable[[str, int], Optional[float]]) -> int:
+def estimate_macs(graph: gs.Graph, fraction: Callable[[str, int], Optional[float]],
+                  shapes: Optional[Concrete] = None) -> int:
     """MACs after pruning, given the kept fraction of each (tensor, axis) space (None = untouched)."""
+    shapes = concrete(graph, shapes)
     total = 0
     for node in graph.nodes:
-        macs = node_macs(node)
+        macs = node_macs(node, shapes)
         if not macs:
             continue
         out, x = node.outputs[0], node.inputs[0]

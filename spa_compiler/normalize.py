@@ -44,12 +44,18 @@ def _run(kind_name: str, obj, notes: list[str]):
         raise CompileError(f"normalize pass {kind_name} failed: {str(exc).splitlines()[0][:200]}") from exc
 
 
-def normalize(model: onnx.ModelProto, copy: bool = True) -> Normalized:
+def normalize(model: onnx.ModelProto, copy: bool = True, spec=None) -> Normalized:
     """Run the whole normalization pipeline on *model* (on a copy unless *copy* is False).
 
     The compiler passes ``copy=False`` for models it loaded itself: a model
     handed in by a caller is never modified, a file's model is nobody else's.
+    *spec* (:class:`inputspec.InputSpecs`, chosen for the model when None) is
+    where shape inference completes dims the declared inputs leave unknown;
+    a callable is asked for it just before that last inference, once every
+    other pass (the refusal of hostile shapes included) has run.
     """
+    from .inputspec import active, choose, declared_inputs
+
     notes: list[str] = []
     if copy:
         work = onnx.ModelProto()
@@ -59,16 +65,24 @@ def normalize(model: onnx.ModelProto, copy: bool = True) -> Normalized:
     for name in MODEL_PIPELINE_BEFORE:
         work = _run(name, work, notes)
     meta = meta_of(work)
+    chosen = choose(declared_inputs(work), None, meta.metadata)
+    meta.input_spec = chosen if spec is None or callable(spec) else spec
     graph = to_graph(work)
     for name in GRAPH_PIPELINE:
-        _run(name, graph, notes)
+        if name == GRAPH_PIPELINE[-1] and callable(spec):
+            meta.input_spec = spec()
+        with active(meta.input_spec):
+            _run(name, graph, notes)
     return Normalized(graph, meta, notes)
 
 
 def reinfer_shapes(graph: gs.Graph, meta: ModelMeta) -> gs.Graph:
     """Forget intermediate shapes and infer them again (after a rewrite changed channel counts)."""
+    from .inputspec import active
+
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Variable) and tensor not in graph.outputs and tensor not in graph.inputs:
             tensor.shape = None
-    _run("infer_shapes_symbolic", graph, [])
+    with active(meta.input_spec):
+        _run("infer_shapes_symbolic", graph, [])
     return graph
