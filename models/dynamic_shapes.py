@@ -133,7 +133,7 @@ def _fc_relu(net: Net, x: str, n: int) -> str:
 def measured_macs(model: onnx.ModelProto, feeds: dict) -> int:
     """Conv and Gemm MACs from the output shapes onnxruntime produces on *feeds*: a cost-model oracle
     that shares nothing with shape inference."""
-    from spa_compiler.verify import session
+    from spa_compiler.runtime import session
 
     work = onnx.ModelProto()
     work.CopyFrom(model)

@@ -410,6 +410,43 @@ def refuse_absurd_shapes(graph: gs.Graph, notes: list[str]) -> None:
                                  f"(shape {list(shape)}); refused before allocating")
 
 
+@register("normalize", "refuse_inconsistent_weights")
+def refuse_inconsistent_weights(graph: gs.Graph, notes: list[str]) -> None:
+    """Refuse layers whose constant weight disagrees with the known width of their input.
+
+    Such a model cannot run; without this check the disagreement surfaces
+    while scoring or slicing as an internal error instead of naming the node.
+    """
+    for node in graph.nodes:
+        found = _channel_mismatch(node)
+        if found:
+            have, want = found
+            raise ModelLoadError(f"node {node.name or '<unnamed>'} ({node.op}): its input has {have} channels, "
+                                 f"its weight {node.inputs[1].name} expects {want}")
+
+
+def _channel_mismatch(node: gs.Node):
+    """(input width, width the constant weight expects) when both are known and differ, else None."""
+    if len(node.inputs) < 2 or not isinstance(node.inputs[1], gs.Constant) or node.inputs[0] is None:
+        return None
+    x, w = node.inputs[0].shape, node.inputs[1].shape
+    if not x or not w:
+        return None
+    if node.op == "Conv" and len(x) >= 2 and len(w) >= 2:
+        group = node.attrs.get("group", 1)
+        have, want = x[1], w[1] * group if isinstance(group, int) else None
+    elif node.op == "ConvTranspose" and len(x) >= 2:
+        have, want = x[1], w[0]
+    elif node.op == "Gemm" and len(x) == 2 and len(w) == 2:
+        have, want = x[0 if node.attrs.get("transA", 0) else 1], w[1 if node.attrs.get("transB", 0) else 0]
+    elif node.op == "MatMul" and len(w) >= 2:
+        have, want = x[-1], w[-2]
+    else:
+        return None
+    known = all(isinstance(v, (int, np.integer)) and v > 0 for v in (have, want))
+    return (int(have), int(want)) if known and have != want else None
+
+
 @register("normalize", "unshare_initializers")
 def unshare_initializers(graph: gs.Graph, notes: list[str]) -> None:
     """Give every use of a shared non-scalar constant its own copy, so one layer's cut never hits another."""

@@ -6,17 +6,17 @@ by its output energy) goes first; weights and inverse Hessians are updated
 before the next choice.  Scores are the cumulative normalized cost at the
 step an atom goes, so they compare across groups: obspa ranks globally unless
 told ``--local`` (measured at equal MACs: more accuracy on the digits CNN and
-ViT, a tie on the MLP; see the README).  The pipeline then applies the compensation itself
-(:mod:`spa_compiler.compensate`).
+ViT, a tie on the MLP; see docs/obspa.md).  The pipeline then applies the compensation itself
+(:mod:`spa_compiler.obspa.compensate`).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from spa_compiler.analysis import Group
-from spa_compiler.compensate import ObsContext
+from spa_compiler.obspa.compensate import ObsContext
 from spa_compiler.importance import ScoringContext
-from spa_compiler.obs import block_cost, block_costs_uniform, remove_block
+from spa_compiler.obspa.obs import block_cost, block_costs_uniform, remove_block
 from spa_compiler.registry import register
 
 from .criteria import Criterion, L2Criterion

@@ -7,23 +7,26 @@ from typing import Callable, Optional, Sequence
 
 import onnx
 
-from . import registry, statistics
+from . import registry
 from .analysis import PRODUCER
-from .compensate import ObsContext, compensate as compensation
+from .obspa import statistics
+from .obspa.compensate import ObsContext, compensate as compensation
 from .cost import totals
 from .densecheck import verify_like_dense
 from .errors import UsageError
+from .finite import check_input_weights, guard_written_model, guard_written_weights
 from .inputspec import parse_input_shapes
 from .ir import to_model
-from .modelio import (EXTERNAL_DATA_THRESHOLD, ModelLike, check_output_path, staged_output, uses_external_data,
-                      write_graph, write_proto)
-from .noise import NOISE_KINDS
+from .jsonout import to_json
+from .modelio import (EXTERNAL_DATA_THRESHOLD, ModelLike, check_input_file, check_output_path, check_written_files,
+                      staged_output, uses_external_data, write_graph, write_proto)
+from .obspa.noise import NOISE_KINDS
 from .pipeline import (Compiled, bn_free_conv_warning, choose_hessian_source, compile_model,
                        consumer_nodes, load_calib, plan_pruning, require_prunable, score_groups)
 from .plan import Plan, PlanOptions
 from .rewrite import rewrite
+from .runtime import check_checker, check_pruned
 from .shapeinfer import concrete_shapes
-from .verify import check_pruned
 from .weights import release_pages, total_constant_bytes
 
 
@@ -43,8 +46,8 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
           max_group_ratio: float = 0.9, reduce: str = "sum", seed: int = 0, verify: bool = True,
           prune_hidden: bool = False, prune_head_dims: bool = False, hessian: Optional[str] = None, calib=None, samples: int = 256,
           damping: float = 0.01, compensate: Optional[bool] = None, recalibrate_bn: bool = False, noise: str = "auto",
-          output: Optional[str] = None, force: bool = False, input_shapes=None,
-          progress: Optional[Callable[[str], None]] = None) -> PruneResult:
+          output: Optional[str] = None, force: bool = False, report_path: Optional[str] = None,
+          input_shapes=None, progress: Optional[Callable[[str], None]] = None) -> PruneResult:
     """Prune whole channels of *model* (a path or an ``onnx.ModelProto``).
 
     ratio: fraction of each group's channels removed (or of all channels with
@@ -54,7 +57,8 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
     transformer's residual-stream width (inexact through LayerNorm, opt-in); input_shapes: dims of the
     inputs (``{"images": (1, 3, 320, 320)}``) that shape inference, MACs, statistics and verification use
     (chosen where not given; the dense model must run at them).  With *output*, the model is
-    written atomically after verification.  Raises :class:`SpacError`
+    written atomically after verification, together with the JSON report at *report_path*
+    (both or neither).  Raises :class:`SpacError`
     subclasses with one-line messages.
     """
     say = progress or (lambda _msg: None)
@@ -72,13 +76,19 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
         raise UsageError("--recalibrate-bn needs --calib inputs")
     input_path = None if isinstance(model, onnx.ModelProto) else str(model)
     given_shapes = parse_input_shapes(input_shapes)
+    if input_path is not None:
+        check_input_file(input_path)
     if output is not None:
-        check_output_path(output, input_path, force)
+        check_written_files(output, report_path, input_path, calib, force)
+    elif report_path is not None:
+        check_output_path(report_path, input_path, what="report")
     t0 = time.perf_counter()
     say("analyzing")
     compiled = compile_model(model, prune_hidden=prune_hidden, head_dims=prune_head_dims,
                              input_shapes=given_shapes, run_dense=True)
     require_prunable(compiled)
+    parameters = {p.tensor for g in compiled.analysis.groups for p in g.params}
+    nonfinite, finite_warnings = check_input_weights(compiled.graph, parameters, force)
     t1 = time.perf_counter()
     compensating = getattr(criterion_cls, "compensates", False) if compensate is None else compensate
     warnings, hessian_info, obs = [], None, None
@@ -98,22 +108,32 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
         updates = compensation(obs or ObsContext(compiled.graph, compiled.analysis, {}, damping), plan)
     say(f"rewriting {len(plan.removed)} groups")
     graph, log = rewrite(compiled.graph, compiled.meta, compiled.analysis, plan, updates)
+    guard_written_weights(graph, nonfinite)
     release_pages()
     pruned = None
     if recalibrate_bn:
-        from .recalibrate import recalibrate_batchnorm
+        from .obspa.recalibrate import recalibrate_batchnorm
 
         say("recalibrating BatchNorm statistics on the calibration inputs")
         pruned = recalibrate_batchnorm(to_model(graph, compiled.meta), calib_data)
+        guard_written_model(pruned, nonfinite)
     t2 = time.perf_counter()
     report = build_report(compiled, graph, plan, log, criterion, options, target_macs)
     expected = {t.name: [d if isinstance(d, int) and d > 0 else None for d in (t.shape or [])]
                 for t in compiled.graph.outputs}
-    verification = None
+    report.update(verify=None, hessian=hessian_info, compensated=bool(compensating),
+                  warnings=finite_warnings + warnings,
+                  inputs=compiled.dense.describe() if compiled.dense else {"input_shapes": compiled.spec.describe()})
+
+    def finish(verification) -> None:
+        report["verify"] = verification
+        report["seconds"] = {"analyze": round(t1 - t0, 3), "prune": round(t2 - t1, 3),
+                             "total": round(time.perf_counter() - t0, 3)}
+
     if output is not None:
         external = (input_path is not None and uses_external_data(input_path)) or \
             total_constant_bytes(graph) > EXTERNAL_DATA_THRESHOLD
-        with staged_output(output) as stage:  # renamed into place only if verified
+        with staged_output(output) as stage:  # renamed into place only if verified, with the report
             say(f"writing {output}" + (" (weights streamed to external data)" if external else ""))
             if pruned is None:
                 pruned = write_graph(graph, compiled.meta, stage, external)
@@ -122,21 +142,19 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
             del graph  # written: its arrays can go before onnxruntime loads the file
             if verify:
                 say("verifying with onnxruntime")
-                verification = _verify(stage.model_path, compiled, expected)
-        report["output"] = str(output)
+            finish(_verify(stage.model_path, compiled, expected) if verify else check_checker(stage.model_path))
+            report["output"] = str(output)
+            if report_path is not None:
+                stage.add_file(report_path, _report_bytes(report, report_path))
     else:
         pruned = pruned if pruned is not None else to_model(graph, compiled.meta)
         del graph  # the protobuf holds the pruned weights from here on
         if verify:
             say("verifying with onnxruntime")
-            verification = _verify(pruned, compiled, expected)
-    report["verify"] = verification
-    report["inputs"] = compiled.dense.describe() if compiled.dense else {"input_shapes": compiled.spec.describe()}
-    report["hessian"] = hessian_info
-    report["compensated"] = bool(compensating)
-    report["warnings"] = warnings
-    report["seconds"] = {"analyze": round(t1 - t0, 3), "prune": round(t2 - t1, 3),
-                         "total": round(time.perf_counter() - t0, 3)}
+        finish(_verify(pruned, compiled, expected) if verify else check_checker(pruned))
+        if report_path is not None:
+            with staged_output(report_path) as stage:
+                stage.model_path.write_bytes(_report_bytes(report, report_path))
     return PruneResult(pruned, plan, report, compiled, scores)
 
 
@@ -146,6 +164,13 @@ def _verify(pruned, compiled: Compiled, expected: dict) -> dict:
     if dense is not None and dense.outputs:
         return verify_like_dense(pruned, dense, expected)
     return check_pruned(pruned, expected)
+
+
+def _report_bytes(report: dict, path) -> bytes:
+    try:
+        return to_json(report).encode()
+    except (OSError, ValueError, TypeError) as exc:
+        raise UsageError(f"{path}: cannot write the report ({exc})") from None
 
 
 def _statistics(compiled: Compiled, hessian, calib_data, samples: int, seed: int, damping: float, noise: str, say):

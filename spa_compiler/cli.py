@@ -1,12 +1,12 @@
 """``spac``: the command line.  Every error is one line on stderr and a documented exit code."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
 import threading
 import traceback
+import warnings
 from contextlib import contextmanager
 from functools import wraps
 from typing import Optional
@@ -14,25 +14,14 @@ from typing import Optional
 import click
 
 from .errors import SpacError, UsageError
-from .noise import NOISE_KINDS
+from .jsonout import to_json
+from .obspa.noise import NOISE_KINDS
 from .progress import for_terminal
-from .statistics import SOURCES
+from .obspa.statistics import SOURCES
 
 
 def _emit_json(data) -> None:
-    click.echo(json.dumps(data, indent=2, default=_json_default))
-
-
-def _json_default(value):
-    import numpy as np
-
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
+    click.echo(to_json(data))
 
 
 def handled(func):
@@ -42,8 +31,11 @@ def handled(func):
     def wrapper(*args, **kwargs):
         debug = os.environ.get("SPAC_DEBUG") == "1" or kwargs.get("debug", False)
         try:
-            with _terminate_as_interrupt():
+            with _terminate_as_interrupt(), _quiet_numerics(debug):
                 return func(*args, **kwargs)
+        except BrokenPipeError:
+            _silence_stdout()
+            sys.exit(141)  # like a shell's SIGPIPE death: the reader (`| head`) left, nothing is wrong
         except SpacError as exc:
             if debug:
                 traceback.print_exc()
@@ -63,6 +55,45 @@ def handled(func):
             sys.exit(1)
 
     return wrapper
+
+
+@contextmanager
+def _quiet_numerics(debug: bool):
+    """No numpy RuntimeWarnings (with source lines) before our one-line error; ``--debug`` shows them."""
+    if debug:
+        yield
+        return
+    import numpy as np
+
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+class OneLineErrors(click.Group):
+    """Click's own usage errors (bad option values, ``-o`` naming a folder) as one ``spac: error:`` line."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            value = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            click.echo(f"spac: error: {' '.join(exc.format_message().split())}", err=True)
+            sys.exit(2)  # every error click itself raises is about the command line
+        except click.Abort:
+            click.echo("spac: interrupted (no output written)", err=True)
+            sys.exit(130)
+        sys.exit(value if isinstance(value, int) else 0)
 
 
 @contextmanager
@@ -96,7 +127,7 @@ def input_shape_option(func):
                              "metadata (imgsz), else common sizes the model runs at].")(func)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="spa-compiler")
 def main() -> None:
     """spa-compiler: structurally prune any ONNX model.
@@ -141,39 +172,37 @@ def main() -> None:
 @click.option("--force", is_flag=True, help="Allow overwriting the input model.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the JSON report here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but warnings and errors.")
 @click.option("--progress/--no-progress", "show_progress", default=None,
               help="Progress bar on stderr for long steps [default: when stderr is a terminal].")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @handled
 def prune(model, output, ratio, criterion, global_ranking, max_group_ratio, round_to, exclude, target_macs,
           reduce, seed, prune_hidden, prune_head_dims, calib, hessian, noise, samples, damping, compensate,
-          recalibrate_bn, no_verify, input_shapes, force, report_path, as_json, show_progress, debug):
+          recalibrate_bn, no_verify, input_shapes, force, report_path, as_json, quiet, show_progress, debug):
     """Prune MODEL and write a smaller ONNX model."""
     from .api import prune as run_prune
 
     if output is None:
         root, _ = os.path.splitext(model)
         output = root + ".pruned.onnx"
-    progress = for_terminal(show_progress, quiet=as_json)
+    progress = for_terminal(show_progress, quiet=as_json or quiet)
 
     result = run_prune(model, ratio=ratio, criterion=criterion, global_ranking=global_ranking,
                        round_to=round_to, exclude=exclude, target_macs=target_macs,
                        max_group_ratio=max_group_ratio, reduce=reduce, seed=seed, verify=not no_verify,
                        prune_hidden=prune_hidden, prune_head_dims=prune_head_dims, calib=calib, hessian=hessian, noise=noise, samples=samples, damping=damping,
                        compensate=compensate, recalibrate_bn=recalibrate_bn,
-                       output=output, force=force, input_shapes=input_shapes, progress=progress)
+                       output=output, force=force, report_path=report_path, input_shapes=input_shapes,
+                       progress=progress)
     report = result.report
-    if report_path:
-        from .modelio import check_output_path
-
-        check_output_path(report_path)
-        with open(report_path, "w") as fh:
-            json.dump(report, fh, indent=2, default=_json_default)
     if as_json:
         _emit_json(report)
         return
     for warning in report.get("warnings") or []:
         click.echo(f"spac: warning: {warning}", err=True)
+    if quiet:
+        return
     p, m, g = report["params"], report["macs"], report["groups"]
     click.echo(f"pruned {g['pruned']} of {g['prunable']} prunable groups ({g['frozen']} frozen) with {criterion}")
     click.echo(f"params {_fmt(p['before'])} -> {_fmt(p['after'])} ({p['after'] / max(p['before'], 1):.1%})")
@@ -266,23 +295,26 @@ def bench(model_a, model_b, batch, runs, warmup, threads, input_shapes, as_json,
     from .modelio import load_model
     from .densecheck import bench_spec
     from .normalize import normalize
+    from .runtime import bench_pair
     from .shapeinfer import concrete_shapes
-    from .verify import bench_pair
 
     if batch < 1 or runs < 1 or warmup < 0:
         raise UsageError("--batch and --runs must be >= 1, --warmup >= 0")
     a, b = load_model(model_a), load_model(model_b)
     spec = bench_spec(a, model_a, input_shapes, batch)
-    try:
-        ta, tb, provider = bench_pair(a, b, batch=batch, warmup=warmup, runs=runs, threads=threads, spec=spec)
+    try:  # paths, not protos: onnxruntime resolves external data next to each model
+        ta, tb, provider = bench_pair(model_a, model_b, batch=batch, warmup=warmup, runs=runs, threads=threads,
+                                      spec=spec)
     except Exception as exc:  # noqa: BLE001
         raise UsageError(f"cannot run the models in onnxruntime: {str(exc).splitlines()[0][:200]}") from None
     graph_a, graph_b = normalize(a, spec=spec).graph, normalize(b, spec=spec).graph
     macs_a = totals(graph_a, concrete_shapes(graph_a, spec))[1]
     macs_b = totals(graph_b, concrete_shapes(graph_b, spec))[1]
     data = {"provider": provider, "batch": batch, "threads": threads, "input_shapes": spec.describe(),
-            "a": {"path": model_a, "median_ms": ta.median_ms, "p10_ms": ta.p10_ms, "p90_ms": ta.p90_ms, "macs": macs_a},
-            "b": {"path": model_b, "median_ms": tb.median_ms, "p10_ms": tb.p10_ms, "p90_ms": tb.p90_ms, "macs": macs_b},
+            "a": {"path": model_a, "median_ms": ta.median_ms, "p10_ms": ta.p10_ms, "p90_ms": ta.p90_ms, "runs": ta.runs,
+                  "macs": macs_a},
+            "b": {"path": model_b, "median_ms": tb.median_ms, "p10_ms": tb.p10_ms, "p90_ms": tb.p90_ms, "runs": tb.runs,
+                  "macs": macs_b},
             "latency_ratio": tb.median_ms / ta.median_ms, "macs_ratio": macs_b / max(macs_a, 1)}
     if as_json:
         _emit_json(data)
@@ -307,13 +339,18 @@ def verify(original, pruned, input_shapes, as_json, debug):
     from .modelio import load_model
 
     given = parse_input_shapes(input_shapes)
-    dense_model = load_model(original)
-    dense = check_dense(dense_model, original, given)
-    load_model(pruned)  # the same input checks as the original's
-    try:
-        result = verify_like_dense(pruned, dense, declared_outputs(dense_model))
-    except SpacError as exc:
-        raise type(exc)(f"{pruned}: {exc}") from None
+    dense_model = load_model(original)  # every input check, with one-line errors naming the file
+    dense = check_dense(dense_model, original, given)  # paths: onnxruntime resolves external data
+    load_model(pruned)
+    if not dense.outputs:  # too large to run before: both run now, at the declared shapes
+        from .runtime import check_runs
+
+        result = check_runs(original, pruned)
+    else:
+        try:
+            result = verify_like_dense(pruned, dense, declared_outputs(dense_model))
+        except SpacError as exc:
+            raise type(exc)(f"{pruned}: {exc}") from None
     if as_json:
         _emit_json({"ok": True, **result})
     else:

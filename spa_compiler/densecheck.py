@@ -60,7 +60,7 @@ def dense_runner(model: onnx.ModelProto, source: Union[str, Path, onnx.ModelProt
 
 
 def _check_dense(inputs, metadata: dict, source, given) -> DenseRun:
-    from .verify import session, size_on_disk, tensor_outputs
+    from .runtime import session, size_on_disk, tensor_outputs
 
     where = "<in-memory model>" if isinstance(source, onnx.ModelProto) else str(source)
     first = inputspec.choose(inputs, given, metadata, where=where)
@@ -166,9 +166,9 @@ def verify_like_dense(pruned, dense: DenseRun, declared: Mapping[str, list]) -> 
     *pruned* is a ModelProto or the path of a written model; *declared* the
     original's declared output dims (dynamic ones must stay dynamic).
     """
-    from .verify import LEAN_SESSION_BYTES, _check_model, default_providers, session, size_on_disk, tensor_outputs
+    from .runtime import LEAN_SESSION_BYTES, check_checker, default_providers, session, size_on_disk, tensor_outputs
 
-    _check_model(pruned)
+    check_checker(pruned)
     proto = pruned if isinstance(pruned, onnx.ModelProto) else onnx.load(str(pruned), load_external_data=False)
     check_dynamic_kept(declared, proto)
     providers = default_providers()

@@ -1,6 +1,6 @@
 """Errors users see, each with the exit code the CLI returns for it.
 
-Exit codes (documented in the README):
+Exit codes (documented in docs/guarantees.md):
     0  success
     1  compile failure (the compiler could not do what was asked)
     2  usage or bad input (missing file, not ONNX, bad option, nothing to prune)

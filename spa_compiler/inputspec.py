@@ -311,9 +311,13 @@ def choose(inputs: Sequence[tuple[str, tuple[Dim, ...], np.dtype]], given: Optio
                     raise UsageError(f"{prefix}--input-shape {name}: dim {axis} is {w}, the model declares {d}")
                 if isinstance(d, str):
                     shared.setdefault(d, w)
+    # a name some input has as its batch is the batch wherever it appears (states [layers, batch, hidden])
+    batch_names = {dims[0] for _, dims, dtype in inputs if dims and isinstance(dims[0], str) and dims[0]
+                   and _role(dims[0], 0, dims, dtype) == BATCH}
     specs = []
     for name, dims, dtype in inputs:
-        roles = tuple(None if _static(d) else _role(d, axis, dims, dtype) for axis, d in enumerate(dims))
+        roles = tuple(None if _static(d) else BATCH if d in batch_names else _role(d, axis, dims, dtype)
+                      for axis, d in enumerate(dims))
         layout = _image_layout(dims, dtype)
         chosen = []
         for axis, (d, role) in enumerate(zip(dims, roles)):

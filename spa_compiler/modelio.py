@@ -7,9 +7,10 @@ written, whatever happens later in the pipeline.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
@@ -17,7 +18,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from .errors import ModelLoadError, UsageError
-from .validate import check_model
+from .validate import check_model, topological_order
 
 # protobuf refuses single messages above 2 GiB; beyond this the weights go to external data.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
@@ -31,14 +32,8 @@ def load_model(source: ModelLike) -> onnx.ModelProto:
         model = source
         where = "<in-memory model>"
     else:
-        path = Path(source)
+        path = check_input_file(source)
         where = str(path)
-        if not path.exists():
-            raise ModelLoadError(f"{where}: no such file")
-        if not path.is_file():
-            raise ModelLoadError(f"{where}: not a file")
-        if path.stat().st_size == 0:
-            raise ModelLoadError(f"{where}: empty file, not an ONNX model")
         try:
             model = onnx.load(str(path), load_external_data=False)
         except (DecodeError, ValueError, RuntimeError) as exc:
@@ -47,7 +42,22 @@ def load_model(source: ModelLike) -> onnx.ModelProto:
             raise ModelLoadError(f"{where}: cannot read ({exc.strerror or exc})") from None
         _load_external_data(model, path)
     check_model(model, where)
+    topological_order(model)
     return model
+
+
+def check_input_file(source: Union[str, os.PathLike]) -> Path:
+    """A model path that exists, is a regular file (not a FIFO that would block) and is not empty."""
+    path = Path(source)
+    if path.is_dir():
+        raise ModelLoadError(f"{path}: is a folder, not a model file")
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file")
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: not a regular file (a device, FIFO or socket)")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"{path}: empty file, not an ONNX model")
+    return path
 
 
 def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
@@ -71,12 +81,23 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
         if not location or Path(location).is_absolute() or folder not in (target, *target.parents):
             raise ModelLoadError(f"{path}: initializer {tensor.name} points its external data outside the "
                                  f"model's folder ({location!r}); refused")
-        if not target.is_file():
+        if not target.exists():
             raise ModelLoadError(f"{path}: initializer {tensor.name}: external data file {location!r} not found")
+        if not target.is_file():
+            raise ModelLoadError(f"{path}: initializer {tensor.name}: external data file {location!r} is not a "
+                                 "regular file (a device, FIFO or socket)")
+        if target.stat().st_nlink > 1:
+            raise ModelLoadError(f"{path}: initializer {tensor.name}: external data file {location!r} has "
+                                 f"{target.stat().st_nlink} hard links, so it may live outside the model's folder; "
+                                 "refused (copy it to break the links)")
         try:
-            end = int(info.get("offset", 0)) + int(info.get("length", 0))
+            offset, length = int(info.get("offset", 0)), int(info.get("length", 0))
         except ValueError:
-            raise ModelLoadError(f"{path}: initializer {tensor.name}: bad external data offset/length") from None
+            offset = length = -1
+        if offset < 0 or length < 0:
+            raise ModelLoadError(f"{path}: initializer {tensor.name}: bad external data offset/length "
+                                 f"({info.get('offset')!r}, {info.get('length')!r})")
+        end = offset + length
         if end > target.stat().st_size:
             raise ModelLoadError(f"{path}: initializer {tensor.name}: external data ends at byte {end}, past the "
                                  f"end of {location!r}")
@@ -89,24 +110,72 @@ def _first_line(exc: BaseException) -> str:
 
 
 def check_output_path(path: Union[str, os.PathLike], input_path: Union[str, os.PathLike, None] = None,
-                      force: bool = False) -> Path:
-    """Fail early, before any work, when the output cannot be written or would overwrite the input."""
+                      force: bool = False, what: str = "output") -> Path:
+    """Fail early, before any work, when the output cannot be written or would overwrite the input.
+
+    An existing path that is not a regular file (a device such as
+    ``/dev/null``, a FIFO, a socket) is refused: the write is a rename, which
+    would replace the node itself.
+    """
     out = Path(path)
-    if input_path is not None and not force:
-        try:
-            same = out.exists() and os.path.samefile(out, input_path)
-        except OSError:
-            same = False
-        if same or out.resolve() == Path(input_path).resolve():
-            raise UsageError(f"{out}: output would overwrite the input model (use --force)")
+    if input_path is not None and not force and same_file(out, input_path):
+        raise UsageError(f"{out}: {what} would overwrite the input model (use --force)")
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
-        raise UsageError(f"{out}: output folder {parent} does not exist")
+        raise UsageError(f"{out}: {what} folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
-        raise UsageError(f"{out}: output folder {parent} is not writable")
+        raise UsageError(f"{out}: {what} folder {parent} is not writable")
     if out.is_dir():
-        raise UsageError(f"{out}: is a folder, expected a file path")
+        raise UsageError(f"{out}: is a folder, expected a file path for the {what}")
+    if (out.exists() or out.is_symlink()) and not out.is_file():
+        raise UsageError(f"{out}: not a regular file (a device, FIFO or socket); refused as the {what}")
     return out
+
+
+def same_file(a: Union[str, os.PathLike], b: Union[str, os.PathLike]) -> bool:
+    """Whether two paths name one file: the same real path, or (both existing) the same inode (hard links)."""
+    try:
+        if os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b):
+            return True
+    except OSError:
+        pass
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def data_files(model_path: Union[str, os.PathLike]) -> list[Path]:
+    """The external data files the model file at *model_path* names (none if it cannot be read)."""
+    path = Path(model_path)
+    return [path.parent / name for name in sorted(external_locations(path))]
+
+
+def check_written_files(output: Union[str, os.PathLike], report: Union[str, os.PathLike, None],
+                        model_path: Union[str, os.PathLike, None], calib=None, force: bool = False) -> None:
+    """Before any work: the files a run writes (model, its ``.data`` file, report) are writable,
+    distinct from each other, and none of them is a file the run reads.
+
+    Why: a rename onto the input's external data file (``-o out.onnx`` when the
+    input reads ``out.onnx.data``) or a report written over the model would
+    silently destroy the user's data.  ``--force`` only allows replacing the
+    input model itself (its data file then is replaced with it).
+    """
+    out = check_output_path(output, model_path, force)
+    data = out.parent / (out.name + ".data")
+    if data.exists() or data.is_symlink():
+        check_output_path(data, what="output's weights file")
+    in_place = model_path is not None and same_file(out, model_path)
+    weights = [] if model_path is None else data_files(model_path)
+    calib_file = [Path(calib)] if isinstance(calib, (str, os.PathLike)) else []
+    pairs = [(out, "output", source) for source in weights + calib_file]
+    pairs += [(data, "output's weights file", source) for source in (calib_file if in_place else weights + calib_file)]
+    for path, what, source in pairs:
+        if same_file(path, source):
+            raise UsageError(f"{path}: the {what} would overwrite {source}, which this run reads; "
+                             "choose another output name")
+    if report is not None:
+        rep = check_output_path(report, None, what="report")
+        for other in (out, data, *([Path(model_path)] if model_path is not None else []), *weights, *calib_file):
+            if same_file(rep, other):
+                raise UsageError(f"{rep}: the report would overwrite {other}; choose another report path")
 
 
 def external_locations(path: Union[str, os.PathLike]) -> set[str]:
@@ -132,10 +201,73 @@ class Stage:
     folder: Path
     model_path: Path
     data_name: str  # the weights file's name, relative to the model (``<name>.data``)
+    companions: list[tuple[Path, Path]] = field(default_factory=list)  # (staged file, final path)
 
     @property
     def data_path(self) -> Path:
         return self.folder / self.data_name
+
+    def add_file(self, path: Union[str, os.PathLike], data: bytes) -> None:
+        """Stage another file (the JSON report) to be renamed into place with the model, or not at all.
+
+        It is written now, as a hidden file next to *path* (a rename only works
+        within one file system), so a failure to write it fails the whole output.
+        """
+        final = Path(path)
+        parent = final.parent if str(final.parent) else Path(".")
+        remove_stale_stages(final)
+        handle, name = tempfile.mkstemp(prefix=stage_prefix(final), dir=parent)
+        staged = Path(name)
+        self.companions.append((staged, final))
+        try:
+            with os.fdopen(handle, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            raise UsageError(f"{final}: cannot write ({exc.strerror or exc})") from None
+
+
+def stage_prefix(path: Union[str, os.PathLike], pid: Optional[int] = None) -> str:
+    """Hidden name prefix of a staged write of *path*: it names the writing process, so a later run can
+    tell the stage of a killed process (SIGKILL leaves no chance to clean up) from one in progress."""
+    return f".{Path(path).name}.spac-{os.getpid() if pid is None else pid}-"
+
+
+def remove_stale_stages(path: Union[str, os.PathLike]) -> int:
+    """Remove stages of *path* left by processes that no longer exist; returns how many were removed."""
+    out = Path(path)
+    parent = out.parent if str(out.parent) else Path(".")
+    head = f".{out.name}.spac-"
+    removed = 0
+    try:
+        entries = [e for e in os.listdir(parent) if e.startswith(head)]
+    except OSError:
+        return 0
+    for entry in entries:
+        pid = entry[len(head):].split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        stale = parent / entry
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            with suppress(OSError):
+                stale.unlink()
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # someone else's process (or nonsense): not ours to judge
+    return True
 
 
 @contextmanager
@@ -145,19 +277,29 @@ def staged_output(path: Union[str, os.PathLike]) -> Iterator[Stage]:
     The caller writes (and may verify) the model there: an interrupted or
     failed run removes the folder and never leaves a partial file under the
     final name.  The weights file goes first, so the final model never points
-    at data that is not there yet.
+    at data that is not there yet; staged companions (the report) go last.
+    Stages of killed runs of the same output are removed first.
     """
     out = Path(path)
     parent = out.parent if str(out.parent) else Path(".")
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=parent) as tmp:
-        stage = Stage(Path(tmp), Path(tmp) / out.name, out.name + ".data")
-        yield stage
-        try:
-            if stage.data_path.exists():
-                os.replace(stage.data_path, parent / stage.data_name)
-            os.replace(stage.model_path, out)
-        except OSError as exc:
-            raise UsageError(f"{out}: cannot write ({exc.strerror or exc})") from None
+    remove_stale_stages(out)
+    stage = None
+    try:
+        with tempfile.TemporaryDirectory(prefix=stage_prefix(out), dir=parent) as tmp:
+            stage = Stage(Path(tmp), Path(tmp) / out.name, out.name + ".data")
+            yield stage
+            try:
+                if stage.data_path.exists():
+                    os.replace(stage.data_path, parent / stage.data_name)
+                os.replace(stage.model_path, out)
+                for staged, final in stage.companions:
+                    os.replace(staged, final)
+            except OSError as exc:
+                raise UsageError(f"{out}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        for staged, _final in stage.companions if stage is not None else ():
+            with suppress(OSError):
+                staged.unlink()
 
 
 def write_proto(model: onnx.ModelProto, stage: Stage, external: bool = False) -> None:

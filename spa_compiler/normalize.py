@@ -12,14 +12,14 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from . import registry
-from .errors import CompileError, SpacError
+from .errors import CompileError, ModelLoadError, SpacError
 from .ir import ModelMeta, meta_of, to_graph, to_model
 
 MODEL_PIPELINE_BEFORE = ("strip_initializer_inputs", "upgrade_opset")
 GRAPH_PIPELINE = ("constants_to_initializers", "castlike_constants", "lower_ml_scaler", "remove_identity",
                   "infer_shapes", "refuse_absurd_shapes", "sequence_split_to_split", "einsum_to_matmul",
-                  "fold_weight_layouts", "infer_shapes", "fold_constants", "group_norm_as_split",
-                  "unshare_initializers", "cleanup", "infer_shapes_symbolic")
+                  "fold_weight_layouts", "infer_shapes", "fold_constants", "drop_zero_states", "group_norm_as_split",
+                  "unshare_initializers", "cleanup", "infer_shapes_symbolic", "refuse_inconsistent_weights")
 
 
 @dataclass
@@ -40,6 +40,8 @@ def _run(kind_name: str, obj, notes: list[str]):
         return info.factory(obj, notes)
     except SpacError:
         raise
+    except UnicodeDecodeError:
+        raise ModelLoadError("a name or string in the model is not valid UTF-8 text") from None
     except Exception as exc:  # noqa: BLE001 - a failing pass must name itself
         raise CompileError(f"normalize pass {kind_name} failed: {str(exc).splitlines()[0][:200]}") from exc
 

@@ -90,7 +90,7 @@ def score_groups(compiled: Compiled, criterion: str = "l2", seed: int = 0, reduc
     info = registry.get("criterion", criterion)
     pass_ = info.factory(reduce=reduce)
     if obs is None and getattr(pass_, "needs_statistics", False):
-        from .compensate import ObsContext
+        from .obspa.compensate import ObsContext
 
         obs = ObsContext(compiled.graph, compiled.analysis)  # identity statistics
     ctx = ScoringContext(compiled.graph, compiled.analysis, np.random.default_rng(seed), obs, progress)

@@ -1,6 +1,7 @@
 """One registry for every named pass: normalizations, criteria, and third-party additions.
 
-Built-in passes live in the top-level ``passes`` package and register through
+Built-in passes live in the top-level ``passes/`` folder, installed as the
+``spa_compiler.passes`` package, and register through
 the same entry-point group (``spa_compiler.passes``) an outside package uses,
 so they have no privileges an outside pass lacks.  ``spac passes`` lists them.
 """
@@ -15,7 +16,8 @@ from .errors import UsageError
 
 KINDS = ("normalize", "criterion")
 ENTRY_POINT_GROUP = "spa_compiler.passes"
-BUILTIN_MODULES = ("passes.normalize", "passes.criteria", "passes.obspa", "passes.calibrated")
+BUILTIN_MODULES = tuple(f"spa_compiler.passes.{name}" for name in ("normalize", "recurrent", "criteria", "obspa",
+                                                                     "calibrated"))
 
 
 @dataclass(frozen=True)

@@ -51,10 +51,16 @@ def infer(graph: gs.Graph, notes: list[str], symbolic: bool) -> None:
         return
     shapes = value_shapes(inferred)
     declared = {d for t in graph.inputs for d in (t.shape or []) if isinstance(d, str)}  # symbols, not unknowns
-    if symbolic and any(has_unknown(dims, declared) for dims, _ in shapes.values()):
+
+    def incomplete() -> bool:  # unknown dims, or tensors ONNX has no shape for (contrib ops it does not know)
+        return any(has_unknown(dims, declared) for dims, _ in shapes.values()) or any(
+            isinstance(t, gs.Variable) and t.name and t.name not in shapes and t not in graph.inputs
+            for t in graph.tensors().values())
+
+    if symbolic and incomplete():
         outputs = {t.name for t in graph.outputs}
         shapes = complete(graph, shapes, outputs)
-        if any(has_unknown(dims, declared) for dims, _ in shapes.values()):  # only what is still unknown
+        if incomplete():  # only what is still unknown
             found = symbolic_shapes(inferred, notes)
             shapes.update({k: v for k, v in found.items()
                            if k not in shapes or (has_unknown(shapes[k][0]) and not has_unknown(v[0]))})
@@ -204,7 +210,8 @@ def value_shapes(model: onnx.ModelProto) -> Shapes:
 
 def symbolic_shapes(model: onnx.ModelProto, notes: Optional[list[str]] = None,
                     seconds: float = SYMBOLIC_SECONDS) -> Shapes:
-    """onnxruntime's symbolic shape inference (sympy), stopped after *seconds* (main thread only).
+    """onnxruntime's symbolic shape inference (sympy; plus the contrib ops of ``passes/contrib_shapes.py``),
+    stopped after *seconds* (main thread only).
 
     When it cannot infer every shape (ops it does not know, such as the
     ``ai.onnx.ml`` ops of skl2onnx), onnxruntime dumps the model to
@@ -214,11 +221,11 @@ def symbolic_shapes(model: onnx.ModelProto, notes: Optional[list[str]] = None,
     import tempfile
 
     try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+        from .passes.contrib_shapes import ContribShapeInference
 
         with tempfile.TemporaryDirectory(prefix="spac-shapes-") as scratch, _working_directory(scratch), \
                 _time_limit(seconds):
-            return value_shapes(SymbolicShapeInference.infer_shapes(model, auto_merge=True))
+            return value_shapes(ContribShapeInference.infer_shapes(model, auto_merge=True))
     except _TimeUp:
         if notes is not None:
             notes.append(f"infer_shapes: symbolic shape inference stopped after {seconds:g} s; "

@@ -13,6 +13,8 @@ from typing import Iterable
 
 import numpy as np
 import onnx
+import onnx.external_data_helper
+import onnx.numpy_helper
 from onnx.external_data_helper import uses_external_data
 
 from .errors import ModelLoadError
@@ -28,10 +30,14 @@ def check_model(model: onnx.ModelProto, where: str) -> None:
     """Every check below, in the order that gives the most useful first error."""
     check_structure(model, where)
     check_initializers(model.graph.initializer, where)
+    check_constant_nodes(model, where)
+    check_shape_constants(model, where)
     check_inputs(model, where)
     check_references(model, where)
     check_acyclic(model, where)
     check_operators(model, where)
+    check_functions(model, where)
+    check_signatures(model, where)
 
 
 def check_structure(model: onnx.ModelProto, where: str) -> None:
@@ -74,6 +80,9 @@ def check_initializers(initializers: Iterable[onnx.TensorProto], where: str) -> 
         if uses_external_data(tensor):
             length = next((e.value for e in tensor.external_data if e.key == "length"), None)
             stored, wanted = (int(length), size) if length is not None and length.isdigit() else (None, None)
+        elif tensor.data_type == onnx.TensorProto.STRING and tensor.raw_data:
+            raise ModelLoadError(f"{where}: initializer {tensor.name} is a STRING tensor with raw bytes "
+                                 "(strings must be stored as string_data)")
         elif tensor.HasField("raw_data") or tensor.raw_data:
             stored, wanted = len(tensor.raw_data), size
         elif tensor.data_type == onnx.TensorProto.STRING:
@@ -85,6 +94,145 @@ def check_initializers(initializers: Iterable[onnx.TensorProto], where: str) -> 
             raise ModelLoadError(f"{where}: initializer {tensor.name} holds {stored} "
                                  f"{'bytes' if wanted == size else 'values'} but its dims {list(tensor.dims)} "
                                  f"need {wanted}")
+
+
+def _all_nodes(model: onnx.ModelProto) -> Iterable[onnx.NodeProto]:
+    """Nodes of the graph, of its subgraphs (If/Loop/Scan bodies) and of local functions, iteratively."""
+    todo = [list(model.graph.node)] + [list(f.node) for f in model.functions]
+    while todo:
+        for node in todo.pop():
+            yield node
+            for attr in node.attribute:
+                todo += [list(g.node) for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)]
+
+
+def _constant_tensors(model: onnx.ModelProto) -> Iterable[tuple[onnx.NodeProto, onnx.TensorProto]]:
+    for node in _all_nodes(model):
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield node, attr.t
+
+
+def check_constant_nodes(model: onnx.ModelProto, where: str) -> None:
+    """Constant nodes' tensors pass the same checks as initializers (a ``[2**40]`` constant would be
+    expanded by the first pass that reads it)."""
+    for node, tensor in _constant_tensors(model):
+        try:
+            check_initializers([tensor], where)
+        except ModelLoadError as exc:
+            detail = str(exc).split(": initializer ", 1)[-1].split(" ", 1)[-1]
+            raise ModelLoadError(f"{where}: Constant node {_label(node)} {detail}") from None
+
+
+# Ops whose constant shape input sets their output's element count: (input index, whether 0/-1 are special).
+_SHAPE_INPUTS = {"Reshape": 1, "Expand": 1, "ConstantOfShape": 0, "Tile": 1}
+
+
+def check_shape_constants(model: onnx.ModelProto, where: str) -> None:
+    """Refuse shape constants that describe absurd tensors, before shape inference propagates them.
+
+    ONNX data propagation materializes what it can prove: a Reshape or Expand
+    to ``[2**40]`` grows the inference to gigabytes before any size check on
+    inferred shapes can run.  The product of the positive entries of a
+    constant shape (or Tile's repeats) bounds the output's element count.
+    """
+    constants = {t.name: t for t in model.graph.initializer}
+    constants.update({node.output[0]: t for node, t in _constant_tensors(model) if node.output})
+    for node in _all_nodes(model):
+        index = _SHAPE_INPUTS.get(node.op_type)
+        if index is None or len(node.input) <= index or node.input[index] not in constants:
+            continue
+        tensor = constants[node.input[index]]
+        if tensor.data_type != onnx.TensorProto.INT64 or onnx.external_data_helper.uses_external_data(tensor) \
+                or nbytes(tensor.dims, tensor.data_type) > 2**16:
+            continue
+        try:
+            values = onnx.numpy_helper.to_array(tensor).reshape(-1)
+        except (ValueError, TypeError):
+            continue  # malformed: check_initializers names it
+        count = int(np.prod([int(v) for v in values if v > 0], dtype=object))
+        if count > ABSURD_TENSOR_BYTES:
+            raise ModelLoadError(f"{where}: node {_label(node)} asks for {count} elements (shape constant "
+                                 f"{values.tolist()[:8]}); refused before allocating")
+
+
+def check_functions(model: onnx.ModelProto, where: str) -> None:
+    """Local functions must not call themselves (directly or through each other): inlining never ends."""
+    local = {(f.domain, f.name): f for f in model.functions}
+    calls = {key: {(n.domain, n.op_type) for n in f.node if (n.domain, n.op_type) in local}
+             for key, f in local.items()}
+    state: dict = {}
+    for start in calls:
+        stack = [(start, iter(calls[start]))]
+        state[start] = 1
+        while stack:
+            key, pending = stack[-1]
+            callee = next(pending, None)
+            if callee is None:
+                state[key] = 2
+                stack.pop()
+            elif state.get(callee) == 1:
+                raise ModelLoadError(f"{where}: local function {callee[1]} calls itself (recursion); refused")
+            elif callee not in state:
+                state[callee] = 1
+                stack.append((callee, iter(calls[callee])))
+
+
+def check_signatures(model: onnx.ModelProto, where: str) -> None:
+    """Attributes and constant inputs of default-domain nodes have the types the operator's schema allows.
+
+    ``group=['a']`` or a STRING weight would otherwise fail deep inside a pass
+    (or in onnxruntime) as an internal error.
+    """
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    typed = {t.name: t.data_type for t in model.graph.initializer}
+    typed.update({node.output[0]: t.data_type for node, t in _constant_tensors(model) if node.output})
+    for node in model.graph.node:
+        if (node.domain or "") not in ("", "ai.onnx"):
+            continue
+        try:
+            schema = onnx.defs.get_schema(node.op_type, opset, "")
+        except Exception:  # noqa: BLE001 - unknown here: check_operators decides
+            continue
+        inputs = len(node.input) - next((i for i, n in enumerate(reversed(node.input)) if n), len(node.input))
+        if not schema.min_input <= inputs <= schema.max_input or not 1 <= len(node.output) <= schema.max_output:
+            raise ModelLoadError(f"{where}: node {_label(node)} has {inputs} inputs and {len(node.output)} outputs; "
+                                 f"{node.op_type} takes {schema.min_input}-{schema.max_input} inputs and "
+                                 f"{schema.min_output}-{schema.max_output} outputs")
+        for attr in node.attribute:
+            want = schema.attributes.get(attr.name)
+            if want is not None and attr.type != want.type:
+                raise ModelLoadError(f"{where}: node {_label(node)}: attribute {attr.name} is "
+                                     f"{onnx.AttributeProto.AttributeType.Name(attr.type)}, the operator needs "
+                                     f"{onnx.AttributeProto.AttributeType.Name(want.type)}")
+        allowed_by = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+        for i, name in enumerate(node.input):
+            if name not in typed or not schema.inputs:
+                continue
+            formal = schema.inputs[min(i, len(schema.inputs) - 1)]
+            allowed = allowed_by.get(formal.type_str, {formal.type_str})
+            actual = f"tensor({_type_name(typed[name])})"
+            if allowed and actual not in allowed:
+                raise ModelLoadError(f"{where}: node {_label(node)} reads {name} of type {actual}, which "
+                                     f"{node.op_type} does not accept")
+
+
+def _type_name(elem_type: int) -> str:
+    names = {onnx.TensorProto.FLOAT: "float", onnx.TensorProto.DOUBLE: "double", onnx.TensorProto.BOOL: "bool",
+             onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.BFLOAT16: "bfloat16"}
+    name = onnx.TensorProto.DataType.Name(elem_type) if elem_type in onnx.TensorProto.DataType.values() else "?"
+    return names.get(elem_type, name.lower())
+
+
+def topological_order(model: onnx.ModelProto) -> None:
+    """Put the graph's nodes in topological order (exporters need not; deep recursions in later passes
+    would otherwise walk a 2,000-node chain listed backwards).  Assumes :func:`check_acyclic` passed."""
+    nodes = list(model.graph.node)
+    order, _ = _kahn(nodes)
+    if order != list(range(len(nodes))) and len(order) == len(nodes):
+        del model.graph.node[:]
+        model.graph.node.extend(nodes[i] for i in order)
 
 
 def _typed_count(elem_type: int, count: int) -> int:
@@ -120,25 +268,43 @@ def check_references(model: onnx.ModelProto, where: str) -> None:
 
 def check_acyclic(model: onnx.ModelProto, where: str) -> None:
     """The nodes form a DAG (exporters need not sort them, but a cycle can never run)."""
-    producer = {name: i for i, node in enumerate(model.graph.node) for name in node.output if name}
-    readers: dict[int, list[int]] = {i: [] for i in range(len(model.graph.node))}
-    waiting = [0] * len(model.graph.node)
-    for i, node in enumerate(model.graph.node):
-        for j in {producer[name] for name in node.input if name in producer}:
+    order, waiting = _kahn(model.graph.node)
+    if len(order) < len(model.graph.node):
+        stuck = next(i for i, n in enumerate(waiting) if n > 0)
+        raise ModelLoadError(f"{where}: the graph has a cycle (through node {_label(model.graph.node[stuck])})")
+
+
+def _reads(node: onnx.NodeProto) -> set[str]:
+    """Tensors a node reads: its inputs and the outer-scope names its subgraphs (If/Loop bodies) use."""
+    names = set(node.input)
+    todo = [g for a in node.attribute for g in ([a.g] if a.HasField("g") else []) + list(a.graphs)]
+    while todo:
+        graph = todo.pop()
+        for inner in graph.node:
+            names.update(inner.input)
+            todo += [g for a in inner.attribute for g in ([a.g] if a.HasField("g") else []) + list(a.graphs)]
+    return names
+
+
+def _kahn(nodes) -> tuple[list[int], list[int]]:
+    """Kahn's algorithm: node indices in a topological order, and the unmet inputs left (non-zero: a cycle)."""
+    producer = {name: i for i, node in enumerate(nodes) for name in node.output if name}
+    readers: dict[int, list[int]] = {i: [] for i in range(len(nodes))}
+    waiting = [0] * len(nodes)
+    for i, node in enumerate(nodes):
+        for j in {producer[name] for name in _reads(node) if name in producer} - {i}:
             readers[j].append(i)
             waiting[i] += 1
     ready = deque(i for i, n in enumerate(waiting) if n == 0)
-    done = 0
+    order = []
     while ready:
         i = ready.popleft()
-        done += 1
+        order.append(i)
         for k in readers[i]:
             waiting[k] -= 1
             if waiting[k] == 0:
                 ready.append(k)
-    if done < len(model.graph.node):
-        stuck = next(i for i, n in enumerate(waiting) if n > 0)
-        raise ModelLoadError(f"{where}: the graph has a cycle (through node {_label(model.graph.node[stuck])})")
+    return order, waiting
 
 
 def check_operators(model: onnx.ModelProto, where: str) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from models import builders
 import spa_compiler
-from spa_compiler.verify import random_inputs, session
+from spa_compiler.runtime import random_inputs, session
 
 
 def test_prune_model_proto_returns_model_plan_and_report(tmp_path):

@@ -19,7 +19,7 @@ from spa_compiler.cost import totals
 from spa_compiler.normalize import normalize
 from spa_compiler.oracle import oracle_check
 from spa_compiler.pipeline import compile_model
-from spa_compiler.verify import random_inputs, session
+from spa_compiler.runtime import random_inputs, session
 
 FRAMEWORKS = Path(__file__).resolve().parent.parent / "models" / "frameworks"
 REQUIRED = {

@@ -13,11 +13,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 import spa_compiler
 from models import builders
-from spa_compiler import statistics
+from spa_compiler.obspa import statistics
 from spa_compiler.cli import main
-from spa_compiler.moments import relu_moments
-from spa_compiler.noise import noise_inputs, pink_images
-from spa_compiler.obs import damped_inverse
+from spa_compiler.obspa.moments import relu_moments
+from spa_compiler.obspa.noise import noise_inputs, pink_images
+from spa_compiler.obspa.obs import damped_inverse
 from spa_compiler.pipeline import compile_model, consumer_nodes
 from spa_compiler.progress import Progress, for_terminal, step
 
@@ -106,7 +106,7 @@ def test_pink_noise_is_standardized_and_smooth():
 
 
 def test_noise_auto_shapes_only_image_inputs():
-    from spa_compiler.verify import session
+    from spa_compiler.runtime import session
 
     image = session(builders.residual())
     auto, white = noise_inputs(image, 4, 0, "auto"), noise_inputs(image, 4, 0, "white")

@@ -20,7 +20,7 @@ from spa_compiler.oracle import masked_model
 from spa_compiler.pipeline import apply_plan, compile_model, score_groups
 from spa_compiler.plan import PlanOptions, make_plan
 from spa_compiler.shapeinfer import _time_limit, _TimeUp, concrete_shapes
-from spa_compiler.verify import session
+from spa_compiler.runtime import session
 
 
 def _save(model: onnx.ModelProto, path) -> str:

@@ -111,7 +111,7 @@ def test_folding_keeps_scalar_ranks():
                                numpy_helper.from_array(np.array([1.0], np.float32), "one_1d")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     compiled = compile_model(model)
-    from spa_compiler.verify import session
+    from spa_compiler.runtime import session
 
     out = session(compiled.to_model()).run(None, {"x": np.ones(2, np.float32)})[0]
     np.testing.assert_allclose(out, [2.0, 1.0])

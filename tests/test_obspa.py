@@ -13,8 +13,8 @@ import spa_compiler
 from models import builders
 from spa_compiler.cli import main
 from spa_compiler.errors import UsageError
-from spa_compiler.obs import block_cost, damped_inverse, remove_block
-from spa_compiler.verify import session
+from spa_compiler.obspa.obs import block_cost, damped_inverse, remove_block
+from spa_compiler.runtime import session
 
 TRAINED = Path(__file__).resolve().parent.parent / "models" / "trained"
 

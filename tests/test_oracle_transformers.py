@@ -16,7 +16,7 @@ from models.skeleton import load_materialized
 from spa_compiler.oracle import masked_model
 from spa_compiler.pipeline import apply_plan, compile_model, score_groups
 from spa_compiler.plan import PlanOptions, make_plan
-from spa_compiler.verify import random_inputs, session
+from spa_compiler.runtime import random_inputs, session
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 HF = ["bert", "distilbert", "gpt2", "llama", "vit"]

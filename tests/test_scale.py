@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from models.llama_generator import LlamaShape, write
 from spa_compiler.cli import main
-from spa_compiler.verify import random_inputs, session
+from spa_compiler.runtime import random_inputs, session
 from spa_compiler.weights import ALIGNMENT
 
 

@@ -71,7 +71,7 @@ def benches(arch: str, seeds: int) -> list[Bench]:
 
 
 def accuracy(model, bench: Bench) -> float:
-    from spa_compiler.verify import session
+    from spa_compiler.runtime import session
 
     data = np.load(bench.file("_test.npz"))
     logits = session(model).run(None, {"x": data["x"]})[0]

@@ -30,7 +30,7 @@ def main() -> None:
     import onnx
 
     import spa_compiler
-    from spa_compiler.verify import bench_pair
+    from spa_compiler.runtime import bench_pair
 
     rows = []
     for name in args.models:

@@ -6,7 +6,7 @@ from typing import Optional
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ...ir import attr, const_values, input_at, int_list, normalize_axes
+from ...ir import attr, const_shape, const_values, input_at, int_list, normalize_axes
 from ..context import AnalysisContext, RewriteContext
 from ..effects import CONSUMER, NEUTRAL, PASSIVE, PRODUCER, Effect, ParamSlice, Space, Tie, frozen
 from ..maps import Affine, Block, Explicit, group_blocks, identity
@@ -57,7 +57,7 @@ class Elementwise(Rule):
                 continue
             if dim != size:
                 return frozen(f"{node.name} ({node.op}) input {i} size {dim} does not match {size}")
-            if isinstance(tensor, gs.Constant):
+            if const_shape(tensor) is not None:  # a constant, or a dequantized one
                 effect.params.append(param(node, i, k, PASSIVE, anchor))
             else:
                 effect.ties.append(Tie(space_of(tensor, k), anchor, identity(size)))
@@ -83,7 +83,7 @@ class Normalization(Elementwise):
             effect = Effect(ties=[Tie(space_of(x, axis), anchor, identity(size))])
             if axis == 1:
                 for i in range(1, 1 + self.n_params):
-                    if not isinstance(node.inputs[i], gs.Constant):
+                    if const_shape(node.inputs[i]) is None:
                         return frozen(f"{node.name} ({node.op}) parameters are not constants")
                     effect.params.append(param(node, i, 0, PASSIVE, anchor))
             return effect
@@ -228,7 +228,7 @@ class LayerNorm(Rule):
         out = space_of(node.outputs[0], axis)
         for i in (1, 2):
             if input_at(node, i) is not None:
-                if not isinstance(node.inputs[i], gs.Constant):
+                if const_shape(node.inputs[i]) is None:
                     return frozen(f"{node.name} ({node.op}) scale or bias computed at run time")
                 effect.params.append(param(node, i, 0, PASSIVE, out))
         effect.inexact = f"{node.name} ({node.op}) statistics over the pruned axis change"

@@ -37,7 +37,7 @@ def is_image(shape: list[int], dtype) -> bool:
 
 def noise_inputs(sess, batch: int, seed: int, kind: str = "auto") -> dict[str, np.ndarray]:
     """Seeded feeds for every input of *sess*: 1/f² noise for images under ``auto``, else white noise."""
-    from .verify import random_inputs
+    from ..runtime import random_inputs
 
     feeds = random_inputs(sess, batch=batch, seed=seed)
     if kind == "white":

@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .analysis import ParamSlice
+from ..analysis import ParamSlice
 
 DEFAULT_DAMPING = 0.01
 

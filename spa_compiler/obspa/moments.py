@@ -31,7 +31,7 @@ from typing import Optional
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .ir import const_values
+from ..ir import const_values
 
 PASS_THROUGH = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Dropout", "Identity", "Flatten")
 EFFECTIVE_ROWS = 1 << 20  # closed-form statistics count as this many samples when merged with measured ones

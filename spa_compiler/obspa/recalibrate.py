@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .verify import session
+from ..runtime import session
 
 
 def recalibrate_batchnorm(model: onnx.ModelProto, calib: dict[str, np.ndarray], batch: int = 64) -> onnx.ModelProto:

@@ -10,7 +10,7 @@ streamed over batches in float64, on one of these *sources*:
 - ``synthetic``: N(0,1) inputs through the eval-mode graph (no data);
 - ``calib``: the user's calibration inputs through the eval-mode graph;
 - ``bn``: closed form from BatchNorm beta/gamma, channels independent
-  (:mod:`spa_compiler.moments`, no run; layers it cannot reach are measured
+  (:mod:`spa_compiler.obspa.moments`, no run; layers it cannot reach are measured
   as ``bnstat``/``synthetic`` would);
 - ``weights``: as ``bn``, with the cross-channel covariances that the
   producer layers' weights induce;
@@ -24,9 +24,9 @@ from typing import Iterator, Optional
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .errors import UsageError
-from .ir import const_values, to_model
-from .progress import step
+from ..errors import UsageError
+from ..ir import const_values, to_model
+from ..progress import step
 
 SOURCES = ("bnstat", "bn", "weights", "synthetic", "calib", "identity")
 CLOSED_FORM = ("bn", "weights")
@@ -153,10 +153,10 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
             progress=None) -> dict[str, LayerStats]:
     """Stream the statistics of every consumer's data input over *samples* inputs from *source*.
 
-    *noise* (see :mod:`spa_compiler.noise`) shapes the data-free inputs of ``bnstat`` and ``synthetic``.
+    *noise* (see :mod:`spa_compiler.obspa.noise`) shapes the data-free inputs of ``bnstat`` and ``synthetic``.
     """
-    from .inputspec import active
-    from .verify import session
+    from ..inputspec import active
+    from ..runtime import session
 
     if source not in SOURCES:
         raise UsageError(f"unknown Hessian source {source!r} (use one of {', '.join(SOURCES)})")

@@ -6,7 +6,6 @@ machine without a GPU prints nothing alarming.
 """
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -112,11 +111,13 @@ def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], providers=None) ->
     return sess.run(None, feeds)
 
 
-def _check_model(pruned) -> None:
+def check_checker(pruned, label: str = "pruned model") -> None:
+    """onnx.checker on a ModelProto or a model file (even with ``--no-verify``: never write an invalid model)."""
     try:
         onnx.checker.check_model(str(pruned) if not isinstance(pruned, onnx.ModelProto) else pruned)
-    except onnx.checker.ValidationError as exc:
-        raise VerificationError(f"pruned model fails onnx.checker: {str(exc).splitlines()[0][:200]}") from None
+    except (onnx.checker.ValidationError, ValueError, OSError) as exc:
+        text = str(exc).strip().splitlines()
+        raise VerificationError(f"{label} fails onnx.checker: {text[0][:200] if text else type(exc).__name__}") from None
 
 
 def check_pruned(pruned, expected: dict[str, list], batch: int = 2) -> dict:
@@ -127,7 +128,7 @@ def check_pruned(pruned, expected: dict[str, list], batch: int = 2) -> dict:
     models would need a second session of the dense weights.  *pruned* is a
     ModelProto or the path of a written model (read from disk by onnxruntime).
     """
-    _check_model(pruned)
+    check_checker(pruned)
     providers = default_providers()
     lean = not isinstance(pruned, onnx.ModelProto) and size_on_disk(pruned) > LEAN_SESSION_BYTES
     try:
@@ -146,16 +147,29 @@ def check_pruned(pruned, expected: dict[str, list], batch: int = 2) -> dict:
     return {"provider": providers[0], "outputs": len(outputs)}
 
 
-def check_runs(original: onnx.ModelProto, pruned: onnx.ModelProto, batch: int = 2) -> dict:
-    """Like :func:`check_pruned`, with the expected output shapes measured by running *original*."""
+def check_runs(original, pruned, batch: int = 2) -> dict:
+    """Like :func:`check_pruned`, with the expected output shapes measured by running *original*.
+
+    Either may be a ModelProto or a model file; give files for external-data
+    models, so onnxruntime resolves their data relative to the model.  Errors
+    name the file they are about.
+    """
+    label_a, label_b = (_label(m, name) for m, name in ((original, "original model"), (pruned, "pruned model")))
     try:
         ref = session(original)
         names = tensor_outputs(ref)
         shapes = ref.run(names, random_inputs(ref, batch=batch))
     except Exception as exc:  # noqa: BLE001
-        raise VerificationError(f"original model does not run in onnxruntime: {str(exc).splitlines()[0][:200]}") from None
+        raise VerificationError(f"{label_a} does not run in onnxruntime: {str(exc).splitlines()[0][:200]}") from None
     expected = {name: [int(d) for d in np.shape(value)] for name, value in zip(names, shapes)}
-    return check_pruned(pruned, expected, batch)
+    try:
+        return check_pruned(pruned, expected, batch)
+    except VerificationError as exc:
+        raise VerificationError(f"{label_b}: {exc}") from None
+
+
+def _label(model, fallback: str) -> str:
+    return fallback if isinstance(model, onnx.ModelProto) else str(model)
 
 
 @dataclass
@@ -166,7 +180,15 @@ class Timing:
     runs: int
 
 
-def time_session(sess, feeds, warmup: int = 5, runs: int = 30) -> Timing:
+def summarize(samples_ms: Sequence[float]) -> Timing:
+    """Median and true 10th/90th percentiles (numpy's linear interpolation) over every sample."""
+    values = np.asarray(samples_ms, dtype=np.float64)
+    p10, median, p90 = np.percentile(values, [10, 50, 90])
+    return Timing(float(median), float(p10), float(p90), int(values.size))
+
+
+def time_session(sess, feeds, warmup: int = 5, runs: int = 30) -> list[float]:
+    """Milliseconds of *runs* runs after *warmup* untimed ones."""
     for _ in range(warmup):
         sess.run(None, feeds)
     samples = []
@@ -174,9 +196,7 @@ def time_session(sess, feeds, warmup: int = 5, runs: int = 30) -> Timing:
         start = time.perf_counter()
         sess.run(None, feeds)
         samples.append((time.perf_counter() - start) * 1000)
-    samples.sort()
-    return Timing(statistics.median(samples), samples[len(samples) // 10],
-                  samples[min(len(samples) - 1, (len(samples) * 9) // 10)], runs)
+    return samples
 
 
 def bench_pair(a: onnx.ModelProto, b: onnx.ModelProto, batch: int = 1, warmup: int = 5, runs: int = 30,
@@ -193,15 +213,10 @@ def bench_pair(a: onnx.ModelProto, b: onnx.ModelProto, batch: int = 1, warmup: i
     with active(spec):
         fa = random_inputs(sa, batch=None if spec else batch, dims=dims)
         fb = random_inputs(sb, batch=None if spec else batch, dims=dims)
-    rounds = 3
+    rounds = min(3, runs)
     ta, tb = [], []
-    for _ in range(rounds):
-        ta.append(time_session(sa, fa, warmup, max(1, runs // rounds)))
-        tb.append(time_session(sb, fb, warmup, max(1, runs // rounds)))
-    return _merge(ta), _merge(tb), providers[0]
-
-
-def _merge(timings: list[Timing]) -> Timing:
-    medians = sorted(t.median_ms for t in timings)
-    return Timing(statistics.median(medians), min(t.p10_ms for t in timings),
-                  max(t.p90_ms for t in timings), sum(t.runs for t in timings))
+    for k in range(rounds):  # exactly *runs* runs in all: the remainder goes to the first rounds
+        count = runs // rounds + (k < runs % rounds)
+        ta += time_session(sa, fa, warmup, count)
+        tb += time_session(sb, fb, warmup, count)
+    return summarize(ta), summarize(tb), providers[0]

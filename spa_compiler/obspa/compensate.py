@@ -16,9 +16,9 @@ from typing import Optional
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .analysis import CONSUMER, DependencyAnalysis, Group
+from ..analysis import CONSUMER, DependencyAnalysis, Group
 from .obs import DEFAULT_DAMPING, ConsumerLayer, damped_inverse, output_power
-from .plan import Plan
+from ..plan import Plan
 from .statistics import LayerStats
 
 VAR_RATIO_BOUNDS = (1e-3, 1e3)
