@@ -129,11 +129,14 @@ class InputSpecs:
         return factors
 
     def symbols(self) -> dict[str, tuple[int, int]]:
-        """Each named symbolic input dim: (its value in this spec, its prime in :meth:`varied`)."""
+        """Each symbolic input dim's name: (its value in this spec, its prime in :meth:`varied`).
+
+        An unnamed dim is called ``<input>_d<axis>``, as onnxruntime's symbolic inference calls it.
+        """
         factors = self.factors()
-        return {d: (value, factors[_symbol_key(s, axis)]) for s in self.inputs
-                for axis, (d, value, role) in enumerate(zip(s.declared, s.dims, s.roles))
-                if role is not None and isinstance(d, str) and d}
+        return {d if isinstance(d, str) and d else f"{s.name}_d{axis}": (value, factors[_symbol_key(s, axis)])
+                for s in self.inputs for axis, (d, value, role) in enumerate(zip(s.declared, s.dims, s.roles))
+                if role is not None}
 
     def feeds(self, seed: int = 0, batch: Optional[int] = None) -> dict[str, np.ndarray]:
         """Seeded random feeds at the spec's dims (*batch*: symbolic batch dims set to it)."""

@@ -53,8 +53,9 @@ def normalize(model: onnx.ModelProto, copy: bool = True, spec=None) -> Normalize
     handed in by a caller is never modified, a file's model is nobody else's.
     *spec* (:class:`inputspec.InputSpecs`, chosen for the model when None) is
     where shape inference completes dims the declared inputs leave unknown;
-    a callable is asked for it just before that last inference, once every
-    other pass (the refusal of hostile shapes included) has run.
+    a callable is asked for it just before that inference (the refusal of
+    hostile shapes has run by then; its error is raised after the passes, so
+    a refusal that names a node comes first).
     """
     from .inputspec import active, choose, declared_inputs
 
@@ -70,11 +71,17 @@ def normalize(model: onnx.ModelProto, copy: bool = True, spec=None) -> Normalize
     chosen = choose(declared_inputs(work), None, meta.metadata)
     meta.input_spec = chosen if spec is None or callable(spec) else spec
     graph = to_graph(work)
+    deferred = None
     for name in GRAPH_PIPELINE:
-        if name == GRAPH_PIPELINE[-1] and callable(spec):
-            meta.input_spec = spec()
+        if name == "infer_shapes_symbolic" and callable(spec):
+            try:
+                meta.input_spec = spec()
+            except SpacError as exc:  # the input does not run: a refusal naming the node, below, says more
+                deferred = exc
         with active(meta.input_spec):
             _run(name, graph, notes)
+    if deferred is not None:
+        raise deferred
     return Normalized(graph, meta, notes)
 
 
