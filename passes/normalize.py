@@ -12,16 +12,17 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from spa_compiler.errors import ModelLoadError
+from spa_compiler.errors import ModelLoadError, first_line
 from spa_compiler.validate import ABSURD_TENSOR_BYTES
 from spa_compiler.registry import register
+from spa_compiler.shapes import infer_graph_shapes
 
 MIN_OPSET = 7
 UPGRADE_BELOW = 11
 UPGRADE_TO = 13
 
 
-@register("normalize", "strip_initializer_inputs")
+@register("normalize", "strip_initializer_inputs", level="model")
 def strip_initializer_inputs(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
     """Drop graph inputs that are initializers (IR < 4 exporters list weights as inputs)."""
     names = {init.name for init in model.graph.initializer}
@@ -34,7 +35,7 @@ def strip_initializer_inputs(model: onnx.ModelProto, notes: list[str]) -> onnx.M
     return model
 
 
-@register("normalize", "upgrade_opset")
+@register("normalize", "upgrade_opset", level="model")
 def upgrade_opset(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
     """Convert models older than opset 11 to opset 13, where operands moved from attributes to inputs."""
     version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -47,7 +48,7 @@ def upgrade_opset(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
     try:
         upgraded = version_converter.convert_version(model, UPGRADE_TO)
     except Exception as exc:  # noqa: BLE001 - the converter raises many types
-        notes.append(f"upgrade_opset: kept opset {version} ({str(exc).splitlines()[0][:120]})")
+        notes.append(f"upgrade_opset: kept opset {version} ({first_line(exc, 120)})")
         return model
     notes.append(f"upgrade_opset: {version} -> {UPGRADE_TO}")
     return upgraded
@@ -489,16 +490,10 @@ def infer_shapes(graph: gs.Graph, notes: list[str]) -> None:
     the inferred shapes are written back onto the graph's variables.  Only
     shapes ONNX proves are used here, because constant folding trusts them.
     """
-    _infer(graph, notes, symbolic=False)
+    infer_graph_shapes(graph, notes, symbolic=False)
 
 
 @register("normalize", "infer_shapes_symbolic")
 def infer_shapes_symbolic(graph: gs.Graph, notes: list[str]) -> None:
-    """Shape inference with unknown dims completed at the input spec's dims (for analysis only)."""
-    _infer(graph, notes, symbolic=True)
-
-
-def _infer(graph: gs.Graph, notes: list[str], symbolic: bool) -> None:
-    from spa_compiler.shapeinfer import infer
-
-    infer(graph, notes, symbolic)
+    """Shape inference plus onnxruntime's symbolic inference where ONNX leaves dims unknown (for analysis only)."""
+    infer_graph_shapes(graph, notes, symbolic=True)

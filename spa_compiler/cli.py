@@ -13,7 +13,7 @@ from typing import Optional
 
 import click
 
-from .errors import SpacError, UsageError
+from .errors import SpacError, UsageError, first_line
 from .jsonout import to_json
 from .obspa.noise import NOISE_KINDS
 from .progress import for_terminal
@@ -49,7 +49,7 @@ def handled(func):
         except Exception as exc:  # noqa: BLE001 - last line of defence: no traceback for users
             if debug:
                 traceback.print_exc()
-            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            first = first_line(exc, 300)
             click.echo(f"spac: error: internal error ({type(exc).__name__}: {first}); "
                        "rerun with --debug and report it", err=True)
             sys.exit(1)
@@ -181,20 +181,21 @@ def prune(model, output, ratio, criterion, global_ranking, max_group_ratio, roun
           reduce, seed, prune_hidden, prune_head_dims, calib, hessian, noise, samples, damping, compensate,
           recalibrate_bn, no_verify, input_shapes, force, report_path, as_json, quiet, show_progress, debug):
     """Prune MODEL and write a smaller ONNX model."""
-    from .api import prune as run_prune
+    from .api import prune_with
+    from .options import PruneOptions
 
     if output is None:
         root, _ = os.path.splitext(model)
         output = root + ".pruned.onnx"
+    options = PruneOptions(ratio=ratio, criterion=criterion, global_ranking=global_ranking, round_to=round_to,
+                           exclude=exclude, target_macs=target_macs, max_group_ratio=max_group_ratio, reduce=reduce,
+                           seed=seed, verify=not no_verify, prune_hidden=prune_hidden,
+                           prune_head_dims=prune_head_dims, calib=calib, hessian=hessian, noise=noise,
+                           samples=samples, damping=damping, compensate=compensate, recalibrate_bn=recalibrate_bn,
+                           output=output, force=force, report_path=report_path,
+                           input_shapes=input_shapes)  # validated here, before any work
     progress = for_terminal(show_progress, quiet=as_json or quiet)
-
-    result = run_prune(model, ratio=ratio, criterion=criterion, global_ranking=global_ranking,
-                       round_to=round_to, exclude=exclude, target_macs=target_macs,
-                       max_group_ratio=max_group_ratio, reduce=reduce, seed=seed, verify=not no_verify,
-                       prune_hidden=prune_hidden, prune_head_dims=prune_head_dims, calib=calib, hessian=hessian, noise=noise, samples=samples, damping=damping,
-                       compensate=compensate, recalibrate_bn=recalibrate_bn,
-                       output=output, force=force, report_path=report_path, input_shapes=input_shapes,
-                       progress=progress)
+    result = prune_with(model, options, progress)
     report = result.report
     if as_json:
         _emit_json(report)
@@ -261,7 +262,7 @@ def inspect(model, input_shapes, as_json, debug):
     from .cost import layer_costs, totals
     from .inputspec import parse_input_shapes
     from .pipeline import compile_model
-    from .shapeinfer import concrete_shapes
+    from .shapes import concrete_shapes
 
     compiled = compile_model(model, input_shapes=parse_input_shapes(input_shapes), run_dense=True)
     shapes = concrete_shapes(compiled.graph, compiled.spec)
@@ -296,7 +297,7 @@ def bench(model_a, model_b, batch, runs, warmup, threads, input_shapes, as_json,
     from .densecheck import bench_spec
     from .normalize import normalize
     from .runtime import bench_pair
-    from .shapeinfer import concrete_shapes
+    from .shapes import concrete_shapes
 
     if batch < 1 or runs < 1 or warmup < 0:
         raise UsageError("--batch and --runs must be >= 1, --warmup >= 0")
@@ -306,7 +307,7 @@ def bench(model_a, model_b, batch, runs, warmup, threads, input_shapes, as_json,
         ta, tb, provider = bench_pair(model_a, model_b, batch=batch, warmup=warmup, runs=runs, threads=threads,
                                       spec=spec)
     except Exception as exc:  # noqa: BLE001
-        raise UsageError(f"cannot run the models in onnxruntime: {str(exc).splitlines()[0][:200]}") from None
+        raise UsageError(f"cannot run the models in onnxruntime: {first_line(exc)}") from None
     graph_a, graph_b = normalize(a, spec=spec).graph, normalize(b, spec=spec).graph
     macs_a = totals(graph_a, concrete_shapes(graph_a, spec))[1]
     macs_b = totals(graph_b, concrete_shapes(graph_b, spec))[1]

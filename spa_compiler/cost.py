@@ -1,6 +1,6 @@
 """Cost model: parameters and multiply-accumulates, per layer and in total.
 
-Counted from shapes at the input spec's concrete dims (:func:`shapeinfer.concrete_shapes`:
+Counted from shapes at the input spec's concrete dims (:func:`shapes.concrete_shapes`:
 a detector's MACs at 640x640, not at 1x1), so it works without running the
 model; dims still unknown count as 1.  ``estimate`` predicts the cost of a plan from kept-channel
 fractions, which lets the planner meet a MACs target without rewriting.
@@ -46,7 +46,7 @@ def concrete(graph: gs.Graph, shapes: Optional[Concrete] = None) -> Concrete:
     """*shapes*, or the graph's shapes at the active input spec."""
     if shapes is not None:
         return shapes
-    from .shapeinfer import concrete_shapes
+    from .shapes import concrete_shapes
 
     return concrete_shapes(graph)
 

@@ -1,8 +1,9 @@
-"""The normalize stage: run the registered normalization passes in a fixed order.
+"""The normalize stage: run the registered normalization passes in the order ``passes/pipeline.py`` gives.
 
-Two levels: *model* passes take and return an ``onnx.ModelProto`` (opset
-upgrade, shape inference need the proto), *graph* passes edit the gs IR in
-place.  Each pass appends what it did to ``notes`` so the report can say it.
+Two levels, declared by each pass when it registers: *model* passes take and
+return an ``onnx.ModelProto``, *graph* passes edit the gs IR in place.  Plugin
+normalizations run in the pipeline's plugin slot of their level.  Each pass
+appends what it did to ``notes`` so the report can say it.
 """
 from __future__ import annotations
 
@@ -12,14 +13,19 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from . import registry
-from .errors import CompileError, ModelLoadError, SpacError
+from .errors import CompileError, ModelLoadError, SpacError, first_line
 from .ir import ModelMeta, meta_of, to_graph, to_model
 
-MODEL_PIPELINE_BEFORE = ("strip_initializer_inputs", "upgrade_opset")
-GRAPH_PIPELINE = ("constants_to_initializers", "castlike_constants", "lower_ml_scaler", "remove_identity",
-                  "infer_shapes", "refuse_absurd_shapes", "sequence_split_to_split", "einsum_to_matmul",
-                  "fold_weight_layouts", "infer_shapes", "fold_constants", "drop_zero_states", "group_norm_as_split",
-                  "unshare_initializers", "cleanup", "infer_shapes_symbolic", "refuse_inconsistent_weights")
+
+def pipeline(level: str) -> list[str]:
+    """The normalization pass names of *level* in running order, plugins expanded into their slot."""
+    from .passes.pipeline import GRAPH_PIPELINE, MODEL_PIPELINE, PLUGINS
+
+    order = {"model": MODEL_PIPELINE, "graph": GRAPH_PIPELINE}[level]
+    named = set(MODEL_PIPELINE) | set(GRAPH_PIPELINE)
+    plugins = sorted(info.name for info in registry.all_passes()
+                     if info.kind == "normalize" and info.level == level and info.name not in named)
+    return [name for entry in order for name in (plugins if entry == PLUGINS else [entry])]
 
 
 @dataclass
@@ -34,8 +40,10 @@ class Normalized:
         return to_model(self.graph, self.meta)
 
 
-def _run(kind_name: str, obj, notes: list[str]):
+def _run(kind_name: str, obj, notes: list[str], level: str = "graph"):
     info = registry.get("normalize", kind_name)
+    if info.level != level:
+        raise CompileError(f"normalize pass {kind_name} is a {info.level}-level pass, listed in the {level} pipeline")
     try:
         return info.factory(obj, notes)
     except SpacError:
@@ -43,7 +51,7 @@ def _run(kind_name: str, obj, notes: list[str]):
     except UnicodeDecodeError:
         raise ModelLoadError("a name or string in the model is not valid UTF-8 text") from None
     except Exception as exc:  # noqa: BLE001 - a failing pass must name itself
-        raise CompileError(f"normalize pass {kind_name} failed: {str(exc).splitlines()[0][:200]}") from exc
+        raise CompileError(f"normalize pass {kind_name} failed: {first_line(exc)}") from exc
 
 
 def normalize(model: onnx.ModelProto, copy: bool = True, spec=None) -> Normalized:
@@ -65,33 +73,21 @@ def normalize(model: onnx.ModelProto, copy: bool = True, spec=None) -> Normalize
         work.CopyFrom(model)
     else:
         work = model
-    for name in MODEL_PIPELINE_BEFORE:
-        work = _run(name, work, notes)
+    for name in pipeline("model"):
+        work = _run(name, work, notes, "model")
     meta = meta_of(work)
     chosen = choose(declared_inputs(work), None, meta.metadata)
     meta.input_spec = chosen if spec is None or callable(spec) else spec
     graph = to_graph(work)
     deferred = None
-    for name in GRAPH_PIPELINE:
+    for name in pipeline("graph"):
         if name == "infer_shapes_symbolic" and callable(spec):
             try:
                 meta.input_spec = spec()
             except SpacError as exc:  # the input does not run: a refusal naming the node, below, says more
                 deferred = exc
         with active(meta.input_spec):
-            _run(name, graph, notes)
+            _run(name, graph, notes, "graph")
     if deferred is not None:
         raise deferred
     return Normalized(graph, meta, notes)
-
-
-def reinfer_shapes(graph: gs.Graph, meta: ModelMeta) -> gs.Graph:
-    """Forget intermediate shapes and infer them again (after a rewrite changed channel counts)."""
-    from .inputspec import active
-
-    for tensor in graph.tensors().values():
-        if isinstance(tensor, gs.Variable) and tensor not in graph.outputs and tensor not in graph.inputs:
-            tensor.shape = None
-    with active(meta.input_spec):
-        _run("infer_shapes_symbolic", graph, [])
-    return graph

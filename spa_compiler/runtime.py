@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 import onnx
 
-from .errors import VerificationError
+from .errors import VerificationError, first_line
 
 
 def _ort():
@@ -136,7 +136,7 @@ def check_pruned(pruned, expected: dict[str, list], batch: int = 2) -> dict:
         names = tensor_outputs(sess)
         outputs = sess.run(names, random_inputs(sess, batch=batch))
     except Exception as exc:  # noqa: BLE001
-        raise VerificationError(f"pruned model does not run in onnxruntime: {str(exc).splitlines()[0][:240]}") from None
+        raise VerificationError(f"pruned model does not run in onnxruntime: {first_line(exc, 240)}") from None
     for name, value in zip(names, outputs):
         want = expected.get(name)
         if want is None:
@@ -160,7 +160,7 @@ def check_runs(original, pruned, batch: int = 2) -> dict:
         names = tensor_outputs(ref)
         shapes = ref.run(names, random_inputs(ref, batch=batch))
     except Exception as exc:  # noqa: BLE001
-        raise VerificationError(f"{label_a} does not run in onnxruntime: {str(exc).splitlines()[0][:200]}") from None
+        raise VerificationError(f"{label_a} does not run in onnxruntime: {first_line(exc)}") from None
     expected = {name: [int(d) for d in np.shape(value)] for name, value in zip(names, shapes)}
     try:
         return check_pruned(pruned, expected, batch)

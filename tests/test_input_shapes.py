@@ -19,7 +19,7 @@ from spa_compiler.errors import UsageError
 from spa_compiler.oracle import masked_model
 from spa_compiler.pipeline import apply_plan, compile_model, score_groups
 from spa_compiler.plan import PlanOptions, make_plan
-from spa_compiler.shapeinfer import _time_limit, _TimeUp, concrete_shapes
+from spa_compiler.shapes import _time_limit, _TimeUp, concrete_shapes
 from spa_compiler.runtime import session
 
 

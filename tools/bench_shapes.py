@@ -6,7 +6,7 @@ and times, in one run:
 
 - ``symbolic``: what the analysis' last inference did before: ONNX inference,
   then onnxruntime's symbolic inference (sympy) because dims stay unknown;
-- ``completed``: ONNX inference completed at concrete dims (``spa_compiler.shapeinfer``);
+- ``completed``: ONNX inference completed at concrete dims (``spa_compiler.shapes``);
 - ``prune``: a whole L2 prune at ratio 0.3 (no output file);
 
 and checks the MACs the cost model counts at 640x640 against the shapes
@@ -31,7 +31,7 @@ def main() -> None:
     from models.dynamic_shapes import detector, measured_macs
     from spa_compiler.api import prune
     from spa_compiler.normalize import normalize
-    from spa_compiler.shapeinfer import infer, light_model, onnx_infer, symbolic_shapes
+    from spa_compiler.shapes import infer_graph_shapes, light_model, onnx_infer, symbolic_shapes
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, default=12)
@@ -42,7 +42,7 @@ def main() -> None:
     t0 = time.perf_counter()
     symbolic_shapes(onnx_infer(light_model(graph)), seconds=3600)
     t1 = time.perf_counter()
-    infer(graph, [], symbolic=True)
+    infer_graph_shapes(graph, [], symbolic=True)
     t2 = time.perf_counter()
     result = prune(model, ratio=0.3, verify=False)
     t3 = time.perf_counter()

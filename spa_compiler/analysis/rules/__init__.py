@@ -21,7 +21,7 @@ from ..effects import NEUTRAL
 from .base import Neutral, Rule
 from .elementwise import Elementwise, GroupNorm, LayerNorm, Normalization, Pad, Pool, Reduce, Resize, Softmax
 from .linear import Conv, ConvTranspose, Gemm, MatMul
-from .quantized import QUANTIZED_RULES
+from .quantized import QUANTIZED_CONTRIB_RULES, QUANTIZED_RULES
 from .recurrent import MICROSOFT_RULES, RECURRENT_RULES
 from .reshape import Reshape, reshape_runs
 from .shapes import Concat, Expand, Gather, Slice, Split, SqueezeLike, Tile, Transpose
@@ -82,7 +82,7 @@ RULES: dict[str, Rule] = {
 }
 
 # Rules of ops outside the default domain, by domain (onnxruntime's contrib ops).
-DOMAIN_RULES: dict[str, dict[str, Rule]] = {"com.microsoft": MICROSOFT_RULES}
+DOMAIN_RULES: dict[str, dict[str, Rule]] = {"com.microsoft": {**MICROSOFT_RULES, **QUANTIZED_CONTRIB_RULES}}
 
 SUBGRAPH_OPS = ("If", "Loop", "Scan")
 

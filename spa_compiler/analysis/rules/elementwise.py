@@ -23,6 +23,11 @@ class Elementwise(Rule):
     def __init__(self, data_inputs: Optional[int] = None):
         self.data_inputs = data_inputs  # only the first N inputs broadcast (e.g. Clip's min/max are scalars)
 
+    def operands(self, node: gs.Node) -> list[tuple[int, gs.Tensor]]:
+        """(input position, tensor) of the operands that broadcast together."""
+        inputs = node.inputs if self.data_inputs is None else node.inputs[: self.data_inputs]
+        return list(enumerate(inputs))
+
     def analyze(self, node, port, axis, cx):
         if len(node.outputs) != 1 and any(o.outputs for o in node.outputs[1:]):
             return frozen(f"{node.name} ({node.op}) uses a secondary output")
@@ -42,8 +47,7 @@ class Elementwise(Rule):
             return frozen(f"{node.name} ({node.op}) channel size unknown")
         anchor = space_of(out, out_axis)
         effect = Effect()
-        inputs = node.inputs if self.data_inputs is None else node.inputs[: self.data_inputs]
-        for i, tensor in enumerate(inputs):
+        for i, tensor in self.operands(node):
             if tensor is None or (isinstance(tensor, gs.Variable) and tensor.name == ""):
                 continue
             rank = cx.rank(tensor)

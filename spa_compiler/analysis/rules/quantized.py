@@ -24,15 +24,27 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ...ir import attr, const_shape, dequantized_constant, input_at, normalize_axes
-from ..effects import PASSIVE, PRODUCER, ParamSlice, frozen
+from ..effects import PASSIVE, PRODUCER, Effect, ParamSlice, frozen
 from .base import Rule, axis_tie, param, space_of
-from .linear import MatMul
+from .elementwise import Elementwise, Pool
+from .linear import Conv, Gemm, MatMul
 
 
 def _per_axis(tensor) -> bool:
     """A scale or zero point with more than one entry (per-axis quantization)."""
     shape = const_shape(tensor)
     return shape is not None and int(np.prod(shape)) > 1
+
+
+def scale_slices(node: gs.Node, indices: tuple[int, ...], effect: Effect, channels: int) -> None:
+    """Add per-channel scales and zero points (1-D, one entry per output channel) to *effect*'s producer side."""
+    producers = [p for p in effect.params if p.role == PRODUCER and p.input_index not in indices]
+    if not producers:
+        return
+    for index in indices:
+        shape = const_shape(input_at(node, index))
+        if shape is not None and len(shape) == 1 and shape[0] == channels > 1:
+            effect.params.append(param(node, index, 0, PRODUCER, producers[0].space))
 
 
 def through_dequantize(p: ParamSlice, tensors: dict) -> list[ParamSlice]:
@@ -118,10 +130,62 @@ class MatMulInteger(MatMul):
         if port[0] == "in" and port[1] >= 2:
             return frozen(f"{node.name} ({node.op}) zero point reached")
         effect = self._with_weight(node, port, axis, cx, data=0, contract=-1)
-        b_zero = input_at(node, 3)
-        if port[0] == "out" and _per_axis(b_zero) and any(p.role == PRODUCER for p in effect.params):
-            effect.params.append(param(node, 3, 0, PRODUCER, space_of(node.outputs[0], axis)))
+        scale_slices(node, (3,), effect, const_shape(node.inputs[1])[1])
         return effect
+
+
+class QLinearConv(Conv):
+    """QLinearConv (x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, B): a Conv between fixed-scale
+    quantized tensors (exact); per-channel w_scale and w_zero_point go with the output channels."""
+
+    WEIGHT, BIAS = 3, 8
+
+    def analyze(self, node, port, axis, cx):
+        effect = super().analyze(node, port, axis, cx)
+        w = self._weight(node)
+        if w is not None:
+            scale_slices(node, (4, 5), effect, w[0])
+        return effect
+
+
+class QLinearMatMul(MatMul):
+    """QLinearMatMul (a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp) with a constant 2-D b."""
+
+    def _b(self, node):
+        shape = const_shape(input_at(node, 3))
+        return shape if shape is not None and len(shape) == 2 and const_shape(node.inputs[0]) is None else None
+
+    def seeds(self, node, cx):
+        rank = cx.rank(node.outputs[0])
+        return [space_of(node.outputs[0], rank - 1)] if self._b(node) is not None and rank and rank >= 2 else []
+
+    def analyze(self, node, port, axis, cx):
+        b = self._b(node)
+        if b is None:
+            return frozen(f"{node.name} ({node.op}) needs an activation a and a constant 2-D b")
+        effect = self._with_weight(node, port, axis, cx, data=0, contract=-1, weight=3)
+        scale_slices(node, (4, 5), effect, b[1])
+        return effect
+
+
+class QGemm(Gemm):
+    """onnxruntime's QGemm (A, a_scale, a_zp, B, b_scale, b_zp, C, y_scale, y_zp): Gemm with fixed scales."""
+
+    WEIGHT, BIAS = 3, 6
+
+    def analyze(self, node, port, axis, cx):
+        effect = super().analyze(node, port, axis, cx)
+        b = const_shape(node.inputs[self.WEIGHT])
+        if b is not None:
+            scale_slices(node, (4, 5), effect, b[0] if attr(node, "transB", 0) else b[1])
+        return effect
+
+
+class QLinearBinary(Elementwise):
+    """onnxruntime's QLinearAdd / QLinearMul (A, A_scale, A_zp, B, B_scale, B_zp, C_scale, C_zp)."""
+
+    def operands(self, node):
+        return [(0, node.inputs[0]), (3, node.inputs[3])]
 
 
 QUANTIZED_RULES = {
@@ -129,4 +193,17 @@ QUANTIZED_RULES = {
     "DequantizeLinear": QuantizeDequantize(),
     "DynamicQuantizeLinear": DynamicQuantizeLinear(),
     "MatMulInteger": MatMulInteger(),
+    "QLinearConv": QLinearConv(),
+    "QLinearMatMul": QLinearMatMul(),
+}
+
+# onnxruntime's QOperator contrib ops (domain com.microsoft)
+QUANTIZED_CONTRIB_RULES = {
+    "QGemm": QGemm(),
+    "QLinearAdd": QLinearBinary(),
+    "QLinearMul": QLinearBinary(),
+    "QLinearGlobalAveragePool": Pool(),
+    "QLinearAveragePool": Pool(),
+    "QLinearSigmoid": Elementwise(data_inputs=1),
+    "QLinearLeakyRelu": Elementwise(data_inputs=1),
 }

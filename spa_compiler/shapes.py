@@ -1,4 +1,5 @@
-"""Shape inference: ONNX's on the declared (symbolic) inputs, completed at the input spec's concrete dims.
+"""Shape inference, a core service (the normalizations and the rewrite call it): ONNX's on the declared
+(symbolic) inputs, completed at the input spec's concrete dims.
 
 Why not onnxruntime's symbolic inference first: on a detector with dynamic
 height and width it spends minutes in sympy ``simplify`` for every Resize.
@@ -27,6 +28,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from . import inputspec
+from .ir import ModelMeta
 
 Shapes = dict[str, tuple[list, int]]  # tensor name -> (dims, ONNX element type)
 
@@ -36,7 +38,17 @@ SYMBOLIC_SECONDS = 20.0
 SHAPE_PRESERVING = ("GroupNormalization",)
 
 
-def infer(graph: gs.Graph, notes: list[str], symbolic: bool) -> None:
+def reinfer_shapes(graph: gs.Graph, meta: ModelMeta) -> gs.Graph:
+    """Forget intermediate shapes and infer them again (after a rewrite changed channel counts)."""
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Variable) and tensor not in graph.outputs and tensor not in graph.inputs:
+            tensor.shape = None
+    with inputspec.active(meta.input_spec):
+        infer_graph_shapes(graph, [], symbolic=True)
+    return graph
+
+
+def infer_graph_shapes(graph: gs.Graph, notes: list[str], symbolic: bool) -> None:
     """Infer every intermediate shape of *graph* in place (*symbolic*: complete unknown dims, see module doc).
 
     Without *symbolic* only the shapes ONNX proves from the declared inputs are
@@ -210,7 +222,7 @@ def value_shapes(model: onnx.ModelProto) -> Shapes:
 
 def symbolic_shapes(model: onnx.ModelProto, notes: Optional[list[str]] = None,
                     seconds: float = SYMBOLIC_SECONDS) -> Shapes:
-    """onnxruntime's symbolic shape inference (sympy; plus the contrib ops of ``passes/contrib_shapes.py``),
+    """onnxruntime's symbolic shape inference (sympy; plus the contrib ops of :mod:`contrib_shapes`),
     stopped after *seconds* (main thread only).
 
     When it cannot infer every shape (ops it does not know, such as the
@@ -221,7 +233,7 @@ def symbolic_shapes(model: onnx.ModelProto, notes: Optional[list[str]] = None,
     import tempfile
 
     try:
-        from .passes.contrib_shapes import ContribShapeInference
+        from .contrib_shapes import ContribShapeInference
 
         with tempfile.TemporaryDirectory(prefix="spac-shapes-") as scratch, _working_directory(scratch), \
                 _time_limit(seconds):
