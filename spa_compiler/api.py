@@ -14,6 +14,7 @@ from .budget import MaxErrorSearch
 from .obspa import statistics
 from .obspa.compensate import ObsContext, compensate as compensation
 from .cost import totals
+from .densecheck import verify_like_dense
 from .errors import UsageError
 from .finite import check_input_weights, guard_written_model, guard_written_weights
 from .ir import to_model
@@ -26,6 +27,7 @@ from .options import PruneOptions
 from .plan import Plan, PlanOptions
 from .rewrite import rewrite
 from .runtime import check_checker, check_pruned
+from .shapes import concrete_shapes
 from .weights import release_pages, total_constant_bytes
 
 
@@ -46,7 +48,8 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
           prune_hidden: bool = False, prune_head_dims: bool = False, hessian: Optional[str] = None, calib=None, samples: int = 256,
           damping: float = 0.01, compensate: Optional[bool] = None, recalibrate_bn: bool = False, noise: str = "auto",
           max_error: Optional[float] = None, output: Optional[str] = None, force: bool = False,
-          report_path: Optional[str] = None, progress: Optional[Callable[[str], None]] = None) -> PruneResult:
+          report_path: Optional[str] = None, input_shapes=None,
+          progress: Optional[Callable[[str], None]] = None) -> PruneResult:
     """Prune whole channels of *model* (a path or an ``onnx.ModelProto``).
 
     ratio: fraction of each group's channels removed (or of all channels with
@@ -55,7 +58,9 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
     are at most this fraction of the original; max_error: instead of a ratio, prune as much as possible
     while the outputs' relative L2 error on the measurement inputs stays at most this (with target_macs:
     the MACs target is the goal, never beyond this error; see :mod:`budget`); prune_hidden: also prune a
-    transformer's residual-stream width (inexact through LayerNorm, opt-in).  With *output*, the model is
+    transformer's residual-stream width (inexact through LayerNorm, opt-in); input_shapes: dims of the
+    inputs (``{"images": (1, 3, 320, 320)}``) that shape inference, MACs, statistics and verification use
+    (chosen where not given; the dense model must run at them).  With *output*, the model is
     written atomically after verification, together with the JSON report at *report_path*
     (both or neither).  Raises :class:`SpacError`
     subclasses with one-line messages.
@@ -65,7 +70,7 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
                            seed=seed, verify=verify, prune_hidden=prune_hidden, prune_head_dims=prune_head_dims,
                            hessian=hessian, calib=calib, samples=samples, damping=damping, compensate=compensate,
                            recalibrate_bn=recalibrate_bn, noise=noise, max_error=max_error, output=output, force=force,
-                           report_path=report_path)
+                           report_path=report_path, input_shapes=input_shapes)
     return prune_with(model, options, progress)
 
 
@@ -88,7 +93,8 @@ def prune_with(model: ModelLike, opts: PruneOptions, progress: Optional[Callable
         check_output_path(report_path, input_path, what="report")
     t0 = time.perf_counter()
     say("analyzing")
-    compiled = compile_model(model, prune_hidden=opts.prune_hidden, head_dims=opts.prune_head_dims)
+    compiled = compile_model(model, prune_hidden=opts.prune_hidden, head_dims=opts.prune_head_dims,
+                             input_shapes=opts.input_shapes, run_dense=True)
     require_prunable(compiled)
     parameters = {p.tensor for g in compiled.analysis.groups for p in g.params}
     nonfinite, finite_warnings = check_input_weights(compiled.graph, parameters, opts.force)
@@ -122,7 +128,8 @@ def prune_with(model: ModelLike, opts: PruneOptions, progress: Optional[Callable
         plan = plan_pruning(compiled, scores, options, target_macs)
         if not plan.removed and ratio > 0 and target_macs is None:
             raise UsageError(f"{compiled.source}: ratio {ratio} removes no channel (groups too small or excluded)")
-    expected = {t.name: [d if isinstance(d, int) else None for d in (t.shape or [])] for t in compiled.graph.outputs}
+    expected = {t.name: [d if isinstance(d, int) and d > 0 else None for d in (t.shape or [])]
+                for t in compiled.graph.outputs}
     staging = staged_output(output) if output is not None else nullcontext()
     with staging as stage:  # a written model is renamed into place only if verified, with the report
         while True:
@@ -157,7 +164,7 @@ def prune_with(model: ModelLike, opts: PruneOptions, progress: Optional[Callable
             del graph  # written or in the protobuf: its arrays can go before onnxruntime loads the model
             if verify:
                 say("verifying with onnxruntime")
-            verification = check_pruned(target, expected) if verify else check_checker(target)
+            verification = _verify(target, compiled, expected) if verify else check_checker(target)
             fid = fidelity.measure(target, measurement) if measurement is not None else None
             smaller = search.back_off(fidelity.relative_error(fid)) if search is not None else None
             if smaller is None:
@@ -167,7 +174,8 @@ def prune_with(model: ModelLike, opts: PruneOptions, progress: Optional[Callable
         collapse = fidelity.collapse_warning(fid) if fid is not None else None
         report.update(verify=verification, hessian=hessian_info, compensated=bool(compensating), fidelity=fid,
                       warnings=finite_warnings + warnings + (context.warnings() if context is not None else [])
-                      + ([collapse] if collapse else []))
+                      + ([collapse] if collapse else []),
+                      inputs=compiled.dense.describe() if compiled.dense else {"input_shapes": compiled.spec.describe()})
         if search is not None:
             report["max_error"] = search.report(fidelity.relative_error(fid))
         report["seconds"] = {"analyze": round(t1 - t0, 3), "prune": round(t2 - t1, 3),
@@ -192,6 +200,14 @@ def _within_max_error(search: MaxErrorSearch, target_macs: Optional[float], say)
     return search.search()
 
 
+def _verify(pruned, compiled: Compiled, expected: dict) -> dict:
+    """Against the dense model's run at the input spec when there was one, else the declared output shapes."""
+    dense = compiled.dense
+    if dense is not None and dense.outputs:
+        return verify_like_dense(pruned, dense, expected)
+    return check_pruned(pruned, expected)
+
+
 def _report_bytes(report: dict, path) -> bytes:
     try:
         return to_json(report).encode()
@@ -212,8 +228,8 @@ def _statistics(compiled: Compiled, hessian, calib_data, samples: int, seed: int
 
 def build_report(compiled: Compiled, pruned_graph, plan: Plan, log, criterion: str, options: PlanOptions,
                  target_macs: Optional[float]) -> dict:
-    params0, macs0 = totals(compiled.graph)
-    params1, macs1 = totals(pruned_graph)
+    params0, macs0 = totals(compiled.graph, concrete_shapes(compiled.graph, compiled.spec))
+    params1, macs1 = totals(pruned_graph, concrete_shapes(pruned_graph, compiled.spec))
     analysis = compiled.analysis
     groups = []
     for gid, removed in sorted(plan.removed.items()):

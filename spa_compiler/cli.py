@@ -119,6 +119,13 @@ def _fmt(n: float) -> str:
     return f"{n:.0f}"
 
 
+def input_shape_option(func):
+    """``--input-shape NAME:DIMS`` (repeatable), the trtexec/polygraphy convention."""
+    return click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:DIMS",
+                        help="Dims of an input, e.g. images:1x3x320x320 (repeatable) [default: model "
+                             "metadata (imgsz), else common sizes the model runs at].")(func)
+
+
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="spa-compiler")
 def main() -> None:
@@ -163,6 +170,7 @@ def main() -> None:
               help="Re-solve consumer weights for removed channels [default: on for obspa].")
 @click.option("--recalibrate-bn", is_flag=True, help="With --calib: recompute every BatchNorm's statistics after pruning.")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime check of the pruned model.")
+@input_shape_option
 @click.option("--force", is_flag=True, help="Allow overwriting the input model.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the JSON report here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -173,7 +181,7 @@ def main() -> None:
 @handled
 def prune(model, output, ratio, criterion, global_ranking, max_group_ratio, round_to, exclude, target_macs,
           max_error, reduce, seed, prune_hidden, prune_head_dims, calib, hessian, noise, samples, damping, compensate,
-          recalibrate_bn, no_verify, force, report_path, as_json, quiet, show_progress, debug):
+          recalibrate_bn, no_verify, input_shapes, force, report_path, as_json, quiet, show_progress, debug):
     """Prune MODEL and write a smaller ONNX model."""
     from .api import prune_with
     from .options import PruneOptions
@@ -186,8 +194,8 @@ def prune(model, output, ratio, criterion, global_ranking, max_group_ratio, roun
                            seed=seed, verify=not no_verify, prune_hidden=prune_hidden,
                            prune_head_dims=prune_head_dims, calib=calib, hessian=hessian, noise=noise,
                            samples=samples, damping=damping, compensate=compensate, recalibrate_bn=recalibrate_bn,
-                           max_error=max_error, output=output, force=force,
-                           report_path=report_path)  # validated here, before any work
+                           max_error=max_error, output=output, force=force, report_path=report_path,
+                           input_shapes=input_shapes)  # validated here, before any work
     progress = for_terminal(show_progress, quiet=as_json or quiet)
     result = prune_with(model, options, progress)
     report = result.report
@@ -205,6 +213,8 @@ def prune(model, output, ratio, criterion, global_ranking, max_group_ratio, roun
     if report.get("hessian"):
         h = report["hessian"]
         click.echo(f"statistics: {h['source']} ({h['why']}); weights compensated: {report['compensated']}")
+    click.echo(f"inputs {report['inputs']['input_shapes']}" +
+               (f" ({report['inputs']['chosen_by']})" if report["inputs"].get("chosen_by") else ""))
     if report.get("verify"):
         click.echo(f"verified: onnxruntime ({report['verify']['provider']}) runs it, output shapes unchanged")
     if report.get("fidelity"):
@@ -221,14 +231,16 @@ def prune(model, output, ratio, criterion, global_ranking, max_group_ratio, roun
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--all", "show_all", is_flag=True, help="List every group, not only prunable and frozen summaries.")
 @click.option("--prune-hidden", is_flag=True, help="Analyse as `spac prune --prune-hidden` would.")
+@input_shape_option
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--debug", is_flag=True)
 @handled
-def groups(model, show_all, prune_hidden, as_json, debug):
+def groups(model, show_all, prune_hidden, input_shapes, as_json, debug):
     """Show dependency groups, their atoms, and why frozen groups are frozen."""
+    from .inputspec import parse_input_shapes
     from .pipeline import compile_model
 
-    compiled = compile_model(model, prune_hidden=prune_hidden)
+    compiled = compile_model(model, prune_hidden=prune_hidden, input_shapes=parse_input_shapes(input_shapes))
     rows = []
     for g in compiled.analysis.groups:
         rows.append({"group": g.id, "prunable": g.prunable, "atoms": g.n_atoms, "width": g.width,
@@ -250,21 +262,26 @@ def groups(model, show_all, prune_hidden, as_json, debug):
 
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
+@input_shape_option
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--debug", is_flag=True)
 @handled
-def inspect(model, as_json, debug):
-    """Per-layer parameters and MACs."""
+def inspect(model, input_shapes, as_json, debug):
+    """Per-layer parameters and MACs (at the input shapes: given, or chosen as `spac prune` would)."""
     from .cost import layer_costs, totals
+    from .inputspec import parse_input_shapes
     from .pipeline import compile_model
+    from .shapes import concrete_shapes
 
-    compiled = compile_model(model)
-    layers = [c for c in layer_costs(compiled.graph) if c.params or c.macs]
-    params, macs = totals(compiled.graph)
+    compiled = compile_model(model, input_shapes=parse_input_shapes(input_shapes), run_dense=True)
+    shapes = concrete_shapes(compiled.graph, compiled.spec)
+    layers = [c for c in layer_costs(compiled.graph, shapes) if c.params or c.macs]
+    params, macs = totals(compiled.graph, shapes)
     if as_json:
-        _emit_json({"source": compiled.source, "params": params, "macs": macs,
-                    "layers": [c.__dict__ for c in layers]})
+        _emit_json({"source": compiled.source, "input_shapes": compiled.spec.describe(), "params": params,
+                    "macs": macs, "layers": [c.__dict__ for c in layers]})
         return
+    click.echo(f"inputs {compiled.spec.describe()}")
     click.echo(f"{'layer':<60} {'op':<20} {'params':>10} {'MACs':>10}")
     for c in layers:
         click.echo(f"{c.name[:60]:<60} {c.op:<20} {_fmt(c.params):>10} {_fmt(c.macs):>10}")
@@ -278,26 +295,32 @@ def inspect(model, as_json, debug):
 @click.option("--runs", type=int, default=30, show_default=True)
 @click.option("--warmup", type=int, default=5, show_default=True)
 @click.option("--threads", type=int, default=0, show_default=True, help="Intra-op threads (0 = onnxruntime default).")
+@input_shape_option
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--debug", is_flag=True)
 @handled
-def bench(model_a, model_b, batch, runs, warmup, threads, as_json, debug):
+def bench(model_a, model_b, batch, runs, warmup, threads, input_shapes, as_json, debug):
     """Latency of A and B on the same provider and threads; prints B/A next to the MACs ratio."""
     from .cost import totals
     from .modelio import load_model
+    from .densecheck import bench_spec
     from .normalize import normalize
     from .runtime import bench_pair
+    from .shapes import concrete_shapes
 
     if batch < 1 or runs < 1 or warmup < 0:
         raise UsageError("--batch and --runs must be >= 1, --warmup >= 0")
     a, b = load_model(model_a), load_model(model_b)
+    spec = bench_spec(a, model_a, input_shapes, batch)
     try:  # paths, not protos: onnxruntime resolves external data next to each model
-        ta, tb, provider = bench_pair(model_a, model_b, batch=batch, warmup=warmup, runs=runs, threads=threads)
+        ta, tb, provider = bench_pair(model_a, model_b, batch=batch, warmup=warmup, runs=runs, threads=threads,
+                                      spec=spec)
     except Exception as exc:  # noqa: BLE001
         raise UsageError(f"cannot run the models in onnxruntime: {first_line(exc)}") from None
-    macs_a = totals(normalize(a).graph)[1]
-    macs_b = totals(normalize(b).graph)[1]
-    data = {"provider": provider, "batch": batch, "threads": threads,
+    graph_a, graph_b = normalize(a, spec=spec).graph, normalize(b, spec=spec).graph
+    macs_a = totals(graph_a, concrete_shapes(graph_a, spec))[1]
+    macs_b = totals(graph_b, concrete_shapes(graph_b, spec))[1]
+    data = {"provider": provider, "batch": batch, "threads": threads, "input_shapes": spec.describe(),
             "a": {"path": model_a, "median_ms": ta.median_ms, "p10_ms": ta.p10_ms, "p90_ms": ta.p90_ms, "runs": ta.runs,
                   "macs": macs_a},
             "b": {"path": model_b, "median_ms": tb.median_ms, "p10_ms": tb.p10_ms, "p90_ms": tb.p90_ms, "runs": tb.runs,
@@ -306,7 +329,7 @@ def bench(model_a, model_b, batch, runs, warmup, threads, as_json, debug):
     if as_json:
         _emit_json(data)
         return
-    click.echo(f"provider {provider}, batch {batch}, {ta.runs} runs each")
+    click.echo(f"provider {provider}, inputs {spec.describe()}, {ta.runs} runs each")
     for key, t in (("A", ta), ("B", tb)):
         click.echo(f"  {key}: median {t.median_ms:.3f} ms  (p10 {t.p10_ms:.3f}, p90 {t.p90_ms:.3f})")
     click.echo(f"latency B/A {data['latency_ratio']:.3f}   MACs B/A {data['macs_ratio']:.3f}")
@@ -315,16 +338,29 @@ def bench(model_a, model_b, batch, runs, warmup, threads, as_json, debug):
 @main.command()
 @click.argument("original", type=click.Path(dir_okay=False))
 @click.argument("pruned", type=click.Path(dir_okay=False))
+@input_shape_option
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--debug", is_flag=True)
 @handled
-def verify(original, pruned, as_json, debug):
+def verify(original, pruned, input_shapes, as_json, debug):
     """Check that PRUNED passes onnx.checker, runs, and keeps ORIGINAL's output shapes."""
+    from .densecheck import check_dense, declared_outputs, verify_like_dense
+    from .inputspec import parse_input_shapes
     from .modelio import load_model
-    from .runtime import check_runs
 
-    load_model(original), load_model(pruned)  # every input check, with one-line errors naming the file
-    result = check_runs(original, pruned)  # paths: onnxruntime resolves external data next to each model
+    given = parse_input_shapes(input_shapes)
+    dense_model = load_model(original)  # every input check, with one-line errors naming the file
+    dense = check_dense(dense_model, original, given)  # paths: onnxruntime resolves external data
+    load_model(pruned)
+    if not dense.outputs:  # too large to run before: both run now, at the declared shapes
+        from .runtime import check_runs
+
+        result = check_runs(original, pruned)
+    else:
+        try:
+            result = verify_like_dense(pruned, dense, declared_outputs(dense_model))
+        except SpacError as exc:
+            raise type(exc)(f"{pruned}: {exc}") from None
     if as_json:
         _emit_json({"ok": True, **result})
     else:

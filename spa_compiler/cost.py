@@ -1,13 +1,14 @@
 """Cost model: parameters and multiply-accumulates, per layer and in total.
 
-Counted from shapes (symbolic dims count as 1), so it works without running
-the model; ``estimate`` predicts the cost of a plan from kept-channel
+Counted from shapes at the input spec's concrete dims (:func:`shapes.concrete_shapes`:
+a detector's MACs at 640x640, not at 1x1), so it works without running the
+model; dims still unknown count as 1.  ``estimate`` predicts the cost of a plan from kept-channel
 fractions, which lets the planner meet a MACs target without rewriting.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -19,6 +20,8 @@ RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1, "DynamicQuantizeLSTM": 4}
 COUNTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "MatMulInteger", *RECURRENT_GATES)
 # constants that count as parameters: float weights and int8/uint8 quantized weights (not int64 shapes)
 WEIGHT_KINDS = (np.floating, np.int8, np.uint8)
+
+Concrete = Mapping[str, Sequence[int]]  # tensor name -> dims at the input spec
 
 
 @dataclass
@@ -33,14 +36,29 @@ def _prod(dims) -> int:
     return int(np.prod([d if d is not None else 1 for d in dims], dtype=np.int64))
 
 
-def node_macs(node: gs.Node) -> int:
-    """MACs of one node (0 for ops the model does not count)."""
+def _shape(tensor: gs.Tensor, shapes: Optional[Concrete]) -> Optional[list[Optional[int]]]:
+    if shapes and tensor.name in shapes:
+        return list(shapes[tensor.name])
+    return static_shape(tensor)
+
+
+def concrete(graph: gs.Graph, shapes: Optional[Concrete] = None) -> Concrete:
+    """*shapes*, or the graph's shapes at the active input spec."""
+    if shapes is not None:
+        return shapes
+    from .shapes import concrete_shapes
+
+    return concrete_shapes(graph)
+
+
+def node_macs(node: gs.Node, shapes: Optional[Concrete] = None) -> int:
+    """MACs of one node (0 for ops the model does not count), at *shapes* where they name its tensors."""
     if node.op not in COUNTED_OPS:
         return 0
     if node.op in RECURRENT_GATES:
-        return sum(recurrent_macs(node))
-    out = static_shape(node.outputs[0])
-    x = static_shape(node.inputs[0])
+        return sum(recurrent_macs(node, shapes))
+    out = _shape(node.outputs[0], shapes)
+    x = _shape(node.inputs[0], shapes)
     w = node.inputs[1].shape if len(node.inputs) > 1 and node.inputs[1].shape is not None else None
     if out is None or w is None:
         return 0
@@ -57,9 +75,9 @@ def node_macs(node: gs.Node) -> int:
     return 0
 
 
-def recurrent_macs(node: gs.Node) -> tuple[int, int]:
+def recurrent_macs(node: gs.Node, shapes: Optional[Concrete] = None) -> tuple[int, int]:
     """(input part, recurrent part) of a recurrent layer's MACs: gates*hidden*(input + hidden) per step."""
-    x = static_shape(node.inputs[0])
+    x = _shape(node.inputs[0], shapes)
     w = node.inputs[1].shape if len(node.inputs) > 1 else None
     hidden = int(node.attrs.get("hidden_size", 0))
     if x is None or w is None or not hidden:
@@ -73,15 +91,17 @@ def node_params(node: gs.Node) -> int:
     return sum(int(np.prod(t.shape)) for t in node.inputs if isinstance(t, gs.Constant) and _is_weight(t))
 
 
-def layer_costs(graph: gs.Graph) -> list[LayerCost]:
-    return [LayerCost(n.name, n.op, node_params(n), node_macs(n)) for n in graph.nodes]
+def layer_costs(graph: gs.Graph, shapes: Optional[Concrete] = None) -> list[LayerCost]:
+    shapes = concrete(graph, shapes)
+    return [LayerCost(n.name, n.op, node_params(n), node_macs(n, shapes)) for n in graph.nodes]
 
 
-def totals(graph: gs.Graph) -> tuple[int, int]:
+def totals(graph: gs.Graph, shapes: Optional[Concrete] = None) -> tuple[int, int]:
     """(params, MACs) of the whole graph; each constant counted once."""
+    shapes = concrete(graph, shapes)
     params = sum(int(np.prod(t.shape)) for t in graph.tensors().values()
                  if isinstance(t, gs.Constant) and t.outputs and _is_weight(t))
-    macs = sum(node_macs(n) for n in graph.nodes)
+    macs = sum(node_macs(n, shapes) for n in graph.nodes)
     return params, macs
 
 
@@ -94,16 +114,18 @@ def _is_weight(t: gs.Constant) -> bool:
     return any(np.issubdtype(dtype, kind) for kind in WEIGHT_KINDS)
 
 
-def estimate_macs(graph: gs.Graph, fraction: Callable[[str, int], Optional[float]]) -> int:
+def estimate_macs(graph: gs.Graph, fraction: Callable[[str, int], Optional[float]],
+                  shapes: Optional[Concrete] = None) -> int:
     """MACs after pruning, given the kept fraction of each (tensor, axis) space (None = untouched)."""
+    shapes = concrete(graph, shapes)
     total = 0
     for node in graph.nodes:
-        macs = node_macs(node)
+        macs = node_macs(node, shapes)
         if not macs:
             continue
         out, x = node.outputs[0], node.inputs[0]
         if node.op in RECURRENT_GATES:
-            total += _recurrent_estimate(node, fraction)
+            total += _recurrent_estimate(node, fraction, shapes)
             continue
         if node.op in ("Conv", "ConvTranspose", "Gemm"):
             f_out = fraction(out.name, 1)
@@ -117,9 +139,10 @@ def estimate_macs(graph: gs.Graph, fraction: Callable[[str, int], Optional[float
     return int(total)
 
 
-def _recurrent_estimate(node: gs.Node, fraction: Callable[[str, int], Optional[float]]) -> float:
+def _recurrent_estimate(node: gs.Node, fraction: Callable[[str, int], Optional[float]],
+                        shapes: Optional[Concrete] = None) -> float:
     """A recurrent layer's MACs after pruning: input part scales with hidden x input, recurrence with hidden^2."""
-    inputs, recurrence = recurrent_macs(node)
+    inputs, recurrence = recurrent_macs(node, shapes)
     y = next((t for t in node.outputs if t.name and t.shape is not None), None)
     f_h = fraction(y.name, len(y.shape) - 1) if y is not None else None
     f_in = fraction(node.inputs[0].name, len(node.inputs[0].shape or [None]) - 1)

@@ -35,6 +35,8 @@ class ModelMeta:
     functions: list[onnx.FunctionProto] = field(default_factory=list)
     # Graph outputs that are not tensors (skl2onnx's ZipMap: a sequence of maps); gs only knows tensors.
     output_types: dict[str, onnx.TypeProto] = field(default_factory=dict)
+    # The input dims shape inference completes unknown dims at (spa_compiler.inputspec.InputSpecs).
+    input_spec: Optional[object] = None
 
     @property
     def opset(self) -> int:

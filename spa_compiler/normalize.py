@@ -54,12 +54,19 @@ def _run(kind_name: str, obj, notes: list[str], level: str = "graph"):
         raise CompileError(f"normalize pass {kind_name} failed: {first_line(exc)}") from exc
 
 
-def normalize(model: onnx.ModelProto, copy: bool = True) -> Normalized:
+def normalize(model: onnx.ModelProto, copy: bool = True, spec=None) -> Normalized:
     """Run the whole normalization pipeline on *model* (on a copy unless *copy* is False).
 
     The compiler passes ``copy=False`` for models it loaded itself: a model
     handed in by a caller is never modified, a file's model is nobody else's.
+    *spec* (:class:`inputspec.InputSpecs`, chosen for the model when None) is
+    where shape inference completes dims the declared inputs leave unknown;
+    a callable is asked for it just before that inference (the refusal of
+    hostile shapes has run by then; its error is raised after the passes, so
+    a refusal that names a node comes first).
     """
+    from .inputspec import active, choose, declared_inputs
+
     notes: list[str] = []
     if copy:
         work = onnx.ModelProto()
@@ -69,7 +76,18 @@ def normalize(model: onnx.ModelProto, copy: bool = True) -> Normalized:
     for name in pipeline("model"):
         work = _run(name, work, notes, "model")
     meta = meta_of(work)
+    chosen = choose(declared_inputs(work), None, meta.metadata)
+    meta.input_spec = chosen if spec is None or callable(spec) else spec
     graph = to_graph(work)
+    deferred = None
     for name in pipeline("graph"):
-        _run(name, graph, notes, "graph")
+        if name == "infer_shapes_symbolic" and callable(spec):
+            try:
+                meta.input_spec = spec()
+            except SpacError as exc:  # the input does not run: a refusal naming the node, below, says more
+                deferred = exc
+        with active(meta.input_spec):
+            _run(name, graph, notes, "graph")
+    if deferred is not None:
+        raise deferred
     return Normalized(graph, meta, notes)

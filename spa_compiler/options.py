@@ -16,6 +16,7 @@ from . import registry
 from .criterion import Criterion
 from .errors import UsageError
 from .importance import REDUCTIONS
+from .inputspec import parse_input_shapes
 from .obspa.noise import NOISE_KINDS
 from .obspa.statistics import SOURCES
 from .plan import PlanOptions
@@ -48,12 +49,15 @@ class PruneOptions:
     output: Optional[str] = None
     force: bool = False
     report_path: Optional[str] = None
+    # {"images": (1, 3, 320, 320)}, or the CLI's ["images:1x3x320x320"] (parsed to the dict); see inputspec
+    input_shapes: Any = None
     criterion_pass: registry.PassInfo = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.exclude, str):  # one pattern, not its characters
             object.__setattr__(self, "exclude", (self.exclude,))
         object.__setattr__(self, "exclude", tuple(self.exclude))
+        object.__setattr__(self, "input_shapes", parse_input_shapes(self.input_shapes))
         self.validate()
 
     def validate(self) -> None:

@@ -27,6 +27,7 @@ from .normalize import normalize
 from .plan import Plan, PlanOptions, make_plan, search_ratio
 from .progress import step
 from .rewrite import RewriteLog, kept_fraction, rewrite
+from .shapes import concrete_shapes
 from .weights import release_pages
 
 
@@ -39,6 +40,12 @@ class Compiled:
     analysis: DependencyAnalysis
     notes: list[str] = field(default_factory=list)
     source: str = "<in-memory model>"
+    dense: Optional[object] = None  # densecheck.DenseRun: the dense model's run at the input spec
+
+    @property
+    def spec(self):
+        """The input spec (:class:`inputspec.InputSpecs`) every stage uses."""
+        return self.meta.input_spec
 
     def to_model(self) -> onnx.ModelProto:
         from .ir import to_model
@@ -46,19 +53,37 @@ class Compiled:
         return to_model(self.graph, self.meta)
 
 
-def compile_model(source: ModelLike, prune_hidden: bool = False, head_dims: bool = False) -> Compiled:
-    """Load, normalize and analyse a model (``prune_hidden``: see :func:`analysis.analyze`)."""
+def compile_model(source: ModelLike, prune_hidden: bool = False, head_dims: bool = False,
+                  input_shapes=None, run_dense: bool = False) -> Compiled:
+    """Load, normalize and analyse a model (``prune_hidden``: see :func:`analysis.analyze`).
+
+    *input_shapes* (``{"images": (1, 3, 320, 320)}``) fix the input spec; with
+    *run_dense* the dense model is checked to run at it first (see :mod:`densecheck`).
+    """
+    from .densecheck import dense_runner
+    from .inputspec import choose, declared_inputs
+
     model = load_model(source)
     where = "<in-memory model>" if isinstance(source, onnx.ModelProto) else str(source)
+    spec = choose(declared_inputs(model), input_shapes, {p.key: p.value for p in model.metadata_props}, where=where)
+    runs: list = []
+    dense_run = dense_runner(model, source, input_shapes)
+
+    def run_dense_model():
+        """Called after every normalization but the last shape inference: hostile shapes are refused by then."""
+        runs.append(dense_run())
+        return runs[-1].spec
+
     try:
-        normalized = normalize(model, copy=isinstance(source, onnx.ModelProto))
+        normalized = normalize(model, copy=isinstance(source, onnx.ModelProto),
+                               spec=run_dense_model if run_dense else spec)
         del model  # the gs graph holds what is needed; let the protobuf go
         analysis = analyze(normalized.graph, normalized.meta.opset, prune_hidden=prune_hidden, head_dims=head_dims)
     except SpacError as exc:
-        raise type(exc)(f"{where}: {exc}") from None
+        raise type(exc)(str(exc) if str(exc).startswith(f"{where}: ") else f"{where}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - never a traceback for a model we accepted
         raise CompileError(f"{where}: analysis failed ({type(exc).__name__}: {exc})") from exc
-    return Compiled(normalized.graph, normalized.meta, analysis, normalized.notes, where)
+    return Compiled(normalized.graph, normalized.meta, analysis, normalized.notes, where, runs[-1] if runs else None)
 
 
 def score_groups(compiled: Compiled, criterion: Union[str, registry.PassInfo] = "l2", seed: int = 0,
@@ -95,13 +120,14 @@ def plan_pruning(compiled: Compiled, scores: dict[int, np.ndarray], options: Pla
     """A plan for a ratio, or the smallest ratio whose estimated MACs meet *target_macs*."""
     if target_macs is None:
         return make_plan(compiled.analysis, scores, options)
-    _, dense = totals(compiled.graph)
+    shapes = concrete_shapes(compiled.graph, compiled.spec)
+    _, dense = totals(compiled.graph, shapes)
 
     def make(ratio: float) -> Plan:
         return make_plan(compiled.analysis, scores, PlanOptions(**{**options.__dict__, "ratio": ratio}))
 
     def cost(plan: Plan) -> float:
-        return estimate_macs(compiled.graph, kept_fraction(compiled.analysis, plan)) / max(dense, 1)
+        return estimate_macs(compiled.graph, kept_fraction(compiled.analysis, plan), shapes) / max(dense, 1)
 
     plan, _ = search_ratio(make, cost, target_macs)
     return plan

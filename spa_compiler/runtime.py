@@ -86,36 +86,14 @@ def size_on_disk(path) -> int:
     return Path(path).stat().st_size + sum((folder / name).stat().st_size for name in external_locations(path))
 
 
-_NP_TYPES = {
-    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
-}
+def random_inputs(sess, batch: Optional[int] = 1, seed: int = 0, dims: Optional[dict[str, int]] = None) -> dict[str, np.ndarray]:
+    """Seeded random feeds for every input of *sess* at the input spec's dims (see :mod:`inputspec`).
 
+    *batch* sets symbolic batch dims, *dims* symbolic dims by name.
+    """
+    from .inputspec import for_session
 
-def random_inputs(sess, batch: int = 1, seed: int = 0, dims: Optional[dict[str, int]] = None) -> dict[str, np.ndarray]:
-    """Seeded random feeds for every graph input (symbolic dims: batch for the first, else 1 or *dims*)."""
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    # a dim named like some input's first axis is the batch everywhere (state inputs [layers, batch, hidden])
-    batch_names = {arg.shape[0] for arg in sess.get_inputs() if arg.shape and isinstance(arg.shape[0], str)}
-    for arg in sess.get_inputs():
-        shape = []
-        for i, d in enumerate(arg.shape):
-            if isinstance(d, int) and d >= 0:
-                shape.append(d)
-            elif dims and isinstance(d, str) and d in dims:
-                shape.append(dims[d])
-            else:
-                shape.append(batch if i == 0 or d in batch_names else 1)
-        dtype = _NP_TYPES.get(arg.type, np.float32)
-        if np.issubdtype(dtype, np.floating):
-            feeds[arg.name] = rng.standard_normal(shape).astype(dtype)
-        elif dtype == np.bool_:
-            feeds[arg.name] = rng.random(shape) > 0.5
-        else:
-            feeds[arg.name] = rng.integers(0, 8, size=shape).astype(dtype)
-    return feeds
+    return for_session(sess, batch=batch, dims=dims).feeds(seed)
 
 
 def tensor_outputs(sess) -> list[str]:
@@ -222,12 +200,19 @@ def time_session(sess, feeds, warmup: int = 5, runs: int = 30) -> list[float]:
 
 
 def bench_pair(a: onnx.ModelProto, b: onnx.ModelProto, batch: int = 1, warmup: int = 5, runs: int = 30,
-               threads: int = 0, providers=None, dims: Optional[dict[str, int]] = None) -> tuple[Timing, Timing, str]:
-    """Latency of two models on the same provider and threads, interleaved rounds to share noise."""
+               threads: int = 0, providers=None, dims: Optional[dict[str, int]] = None,
+               spec=None) -> tuple[Timing, Timing, str]:
+    """Latency of two models on the same provider and threads, interleaved rounds to share noise.
+
+    *spec* (:class:`inputspec.InputSpecs`): the input dims both run at (else chosen, *batch* for batch dims).
+    """
+    from .inputspec import active
+
     providers = list(providers or default_providers())
     sa, sb = session(a, providers, threads), session(b, providers, threads)
-    fa = random_inputs(sa, batch=batch, dims=dims)
-    fb = random_inputs(sb, batch=batch, dims=dims)
+    with active(spec):
+        fa = random_inputs(sa, batch=None if spec else batch, dims=dims)
+        fb = random_inputs(sb, batch=None if spec else batch, dims=dims)
     rounds = min(3, runs)
     ta, tb = [], []
     for k in range(rounds):  # exactly *runs* runs in all: the remainder goes to the first rounds

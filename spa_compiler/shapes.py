@@ -1,21 +1,41 @@
-"""Shape inference, a core service: the normalizations call it, and so does the rewrite.
+"""Shape inference, a core service (the normalizations and the rewrite call it): ONNX's on the declared
+(symbolic) inputs, completed at the input spec's concrete dims.
 
-ONNX inference runs on a weightless copy of the graph (:func:`light_model`), is
-carried through ops ONNX cannot infer (:data:`SHAPE_PRESERVING`), and, for the
-analysis only, completed by onnxruntime's symbolic inference where dynamic dims
-leave ONNX without an answer.
+Why not onnxruntime's symbolic inference first: on a detector with dynamic
+height and width it spends minutes in sympy ``simplify`` for every Resize.
+Instead, where ONNX leaves a dim unknown, ONNX inference runs twice more on
+a weightless copy with concrete inputs: at the input spec (:mod:`inputspec`)
+and with every symbolic input dim changed.  A dim equal in both runs is
+static; one that differs is dynamic, and gets a name that is the same for
+every dim with the same pair of values (``seq`` when it is the input's
+``seq``), so analysis rules that match dims by equality still match.
+onnxruntime's symbolic inference runs only for dims still unknown after that
+(ops ONNX cannot infer), and only for :data:`SYMBOLIC_SECONDS`.
+
+The concrete shapes at the spec are also what the cost model counts MACs at
+(:func:`concrete_shapes`).
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
+from typing import Iterator, Optional
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .errors import first_line
+from . import inputspec
 from .ir import ModelMeta
+
+Shapes = dict[str, tuple[list, int]]  # tensor name -> (dims, ONNX element type)
+
+LIGHT_CONSTANT_LIMIT = 4096
+SYMBOLIC_SECONDS = 20.0
+# Ops whose output has their first input's shape, but for which ONNX defines no shape inference.
+SHAPE_PRESERVING = ("GroupNormalization",)
 
 
 def reinfer_shapes(graph: gs.Graph, meta: ModelMeta) -> gs.Graph:
@@ -23,24 +43,39 @@ def reinfer_shapes(graph: gs.Graph, meta: ModelMeta) -> gs.Graph:
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Variable) and tensor not in graph.outputs and tensor not in graph.inputs:
             tensor.shape = None
-    infer_graph_shapes(graph, [], symbolic=True)
+    with inputspec.active(meta.input_spec):
+        infer_graph_shapes(graph, [], symbolic=True)
     return graph
 
 
 def infer_graph_shapes(graph: gs.Graph, notes: list[str], symbolic: bool) -> None:
-    """Write inferred shapes onto *graph*'s variables (ONNX inference; *symbolic*: onnxruntime's where ONNX stops)."""
+    """Infer every intermediate shape of *graph* in place (*symbolic*: complete unknown dims, see module doc).
+
+    Without *symbolic* only the shapes ONNX proves from the declared inputs are
+    used: constant folding trusts them, and a concrete dim there would fold a
+    dynamic batch into a constant.
+    """
     model = light_model(graph)
     try:
-        inferred = _onnx_infer(model)
+        inferred = onnx_infer(model)
     except Exception as exc:  # noqa: BLE001
-        notes.append(f"infer_shapes: failed ({first_line(exc, 160)}); exporter shapes kept")
+        notes.append(f"infer_shapes: failed ({str(exc).splitlines()[0][:160]}); exporter shapes kept")
         return
-    shapes = _value_shapes(inferred)
-    missing = any(isinstance(t, gs.Variable) and t.name and t.name not in shapes and t not in graph.inputs
-                  for t in graph.tensors().values())  # ONNX stops at ops it does not know (contrib ops)
-    if symbolic and (missing or any(_has_unknown(dims) for dims, _ in shapes.values())):
-        symbolic = _symbolic_shapes(inferred)
-        shapes.update({k: v for k, v in symbolic.items() if not _has_unknown(v[0]) or k not in shapes})
+    shapes = value_shapes(inferred)
+    declared = {d for t in graph.inputs for d in (t.shape or []) if isinstance(d, str)}  # symbols, not unknowns
+
+    def incomplete() -> bool:  # unknown dims, or tensors ONNX has no shape for (contrib ops it does not know)
+        return any(has_unknown(dims, declared) for dims, _ in shapes.values()) or any(
+            isinstance(t, gs.Variable) and t.name and t.name not in shapes and t not in graph.inputs
+            for t in graph.tensors().values())
+
+    if symbolic and incomplete():
+        outputs = {t.name for t in graph.outputs}
+        shapes = complete(graph, shapes, outputs)
+        if incomplete():  # only what is still unknown
+            found = symbolic_shapes(inferred, notes)
+            shapes.update({k: v for k, v in found.items()
+                           if k not in shapes or (has_unknown(shapes[k][0]) and not has_unknown(v[0]))})
     for name, tensor in graph.tensors().items():
         if isinstance(tensor, gs.Variable) and name in shapes and tensor not in graph.inputs:
             dims, elem = shapes[name]
@@ -49,11 +84,112 @@ def infer_graph_shapes(graph: gs.Graph, notes: list[str], symbolic: bool) -> Non
                 tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
 
 
-# Ops whose output has their first input's shape, but for which ONNX defines no shape inference.
-SHAPE_PRESERVING = ("GroupNormalization",)
+def spec_of(graph: gs.Graph) -> inputspec.InputSpecs:
+    """The active input spec, or one chosen for *graph*'s inputs (direct callers of the passes)."""
+    spec = inputspec.current()
+    names = {t.name for t in graph.inputs}
+    if spec is not None and {s.name for s in spec} >= names:
+        return spec
+    inputs = [(t.name, tuple(_dim(d) for d in (t.shape or [])), np.dtype(t.dtype or np.float32)) for t in graph.inputs]
+    given = {s.name: s.dims for s in spec if s.name in names} if spec is not None else {}
+    return inputspec.choose(inputs, given)
 
 
-def _onnx_infer(model: onnx.ModelProto) -> onnx.ModelProto:
+def _dim(d):
+    return int(d) if isinstance(d, (int, np.integer)) else (str(d) if d is not None else None)
+
+
+def concrete_shapes(graph: gs.Graph, spec: Optional[inputspec.InputSpecs] = None) -> dict[str, list[int]]:
+    """Every tensor's shape at the input spec's concrete dims (what the cost model counts MACs at)."""
+    spec = spec or spec_of(graph)
+    try:
+        shapes = _at(graph, spec)
+    except Exception:  # noqa: BLE001 - no concrete shapes: the cost model falls back to the declared ones
+        return {}
+    shapes.update({name: (list(dims), 0) for name, dims in spec.shapes().items()})
+    return {name: dims for name, (dims, _) in shapes.items() if all(isinstance(d, int) for d in dims)}
+
+
+def complete(graph: gs.Graph, shapes: Shapes, keep_named: set[str]) -> Shapes:
+    """*shapes* with unknown dims (None, ``unk__N``) resolved by two concrete inference runs.
+
+    Tensors in *keep_named* (graph outputs) keep the names they declare and only have None dims filled.
+    """
+    spec = spec_of(graph)
+    other = spec.varied()
+    try:
+        at_a, at_b = _at(graph, spec), _at(graph, other)
+    except Exception:  # noqa: BLE001 - keep what the symbolic run gave
+        return shapes
+    symbols = spec.symbols()
+    names: dict[tuple[int, int], str] = {}
+    out = dict(shapes)
+    for name, (dims_a, elem) in at_a.items():
+        dims_b = at_b.get(name, ([], 0))[0]
+        current, cur_elem = shapes.get(name, ([None] * len(dims_a), elem))
+        if len(dims_b) != len(dims_a) or len(current) != len(dims_a) or not has_unknown(current):
+            continue
+        merged = []
+        for d, va, vb in zip(current, dims_a, dims_b):
+            if not _unknown(d) or not isinstance(va, int) or not isinstance(vb, int):
+                merged.append(d)
+            elif name in keep_named and d is not None:
+                merged.append(d)
+            elif va == vb:
+                merged.append(va)
+            else:
+                merged.append(names.setdefault((va, vb), _product_name(va, vb, symbols)))
+        out[name] = (merged, cur_elem or elem)
+    return out
+
+
+def _product_name(va: int, vb: int, symbols: dict[str, tuple[int, int]]) -> str:
+    """A dynamic dim as ``coef*sym*sym`` when its two values say so, else an opaque name for the pair.
+
+    Each input symbol was multiplied by its own prime between the runs, so
+    ``vb / va`` factors uniquely into the symbols the dim is a product of
+    (``batch*seq`` after a flatten); a quotient (``H/32``) gets the opaque name.
+    """
+    opaque = f"spac_dyn_{va}_{vb}"
+    if va <= 0 or vb % va:
+        return opaque
+    ratio, coef, parts = vb // va, va, []
+    for name, (value, prime) in sorted(symbols.items()):
+        while ratio % prime == 0:
+            ratio //= prime
+            if coef % value:
+                return opaque
+            coef //= value
+            parts.append(name)
+    if ratio != 1 or not parts:
+        return opaque
+    return "*".join(([str(coef)] if coef != 1 else []) + parts)
+
+
+def _at(graph: gs.Graph, spec: inputspec.InputSpecs) -> Shapes:
+    """Every shape at the spec's concrete dims: ONNX inference, then onnxruntime's where ONNX stops.
+
+    With no symbol left, onnxruntime's symbolic inference is plain arithmetic
+    (fast): it knows ops and data flows ONNX's data propagation does not
+    (a Slice of a Shape with computed bounds, as BERT's position ids).
+    """
+    inferred = onnx_infer(light_model(graph, spec.shapes()))
+    shapes = value_shapes(inferred)
+    if any(has_unknown(dims) for dims, _ in shapes.values()):
+        shapes.update({k: v for k, v in symbolic_shapes(inferred).items() if not has_unknown(v[0])})
+    return shapes
+
+
+def _unknown(d) -> bool:
+    return d is None or (isinstance(d, str) and d.startswith("unk__"))
+
+
+def has_unknown(dims: list, declared: frozenset = frozenset()) -> bool:
+    """Whether a dim is unknown: None, or an ``unk__N`` ONNX made up (not one an input declares)."""
+    return any(_unknown(d) and d not in declared for d in dims)
+
+
+def onnx_infer(model: onnx.ModelProto) -> onnx.ModelProto:
     """ONNX shape inference, carried through :data:`SHAPE_PRESERVING` ops it stops at.
 
     Each round declares the output type of such an op whose input is now
@@ -74,7 +210,7 @@ def _onnx_infer(model: onnx.ModelProto) -> onnx.ModelProto:
     return inferred
 
 
-def _value_shapes(model: onnx.ModelProto) -> dict[str, tuple[list, int]]:
+def value_shapes(model: onnx.ModelProto) -> Shapes:
     shapes = {}
     for vi in list(model.graph.value_info) + list(model.graph.output):
         if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
@@ -84,15 +220,11 @@ def _value_shapes(model: onnx.ModelProto) -> dict[str, tuple[list, int]]:
     return shapes
 
 
-def _has_unknown(dims: list) -> bool:
-    return any(d is None or (isinstance(d, str) and d.startswith("unk__")) for d in dims)
+def symbolic_shapes(model: onnx.ModelProto, notes: Optional[list[str]] = None,
+                    seconds: float = SYMBOLIC_SECONDS) -> Shapes:
+    """onnxruntime's symbolic shape inference (sympy; plus the contrib ops of :mod:`contrib_shapes`),
+    stopped after *seconds* (main thread only).
 
-
-def _symbolic_shapes(model: onnx.ModelProto) -> dict[str, tuple[list, int]]:
-    """onnxruntime's symbolic shape inference (sympy): resolves Reshape's -1 over dynamic dims.
-
-    Transformer exports reshape ``[batch, seq, H*D]`` to ``[batch, seq, -1, D]``;
-    plain ONNX inference cannot tell the head count there.
     When it cannot infer every shape (ops it does not know, such as the
     ``ai.onnx.ml`` ops of skl2onnx), onnxruntime dumps the model to
     ``sym_shape_infer_temp.onnx`` in the working directory before raising: it
@@ -103,10 +235,39 @@ def _symbolic_shapes(model: onnx.ModelProto) -> dict[str, tuple[list, int]]:
     try:
         from .contrib_shapes import ContribShapeInference
 
-        with tempfile.TemporaryDirectory(prefix="spac-shapes-") as scratch, _working_directory(scratch):
-            return _value_shapes(ContribShapeInference.infer_shapes(model, auto_merge=True))
+        with tempfile.TemporaryDirectory(prefix="spac-shapes-") as scratch, _working_directory(scratch), \
+                _time_limit(seconds):
+            return value_shapes(ContribShapeInference.infer_shapes(model, auto_merge=True))
+    except _TimeUp:
+        if notes is not None:
+            notes.append(f"infer_shapes: symbolic shape inference stopped after {seconds:g} s; "
+                         "dims it did not reach stay unknown")
+        return {}
     except Exception:  # noqa: BLE001 - unsupported ops or no sympy: keep what ONNX inferred
         return {}
+
+
+class _TimeUp(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Raise :class:`_TimeUp` in the block after *seconds* (a no-op outside the main thread)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(_signum, _frame):
+        raise _TimeUp
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @contextlib.contextmanager
@@ -120,20 +281,27 @@ def _working_directory(path: str):
         os.chdir(before)
 
 
-LIGHT_CONSTANT_LIMIT = 4096
-
-
-def light_model(graph: gs.Graph) -> onnx.ModelProto:
+def light_model(graph: gs.Graph, input_dims: Optional[dict[str, tuple[int, ...]]] = None) -> onnx.ModelProto:
     """The graph as a ModelProto whose large constants are typed inputs instead of data.
 
     Built node by node with gs's exporter (no graph copy, no weight
     serialization): what shape inference needs, at a fraction of the cost.
+    *input_dims* replaces the declared dims of the named graph inputs.
     """
     from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter, dtype_to_onnx
 
     nodes = [OnnxExporter.export_node(node) for node in graph.nodes]
     inputs = [OnnxExporter.export_value_info_proto(t, False) for t in graph.inputs]
+    for vi in inputs:
+        if input_dims and vi.name in input_dims:
+            del vi.type.tensor_type.shape.dim[:]
+            for d in input_dims[vi.name]:
+                vi.type.tensor_type.shape.dim.add().dim_value = int(d)
     outputs = [OnnxExporter.export_value_info_proto(t, False) for t in graph.outputs]
+    if input_dims:  # declared output dims would contradict the concrete ones
+        for vi in outputs:
+            if vi.type.HasField("tensor_type"):
+                vi.type.tensor_type.ClearField("shape")
     initializers = []
     for tensor in graph.tensors().values():
         if not isinstance(tensor, gs.Constant):
@@ -142,12 +310,22 @@ def light_model(graph: gs.Graph) -> onnx.ModelProto:
             inputs.append(onnx.helper.make_tensor_value_info(tensor.name, dtype_to_onnx(tensor.dtype),
                                                              list(tensor.shape)))
         else:
-            initializers.append(OnnxExporter.export_tensor_proto(tensor))
+            initializers.append(_small_constant(tensor))
     model = onnx.helper.make_model(onnx.helper.make_graph(nodes, graph.name or "graph", inputs, outputs,
                                                           initializers),
                                    opset_imports=graph_opsets(graph))
     model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
     return model
+
+
+def _small_constant(tensor: gs.Constant) -> onnx.TensorProto:
+    """A small constant with its values inside the proto: an external-data reference hides them from inference."""
+    from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+
+    proto = OnnxExporter.export_tensor_proto(tensor)
+    if proto.data_location == onnx.TensorProto.EXTERNAL:
+        proto = onnx.numpy_helper.from_array(np.asarray(tensor.values), tensor.name)
+    return proto
 
 
 def graph_opsets(graph: gs.Graph) -> list[onnx.OperatorSetIdProto]:

@@ -156,6 +156,7 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
 
     *noise* (see :mod:`spa_compiler.obspa.noise`) shapes the data-free inputs of ``bnstat`` and ``synthetic``.
     """
+    from ..inputspec import active
     from ..runtime import session
 
     if source not in SOURCES:
@@ -188,13 +189,17 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
     stats: dict[str, LayerStats] = {}
     total = len(next(iter(calib.values()))) if source == "calib" else samples
     seen = 0
-    for feeds in _batches(sess, source, calib, samples, batch, seed, noise, compiled.graph):
-        values = dict(zip(names, sess.run(None, feeds)))
-        for node in consumers:
-            rows = feature_rows(node, values[wanted[node.name]], rng)
-            stats.setdefault(node.name, LayerStats.empty(rows.shape[1])).add(rows)
-        seen += len(next(iter(feeds.values())))
-        step(progress, min(seen, total), total, f"statistics ({source})")
+    spec = compiled.meta.input_spec
+    if spec is not None and source != "calib":
+        batch = min(batch, spec.statistics_batch(batch))  # large images: fewer per run, same memory
+    with active(spec):  # noise at the input spec's dims (the dims verification and the cost model use)
+        for feeds in _batches(sess, source, calib, samples, batch, seed, noise, compiled.graph):
+            values = dict(zip(names, sess.run(None, feeds)))
+            for node in consumers:
+                rows = feature_rows(node, values[wanted[node.name]], rng)
+                stats.setdefault(node.name, LayerStats.empty(rows.shape[1])).add(rows)
+            seen += len(next(iter(feeds.values())))
+            step(progress, min(seen, total), total, f"statistics ({source})")
     return stats
 
 
