@@ -107,15 +107,19 @@ def test_one_number_per_sample_outputs_get_the_cosine_of_all_samples():
     assert result["cosine"] == pytest.approx(6 / 14)
 
 
-def test_dense_model_onnxruntime_refuses_is_a_warning_not_a_crash(tmp_path):
+def test_dense_model_onnxruntime_refuses(tmp_path):
+    """prune() refuses such an input up front (issue 14 D7); the measurement itself degrades to a warning."""
     import onnx
 
+    from spa_compiler import fidelity
+
     model = onnx.load(str(DEMO))
-    model.ir_version = 99  # the compiler rewrites the IR version; onnxruntime refuses the input as it is
+    model.ir_version = 99  # onnxruntime refuses the input as it is
     path = tmp_path / "future.onnx"
     onnx.save(model, str(path))
-    result = spa_compiler.prune(str(path), ratio=0.3)
-    assert result.report["fidelity"] is None
-    assert any(w.startswith("fidelity not measured") for w in result.report["warnings"])
+    with pytest.raises(spa_compiler.errors.UsageError, match="onnxruntime cannot load the input model"):
+        spa_compiler.prune(str(path), ratio=0.3)
+    measurement, warnings = fidelity.try_measure_dense(str(path), None, 0, "auto", required=False)
+    assert measurement is None and any(w.startswith("fidelity not measured") for w in warnings)
     with pytest.raises(spa_compiler.errors.UsageError, match="--max-error needs"):
-        spa_compiler.prune(str(path), max_error=0.1)
+        fidelity.try_measure_dense(str(path), None, 0, "auto", required=True)
