@@ -182,3 +182,32 @@ def quantize_static(model: onnx.ModelProto, qdq: bool = True, per_channel: bool 
         ort_quantize_static(src, dst, Noise(), quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator,
                             per_channel=per_channel, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
         return onnx.load(dst)
+
+
+def float_lstms(model: onnx.ModelProto) -> onnx.ModelProto:
+    """*model* with every DynamicQuantizeLSTM turned into a float LSTM (dequantized, transposed W and R).
+
+    Same topology without the per-tensor quantization of ``h`` at run time, whose range shifts make
+    pruned int8 LSTMs inexact: what the exact-ish oracle needs on real int8 models.
+    """
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type != "DynamicQuantizeLSTM":
+            nodes.append(node)
+            continue
+        inputs = list(node.input) + [""] * (12 - len(node.input))
+        weights = []
+        for w, scale, zero in ((1, 8, 9), (2, 10, 11)):  # int8 [dirs, rows, gates*hidden], per tensor or channel
+            shape = (inits[inputs[scale]].shape[0], 1, -1)
+            values = (inits[inputs[w]].astype(np.float32) - inits[inputs[zero]].astype(np.float32).reshape(shape))
+            values = (values * inits[inputs[scale]].reshape(shape)).transpose(0, 2, 1)
+            weights.append(inputs[w] + "_float")
+            model.graph.initializer.append(numpy_helper.from_array(values.astype(np.float32), weights[-1]))
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
+        nodes.append(helper.make_node("LSTM", [inputs[0], *weights, *inputs[3:8]], list(node.output), name=node.name,
+                                      **attrs))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model

@@ -96,8 +96,7 @@ def prune_with(model: ModelLike, opts: PruneOptions, progress: Optional[Callable
         obs, hessian_info, warnings = _statistics(compiled, opts.hessian, calib_data, opts.samples, opts.seed,
                                                   opts.damping, opts.noise, say)
     say(f"scoring {len(compiled.analysis.prunable_groups)} groups with {criterion}")
-    scores = score_groups(compiled, opts.contract, seed=opts.seed, reduce=opts.reduce, obs=obs, progress=progress,
-                          name=opts.criterion)
+    scores = score_groups(compiled, opts.criterion_pass, seed=opts.seed, reduce=opts.reduce, obs=obs, progress=progress)
     max_error = opts.max_error
     measurement = None
     if verify or max_error is not None:

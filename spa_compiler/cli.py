@@ -9,7 +9,6 @@ import traceback
 import warnings
 from contextlib import contextmanager
 from functools import wraps
-from typing import Optional
 
 import click
 

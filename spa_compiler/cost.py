@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .ir import const_values, static_shape
+from .ir import static_shape
 
 # gate blocks per hidden unit of the recurrent ops
 RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1, "DynamicQuantizeLSTM": 4}

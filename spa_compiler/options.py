@@ -48,7 +48,7 @@ class PruneOptions:
     output: Optional[str] = None
     force: bool = False
     report_path: Optional[str] = None
-    criterion_pass: type = field(init=False, repr=False, compare=False)
+    criterion_pass: registry.PassInfo = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.exclude, str):  # one pattern, not its characters
@@ -58,7 +58,7 @@ class PruneOptions:
 
     def validate(self) -> None:
         """Raise :class:`UsageError` (one line, exit 2) for the first option out of range."""
-        object.__setattr__(self, "criterion_pass", registry.get("criterion", self.criterion).factory)
+        object.__setattr__(self, "criterion_pass", registry.get("criterion", self.criterion))
         _number("--ratio", self.ratio)
         _number("--max-group-ratio", self.max_group_ratio)
         _integer("--round-to", self.round_to)
@@ -96,7 +96,7 @@ class PruneOptions:
     @property
     def contract(self) -> type[Criterion]:
         """The criterion pass class (looked up once, at construction)."""
-        return self.criterion_pass
+        return self.criterion_pass.factory
 
     @property
     def ranks_globally(self) -> bool:

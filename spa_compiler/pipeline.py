@@ -58,19 +58,17 @@ def compile_model(source: ModelLike, prune_hidden: bool = False, head_dims: bool
     return Compiled(normalized.graph, normalized.meta, analysis, normalized.notes, where)
 
 
-def score_groups(compiled: Compiled, criterion: Union[str, type[Criterion]] = "l2", seed: int = 0,
-                 reduce: str = "sum", groups=None, obs=None, progress=None,
-                 name: Optional[str] = None) -> dict[int, np.ndarray]:
-    """Run a criterion pass (its registered name, or its class) on every prunable group.
+def score_groups(compiled: Compiled, criterion: Union[str, registry.PassInfo] = "l2", seed: int = 0,
+                 reduce: str = "sum", groups=None, obs=None, progress=None) -> dict[int, np.ndarray]:
+    """Run a criterion pass (its registered name, or the registry entry already looked up) on every prunable group.
 
-    *obs*: statistics for passes that declare ``needs_statistics`` (identity statistics when not given);
-    *name*: the registered name a class was looked up by, for messages and the progress bar.
+    *obs*: statistics for passes that declare ``needs_statistics`` (identity statistics when not given).
     """
     if reduce not in REDUCTIONS:
         raise CompileError(f"unknown reduction {reduce!r}")
-    pass_class = registry.get("criterion", criterion).factory if isinstance(criterion, str) else criterion
-    criterion = criterion if isinstance(criterion, str) else (name or pass_class.__name__)
-    pass_ = pass_class(reduce=reduce)
+    info = registry.get("criterion", criterion) if isinstance(criterion, str) else criterion
+    criterion = info.name
+    pass_: Criterion = info.factory(reduce=reduce)
     if obs is None and pass_.needs_statistics:
         from .obspa.compensate import ObsContext
 

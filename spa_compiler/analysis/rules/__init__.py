@@ -23,9 +23,8 @@ from .elementwise import Elementwise, GroupNorm, LayerNorm, Normalization, Pad, 
 from .linear import Conv, ConvTranspose, Gemm, MatMul
 from .quantized import QUANTIZED_CONTRIB_RULES, QUANTIZED_RULES
 from .recurrent import MICROSOFT_RULES, RECURRENT_RULES
-from .reshape import Reshape, reshape_runs
+from .reshape import Reshape
 from .shapes import Concat, Expand, Gather, Slice, Split, SqueezeLike, Tile, Transpose
-from .shuffle import ChannelShuffle
 
 
 class CastLike(Elementwise):

@@ -4,12 +4,10 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-import onnx_graphsurgeon as gs
 
-from ...ir import attr, const_shape, const_values, input_at, int_list, normalize_axes
-from ..context import AnalysisContext, RewriteContext
-from ..effects import CONSUMER, NEUTRAL, PASSIVE, PRODUCER, Effect, ParamSlice, Space, Tie, frozen
-from ..maps import Affine, Block, Explicit, group_blocks, identity
+from ...ir import attr, const_shape, input_at
+from ..effects import CONSUMER, PRODUCER, Effect, Tie, frozen
+from ..maps import group_blocks, identity
 from .base import Rule, param, space_of
 from .reshape import static
 
@@ -17,7 +15,7 @@ from .reshape import static
 class Conv(Rule):
     """Conv: a boundary for group == 1; grouped/depthwise convs tie input and output group-wise."""
 
-    WEIGHT, BIAS = 1, 2  # input positions (QLinearConv keeps them elsewhere)
+    WEIGHT, BIAS = 1, 2  # input positions (QLinearConv keeps them elsewhere; ConvInteger has no bias)
 
     def _weight(self, node) -> Optional[np.ndarray]:
         return const_shape(node.inputs[self.WEIGHT]) if len(node.inputs) > self.WEIGHT else None
@@ -35,11 +33,11 @@ class Conv(Rule):
             return frozen(f"{node.name} ({node.op}) spatial or batch axis {axis}")
         groups = int(attr(node, "group", 1))
         x, y = node.inputs[0], node.outputs[0]
-        if input_at(node, self.BIAS) is not None and const_shape(node.inputs[self.BIAS]) is None:
+        bias = None if self.BIAS is None else input_at(node, self.BIAS)
+        if bias is not None and const_shape(bias) is None:
             return frozen(f"{node.name} ({node.op}) bias is computed at run time")
         c_out, c_in = w[0], w[1] * groups
         out_space = space_of(y, 1)
-        bias = input_at(node, self.BIAS)
         if groups == 1:
             if port[0] == "in":
                 return Effect(params=[param(node, self.WEIGHT, 1, CONSUMER, space_of(x, 1))])

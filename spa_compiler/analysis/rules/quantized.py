@@ -148,6 +148,23 @@ class QLinearConv(Conv):
         return effect
 
 
+class ConvInteger(Conv):
+    """ConvInteger (x, w, x_zero_point, w_zero_point): Conv on integers, after a DynamicQuantizeLinear;
+    a per-channel w_zero_point goes with the output channels."""
+
+    WEIGHT, BIAS = 1, None
+
+    def analyze(self, node, port, axis, cx):
+        zero = input_at(node, 2)
+        if zero is not None and zero.shape is not None and int(np.prod(zero.shape or [1])) > 1:
+            return frozen(f"{node.name} ({node.op}) x has per-channel zero points")
+        effect = super().analyze(node, port, axis, cx)
+        w = self._weight(node)
+        if w is not None:
+            scale_slices(node, (3,), effect, w[0])
+        return effect
+
+
 class QLinearMatMul(MatMul):
     """QLinearMatMul (a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp) with a constant 2-D b."""
 
@@ -194,6 +211,7 @@ QUANTIZED_RULES = {
     "DynamicQuantizeLinear": DynamicQuantizeLinear(),
     "MatMulInteger": MatMulInteger(),
     "QLinearConv": QLinearConv(),
+    "ConvInteger": ConvInteger(),
     "QLinearMatMul": QLinearMatMul(),
 }
 
