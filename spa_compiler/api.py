@@ -70,7 +70,11 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
 
 
 def prune_with(model: ModelLike, opts: PruneOptions, progress: Optional[Callable[[str], None]] = None) -> PruneResult:
-    """:func:`prune` with its options already built (and so validated): what the CLI calls."""
+    """:func:`prune` with its options already built (and so validated): what the CLI calls.
+
+    The one driver: analysis -> statistics -> score -> plan -> compensate -> rewrite -> recalibrate -> report
+    -> verify and write.  The stages themselves live in :mod:`.pipeline` and :mod:`.obspa`.
+    """
     say = progress or (lambda _msg: None)
     ratio, criterion, target_macs, calib, output, report_path, verify = (
         opts.ratio, opts.criterion, opts.target_macs, opts.calib, opts.output, opts.report_path, opts.verify)
@@ -105,9 +109,10 @@ def prune_with(model: ModelLike, opts: PruneOptions, progress: Optional[Callable
                                                              required=max_error is not None)
         warnings = warnings + unmeasured
 
+    context = (obs or ObsContext(compiled.graph, compiled.analysis, {}, opts.damping)) if compensating else None
+
     def updates_for(plan: Plan):
-        return compensation(obs or ObsContext(compiled.graph, compiled.analysis, {}, opts.damping), plan) \
-            if compensating else None
+        return compensation(context, plan) if context is not None else None
 
     search = None
     if max_error is not None:
@@ -161,7 +166,8 @@ def prune_with(model: ModelLike, opts: PruneOptions, progress: Optional[Callable
             plan = smaller
         collapse = fidelity.collapse_warning(fid) if fid is not None else None
         report.update(verify=verification, hessian=hessian_info, compensated=bool(compensating), fidelity=fid,
-                      warnings=finite_warnings + warnings + ([collapse] if collapse else []))
+                      warnings=finite_warnings + warnings + (context.warnings() if context is not None else [])
+                      + ([collapse] if collapse else []))
         if search is not None:
             report["max_error"] = search.report(fidelity.relative_error(fid))
         report["seconds"] = {"analyze": round(t1 - t0, 3), "prune": round(t2 - t1, 3),

@@ -1,4 +1,7 @@
-"""The compiler driver: load -> normalize -> analyze -> score -> plan -> rewrite -> verify -> save.
+"""The compiler's stages: load -> normalize -> analyze, score, plan, rewrite (and the statistics helpers).
+
+The one driver that runs them in order, with statistics, compensation,
+recalibration, verification and the report, is :func:`spa_compiler.api.prune_with`.
 
 ``Compiled`` keeps the normalized graph and its analysis so that several
 plans (a MACs search, the oracle, the CLI's ``groups``) reuse one analysis.
