@@ -8,19 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from spa_compiler.analysis import Group
-from spa_compiler.importance import ScoringContext, slice_importance
+from spa_compiler.criterion import Criterion
+from spa_compiler.importance import slice_importance
 from spa_compiler.registry import register
 
-
-class Criterion:
-    """Base class: ``score(ctx, group)`` returns one float per atom."""
-
-    def __init__(self, reduce: str = "sum"):
-        self.reduce = reduce
-
-    def score(self, ctx: ScoringContext, group: Group) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+__all__ = ["Criterion", "RandomCriterion", "L1Criterion", "L2Criterion", "BatchNormScaleCriterion"]
 
 
 @register("criterion", "random")

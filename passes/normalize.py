@@ -6,24 +6,23 @@ weights shared through Identity nodes, shapes computed at run time).
 """
 from __future__ import annotations
 
-import contextlib
-import os
 from collections import defaultdict
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from spa_compiler.errors import ModelLoadError
+from spa_compiler.errors import ModelLoadError, first_line
 from spa_compiler.validate import ABSURD_TENSOR_BYTES
 from spa_compiler.registry import register
+from spa_compiler.shapes import infer_graph_shapes
 
 MIN_OPSET = 7
 UPGRADE_BELOW = 11
 UPGRADE_TO = 13
 
 
-@register("normalize", "strip_initializer_inputs")
+@register("normalize", "strip_initializer_inputs", level="model")
 def strip_initializer_inputs(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
     """Drop graph inputs that are initializers (IR < 4 exporters list weights as inputs)."""
     names = {init.name for init in model.graph.initializer}
@@ -36,7 +35,7 @@ def strip_initializer_inputs(model: onnx.ModelProto, notes: list[str]) -> onnx.M
     return model
 
 
-@register("normalize", "upgrade_opset")
+@register("normalize", "upgrade_opset", level="model")
 def upgrade_opset(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
     """Convert models older than opset 11 to opset 13, where operands moved from attributes to inputs."""
     version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -49,7 +48,7 @@ def upgrade_opset(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
     try:
         upgraded = version_converter.convert_version(model, UPGRADE_TO)
     except Exception as exc:  # noqa: BLE001 - the converter raises many types
-        notes.append(f"upgrade_opset: kept opset {version} ({str(exc).splitlines()[0][:120]})")
+        notes.append(f"upgrade_opset: kept opset {version} ({first_line(exc, 120)})")
         return model
     notes.append(f"upgrade_opset: {version} -> {UPGRADE_TO}")
     return upgraded
@@ -502,137 +501,10 @@ def infer_shapes(graph: gs.Graph, notes: list[str]) -> None:
     the inferred shapes are written back onto the graph's variables.  Only
     shapes ONNX proves are used here, because constant folding trusts them.
     """
-    _infer(graph, notes, symbolic=False)
+    infer_graph_shapes(graph, notes, symbolic=False)
 
 
 @register("normalize", "infer_shapes_symbolic")
 def infer_shapes_symbolic(graph: gs.Graph, notes: list[str]) -> None:
     """Shape inference plus onnxruntime's symbolic inference where ONNX leaves dims unknown (for analysis only)."""
-    _infer(graph, notes, symbolic=True)
-
-
-def _infer(graph: gs.Graph, notes: list[str], symbolic: bool) -> None:
-    model = light_model(graph)
-    try:
-        inferred = _onnx_infer(model)
-    except Exception as exc:  # noqa: BLE001
-        notes.append(f"infer_shapes: failed ({str(exc).splitlines()[0][:160]}); exporter shapes kept")
-        return
-    shapes = _value_shapes(inferred)
-    if symbolic and any(_has_unknown(dims) for dims, _ in shapes.values()):
-        symbolic = _symbolic_shapes(inferred)
-        shapes.update({k: v for k, v in symbolic.items() if not _has_unknown(v[0]) or k not in shapes})
-    for name, tensor in graph.tensors().items():
-        if isinstance(tensor, gs.Variable) and name in shapes and tensor not in graph.inputs:
-            dims, elem = shapes[name]
-            tensor.shape = dims
-            if tensor.dtype is None and elem:
-                tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
-
-
-# Ops whose output has their first input's shape, but for which ONNX defines no shape inference.
-SHAPE_PRESERVING = ("GroupNormalization",)
-
-
-def _onnx_infer(model: onnx.ModelProto) -> onnx.ModelProto:
-    """ONNX shape inference, carried through :data:`SHAPE_PRESERVING` ops it stops at.
-
-    Each round declares the output type of such an op whose input is now
-    known, then infers again, so the layers after it get shapes too.
-    """
-    for _ in range(1 + sum(n.op_type in SHAPE_PRESERVING for n in model.graph.node)):
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-        known = {vi.name: vi for vi in list(inferred.graph.input) + list(inferred.graph.value_info)
-                 + list(inferred.graph.output) if vi.type.HasField("tensor_type")}
-        missing = [n for n in inferred.graph.node if n.op_type in SHAPE_PRESERVING and n.input
-                   and n.input[0] in known and n.output[0] not in known]
-        if not missing:
-            return inferred
-        for node in missing:
-            declared = model.graph.value_info.add()
-            declared.CopyFrom(known[node.input[0]])
-            declared.name = node.output[0]
-    return inferred
-
-
-def _value_shapes(model: onnx.ModelProto) -> dict[str, tuple[list, int]]:
-    shapes = {}
-    for vi in list(model.graph.value_info) + list(model.graph.output):
-        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
-            dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                    for d in vi.type.tensor_type.shape.dim]
-            shapes[vi.name] = (dims, vi.type.tensor_type.elem_type)
-    return shapes
-
-
-def _has_unknown(dims: list) -> bool:
-    return any(d is None or (isinstance(d, str) and d.startswith("unk__")) for d in dims)
-
-
-def _symbolic_shapes(model: onnx.ModelProto) -> dict[str, tuple[list, int]]:
-    """onnxruntime's symbolic shape inference (sympy): resolves Reshape's -1 over dynamic dims.
-
-    Transformer exports reshape ``[batch, seq, H*D]`` to ``[batch, seq, -1, D]``;
-    plain ONNX inference cannot tell the head count there.
-    When it cannot infer every shape (ops it does not know, such as the
-    ``ai.onnx.ml`` ops of skl2onnx), onnxruntime dumps the model to
-    ``sym_shape_infer_temp.onnx`` in the working directory before raising: it
-    runs in a scratch directory so no file lands next to the user's.
-    """
-    import tempfile
-
-    try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-        with tempfile.TemporaryDirectory(prefix="spac-shapes-") as scratch, _working_directory(scratch):
-            return _value_shapes(SymbolicShapeInference.infer_shapes(model, auto_merge=True))
-    except Exception:  # noqa: BLE001 - unsupported ops or no sympy: keep what ONNX inferred
-        return {}
-
-
-@contextlib.contextmanager
-def _working_directory(path: str):
-    """``contextlib.chdir`` for Python 3.10."""
-    before = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(before)
-
-
-LIGHT_CONSTANT_LIMIT = 4096
-
-
-def light_model(graph: gs.Graph) -> onnx.ModelProto:
-    """The graph as a ModelProto whose large constants are typed inputs instead of data.
-
-    Built node by node with gs's exporter (no graph copy, no weight
-    serialization): what shape inference needs, at a fraction of the cost.
-    """
-    from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter, dtype_to_onnx
-
-    nodes = [OnnxExporter.export_node(node) for node in graph.nodes]
-    inputs = [OnnxExporter.export_value_info_proto(t, False) for t in graph.inputs]
-    outputs = [OnnxExporter.export_value_info_proto(t, False) for t in graph.outputs]
-    initializers = []
-    for tensor in graph.tensors().values():
-        if not isinstance(tensor, gs.Constant):
-            continue
-        if int(np.prod(tensor.shape)) > LIGHT_CONSTANT_LIMIT:
-            inputs.append(onnx.helper.make_tensor_value_info(tensor.name, dtype_to_onnx(tensor.dtype),
-                                                             list(tensor.shape)))
-        else:
-            initializers.append(OnnxExporter.export_tensor_proto(tensor))
-    model = onnx.helper.make_model(onnx.helper.make_graph(nodes, graph.name or "graph", inputs, outputs,
-                                                          initializers),
-                                   opset_imports=graph_opsets(graph))
-    model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
-    return model
-
-
-def graph_opsets(graph: gs.Graph) -> list[onnx.OperatorSetIdProto]:
-    """The opset imports of a gs graph as protos (gs keeps them in ``graph.import_domains``)."""
-    if graph.import_domains:
-        return list(graph.import_domains)
-    return [onnx.helper.make_opsetid("", graph.opset)]
+    infer_graph_shapes(graph, notes, symbolic=True)

@@ -7,7 +7,6 @@ from typing import Callable, Optional, Sequence
 
 import onnx
 
-from . import registry
 from .analysis import PRODUCER
 from .obspa import statistics
 from .obspa.compensate import ObsContext, compensate as compensation
@@ -18,9 +17,9 @@ from .ir import to_model
 from .jsonout import to_json
 from .modelio import (EXTERNAL_DATA_THRESHOLD, ModelLike, check_input_file, check_output_path, check_written_files,
                       staged_output, uses_external_data, write_graph, write_proto)
-from .obspa.noise import NOISE_KINDS
 from .pipeline import (Compiled, bn_free_conv_warning, choose_hessian_source, compile_model,
                        consumer_nodes, load_calib, plan_pruning, require_prunable, score_groups)
+from .options import PruneOptions
 from .plan import Plan, PlanOptions
 from .rewrite import rewrite
 from .runtime import check_checker, check_pruned
@@ -56,55 +55,58 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
     (both or neither).  Raises :class:`SpacError`
     subclasses with one-line messages.
     """
+    options = PruneOptions(ratio=ratio, criterion=criterion, global_ranking=global_ranking, round_to=round_to,
+                           exclude=exclude, target_macs=target_macs, max_group_ratio=max_group_ratio, reduce=reduce,
+                           seed=seed, verify=verify, prune_hidden=prune_hidden, prune_head_dims=prune_head_dims,
+                           hessian=hessian, calib=calib, samples=samples, damping=damping, compensate=compensate,
+                           recalibrate_bn=recalibrate_bn, noise=noise, output=output, force=force,
+                           report_path=report_path)
+    return prune_with(model, options, progress)
+
+
+def prune_with(model: ModelLike, opts: PruneOptions, progress: Optional[Callable[[str], None]] = None) -> PruneResult:
+    """:func:`prune` with its options already built (and so validated): what the CLI calls."""
     say = progress or (lambda _msg: None)
-    criterion_cls = registry.get("criterion", criterion).factory
-    if global_ranking is None:
-        global_ranking = bool(getattr(criterion_cls, "prefers_global", False))
-    if noise not in NOISE_KINDS:
-        raise UsageError(f"unknown noise {noise!r} (use one of {', '.join(NOISE_KINDS)})")
-    options = PlanOptions(ratio=ratio, global_ranking=global_ranking, max_group_ratio=max_group_ratio,
-                          round_to=round_to, exclude=tuple(exclude))
-    options.validate()
-    if samples < 2 or damping < 0:
-        raise UsageError("--samples must be >= 2 and --damping >= 0")
-    if recalibrate_bn and calib is None:
-        raise UsageError("--recalibrate-bn needs --calib inputs")
+    ratio, criterion, target_macs, calib, output, report_path, verify = (
+        opts.ratio, opts.criterion, opts.target_macs, opts.calib, opts.output, opts.report_path, opts.verify)
+    options = opts.plan_options()
     input_path = None if isinstance(model, onnx.ModelProto) else str(model)
     if input_path is not None:
         check_input_file(input_path)
     if output is not None:
-        check_written_files(output, report_path, input_path, calib, force)
+        check_written_files(output, report_path, input_path, calib, opts.force)
     elif report_path is not None:
         check_output_path(report_path, input_path, what="report")
     t0 = time.perf_counter()
     say("analyzing")
-    compiled = compile_model(model, prune_hidden=prune_hidden, head_dims=prune_head_dims)
+    compiled = compile_model(model, prune_hidden=opts.prune_hidden, head_dims=opts.prune_head_dims)
     require_prunable(compiled)
     parameters = {p.tensor for g in compiled.analysis.groups for p in g.params}
-    nonfinite, finite_warnings = check_input_weights(compiled.graph, parameters, force)
+    nonfinite, finite_warnings = check_input_weights(compiled.graph, parameters, opts.force)
     t1 = time.perf_counter()
-    compensating = getattr(criterion_cls, "compensates", False) if compensate is None else compensate
+    compensating = opts.compensating
     warnings, hessian_info, obs = [], None, None
     calib_data = load_calib(calib, compiled) if calib is not None else None
-    if compensating or getattr(criterion_cls, "needs_statistics", False):
-        obs, hessian_info, warnings = _statistics(compiled, hessian, calib_data, samples, seed, damping, noise, say)
-    if getattr(criterion_cls, "global_normalize", None):
-        options = PlanOptions(**{**options.__dict__, "normalize": criterion_cls.global_normalize})
+    if opts.needs_statistics:
+        obs, hessian_info, warnings = _statistics(compiled, opts.hessian, calib_data, opts.samples, opts.seed,
+                                                  opts.damping, opts.noise, say)
     say(f"scoring {len(compiled.analysis.prunable_groups)} groups with {criterion}")
-    scores = score_groups(compiled, criterion, seed=seed, reduce=reduce, obs=obs, progress=progress)
+    scores = score_groups(compiled, opts.criterion_pass, seed=opts.seed, reduce=opts.reduce, obs=obs, progress=progress)
     plan = plan_pruning(compiled, scores, options, target_macs)
     if not plan.removed and ratio > 0 and target_macs is None:
         raise UsageError(f"{compiled.source}: ratio {ratio} removes no channel (groups too small or excluded)")
     updates = None
     if compensating:
         say("compensating consumer weights and folding into BatchNorm")
-        updates = compensation(obs or ObsContext(compiled.graph, compiled.analysis, {}, damping), plan)
+        context = obs or ObsContext(compiled.graph, compiled.analysis, {}, opts.damping)
+        updates = compensation(context, plan)
+        warnings = warnings + context.warnings()
     say(f"rewriting {len(plan.removed)} groups")
     graph, log = rewrite(compiled.graph, compiled.meta, compiled.analysis, plan, updates)
     guard_written_weights(graph, nonfinite)
     release_pages()
     pruned = None
-    if recalibrate_bn:
+    if opts.recalibrate_bn:
         from .obspa.recalibrate import recalibrate_batchnorm
 
         say("recalibrating BatchNorm statistics on the calibration inputs")

@@ -9,11 +9,10 @@ import traceback
 import warnings
 from contextlib import contextmanager
 from functools import wraps
-from typing import Optional
 
 import click
 
-from .errors import SpacError, UsageError
+from .errors import SpacError, UsageError, first_line
 from .jsonout import to_json
 from .obspa.noise import NOISE_KINDS
 from .progress import for_terminal
@@ -49,7 +48,7 @@ def handled(func):
         except Exception as exc:  # noqa: BLE001 - last line of defence: no traceback for users
             if debug:
                 traceback.print_exc()
-            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            first = first_line(exc, 300)
             click.echo(f"spac: error: internal error ({type(exc).__name__}: {first}); "
                        "rerun with --debug and report it", err=True)
             sys.exit(1)
@@ -173,19 +172,20 @@ def prune(model, output, ratio, criterion, global_ranking, max_group_ratio, roun
           reduce, seed, prune_hidden, prune_head_dims, calib, hessian, noise, samples, damping, compensate,
           recalibrate_bn, no_verify, force, report_path, as_json, quiet, show_progress, debug):
     """Prune MODEL and write a smaller ONNX model."""
-    from .api import prune as run_prune
+    from .api import prune_with
+    from .options import PruneOptions
 
     if output is None:
         root, _ = os.path.splitext(model)
         output = root + ".pruned.onnx"
+    options = PruneOptions(ratio=ratio, criterion=criterion, global_ranking=global_ranking, round_to=round_to,
+                           exclude=exclude, target_macs=target_macs, max_group_ratio=max_group_ratio, reduce=reduce,
+                           seed=seed, verify=not no_verify, prune_hidden=prune_hidden,
+                           prune_head_dims=prune_head_dims, calib=calib, hessian=hessian, noise=noise,
+                           samples=samples, damping=damping, compensate=compensate, recalibrate_bn=recalibrate_bn,
+                           output=output, force=force, report_path=report_path)  # validated here, before any work
     progress = for_terminal(show_progress, quiet=as_json or quiet)
-
-    result = run_prune(model, ratio=ratio, criterion=criterion, global_ranking=global_ranking,
-                       round_to=round_to, exclude=exclude, target_macs=target_macs,
-                       max_group_ratio=max_group_ratio, reduce=reduce, seed=seed, verify=not no_verify,
-                       prune_hidden=prune_hidden, prune_head_dims=prune_head_dims, calib=calib, hessian=hessian, noise=noise, samples=samples, damping=damping,
-                       compensate=compensate, recalibrate_bn=recalibrate_bn,
-                       output=output, force=force, report_path=report_path, progress=progress)
+    result = prune_with(model, options, progress)
     report = result.report
     if as_json:
         _emit_json(report)
@@ -283,7 +283,7 @@ def bench(model_a, model_b, batch, runs, warmup, threads, as_json, debug):
     try:  # paths, not protos: onnxruntime resolves external data next to each model
         ta, tb, provider = bench_pair(model_a, model_b, batch=batch, warmup=warmup, runs=runs, threads=threads)
     except Exception as exc:  # noqa: BLE001
-        raise UsageError(f"cannot run the models in onnxruntime: {str(exc).splitlines()[0][:200]}") from None
+        raise UsageError(f"cannot run the models in onnxruntime: {first_line(exc)}") from None
     macs_a = totals(normalize(a).graph)[1]
     macs_b = totals(normalize(b).graph)[1]
     data = {"provider": provider, "batch": batch, "threads": threads,

@@ -40,3 +40,13 @@ class VerificationError(SpacError):
     """The pruned model does not pass the checker or onnxruntime, or its outputs changed shape."""
 
     exit_code = 3
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first non-blank line of *exc*'s message, at most *limit* characters ("" for an empty message).
+
+    Runtime and library errors carry multi-line messages (onnxruntime dumps its
+    graph); the user sees one line.
+    """
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else ""

@@ -143,10 +143,30 @@ def const_values(tensor: gs.Tensor) -> Optional[np.ndarray]:
 
 
 def const_shape(tensor: Optional[gs.Tensor]) -> Optional[tuple[int, ...]]:
-    """Shape of a constant without loading its values (large weights stay lazy); None for variables."""
+    """Shape of a constant without loading its values (large weights stay lazy); None for variables.
+
+    A dequantized constant (QDQ weights: ``DequantizeLinear`` of an initializer) counts as a constant:
+    rules see the weight, and its slices land on the quantized initializer (``rules/quantized.py``).
+    """
     if isinstance(tensor, gs.Constant):
         return tuple(int(d) for d in tensor.shape)
-    return None
+    source = dequantized_constant(tensor)
+    return None if source is None else tuple(int(d) for d in source.shape)
+
+
+def dequantized_constant(tensor: Optional[gs.Tensor]) -> Optional[gs.Constant]:
+    """The quantized initializer behind ``DequantizeLinear(initializer, scale, zero_point)``, else None.
+
+    Blocked quantization (``block_size``) is left alone: its scales do not slice with the weight's axes.
+    """
+    if tensor is None or isinstance(tensor, gs.Constant) or len(tensor.inputs) != 1:
+        return None
+    producer = tensor.inputs[0]
+    if producer.op != "DequantizeLinear" or producer.attrs.get("block_size", 0):
+        return None
+    if not all(isinstance(t, gs.Constant) for t in producer.inputs if t is not None and t.name):
+        return None
+    return producer.inputs[0]
 
 
 def static_shape(tensor: gs.Tensor) -> Optional[list[Optional[int]]]:

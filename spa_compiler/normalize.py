@@ -1,8 +1,9 @@
-"""The normalize stage: run the registered normalization passes in a fixed order.
+"""The normalize stage: run the registered normalization passes in the order ``passes/pipeline.py`` gives.
 
-Two levels: *model* passes take and return an ``onnx.ModelProto`` (opset
-upgrade, shape inference need the proto), *graph* passes edit the gs IR in
-place.  Each pass appends what it did to ``notes`` so the report can say it.
+Two levels, declared by each pass when it registers: *model* passes take and
+return an ``onnx.ModelProto``, *graph* passes edit the gs IR in place.  Plugin
+normalizations run in the pipeline's plugin slot of their level.  Each pass
+appends what it did to ``notes`` so the report can say it.
 """
 from __future__ import annotations
 
@@ -12,14 +13,19 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from . import registry
-from .errors import CompileError, ModelLoadError, SpacError
+from .errors import CompileError, ModelLoadError, SpacError, first_line
 from .ir import ModelMeta, meta_of, to_graph, to_model
 
-MODEL_PIPELINE_BEFORE = ("strip_initializer_inputs", "upgrade_opset")
-GRAPH_PIPELINE = ("constants_to_initializers", "castlike_constants", "lower_ml_scaler", "remove_identity",
-                  "infer_shapes", "refuse_absurd_shapes", "sequence_split_to_split", "einsum_to_matmul",
-                  "fold_weight_layouts", "infer_shapes", "fold_constants", "group_norm_as_split",
-                  "unshare_initializers", "cleanup", "infer_shapes_symbolic", "refuse_inconsistent_weights")
+
+def pipeline(level: str) -> list[str]:
+    """The normalization pass names of *level* in running order, plugins expanded into their slot."""
+    from .passes.pipeline import GRAPH_PIPELINE, MODEL_PIPELINE, PLUGINS
+
+    order = {"model": MODEL_PIPELINE, "graph": GRAPH_PIPELINE}[level]
+    named = set(MODEL_PIPELINE) | set(GRAPH_PIPELINE)
+    plugins = sorted(info.name for info in registry.all_passes()
+                     if info.kind == "normalize" and info.level == level and info.name not in named)
+    return [name for entry in order for name in (plugins if entry == PLUGINS else [entry])]
 
 
 @dataclass
@@ -34,8 +40,10 @@ class Normalized:
         return to_model(self.graph, self.meta)
 
 
-def _run(kind_name: str, obj, notes: list[str]):
+def _run(kind_name: str, obj, notes: list[str], level: str = "graph"):
     info = registry.get("normalize", kind_name)
+    if info.level != level:
+        raise CompileError(f"normalize pass {kind_name} is a {info.level}-level pass, listed in the {level} pipeline")
     try:
         return info.factory(obj, notes)
     except SpacError:
@@ -43,7 +51,7 @@ def _run(kind_name: str, obj, notes: list[str]):
     except UnicodeDecodeError:
         raise ModelLoadError("a name or string in the model is not valid UTF-8 text") from None
     except Exception as exc:  # noqa: BLE001 - a failing pass must name itself
-        raise CompileError(f"normalize pass {kind_name} failed: {str(exc).splitlines()[0][:200]}") from exc
+        raise CompileError(f"normalize pass {kind_name} failed: {first_line(exc)}") from exc
 
 
 def normalize(model: onnx.ModelProto, copy: bool = True) -> Normalized:
@@ -58,19 +66,10 @@ def normalize(model: onnx.ModelProto, copy: bool = True) -> Normalized:
         work.CopyFrom(model)
     else:
         work = model
-    for name in MODEL_PIPELINE_BEFORE:
-        work = _run(name, work, notes)
+    for name in pipeline("model"):
+        work = _run(name, work, notes, "model")
     meta = meta_of(work)
     graph = to_graph(work)
-    for name in GRAPH_PIPELINE:
-        _run(name, graph, notes)
+    for name in pipeline("graph"):
+        _run(name, graph, notes, "graph")
     return Normalized(graph, meta, notes)
-
-
-def reinfer_shapes(graph: gs.Graph, meta: ModelMeta) -> gs.Graph:
-    """Forget intermediate shapes and infer them again (after a rewrite changed channel counts)."""
-    for tensor in graph.tensors().values():
-        if isinstance(tensor, gs.Variable) and tensor not in graph.outputs and tensor not in graph.inputs:
-            tensor.shape = None
-    _run("infer_shapes_symbolic", graph, [])
-    return graph

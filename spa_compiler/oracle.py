@@ -52,9 +52,13 @@ class OracleResult:
 
 
 def oracle_check(compiled: Compiled, ratio: float = 0.5, seed: int = 0, criterion: str = "random",
-                 batch: int = 2) -> OracleResult:
-    """Prune exact groups at *ratio* and compare the pruned model with the masked original."""
-    exact = [g for g in compiled.analysis.prunable_groups if g.exact]
+                 batch: int = 2, inexact: bool = False) -> OracleResult:
+    """Prune exact groups (every group with *inexact*) at *ratio*; compare the pruned model with the masked original.
+
+    Inexact groups (dynamic quantization ranges, normalization statistics)
+    can only match to a tolerance the caller chooses.
+    """
+    exact = [g for g in compiled.analysis.prunable_groups if inexact or g.exact]
     scores = score_groups(compiled, criterion, seed=seed, groups=exact)
     plan = make_plan(compiled.analysis, scores, PlanOptions(ratio=ratio))
     plan.removed = {gid: atoms for gid, atoms in plan.removed.items() if gid in scores}

@@ -6,7 +6,7 @@ plans (a MACs search, the oracle, the CLI's ``groups``) reuse one analysis.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import onnx
@@ -15,6 +15,7 @@ import onnx_graphsurgeon as gs
 from . import registry
 from .analysis import DependencyAnalysis, analyze
 from .cost import estimate_macs, totals
+from .criterion import Criterion
 from .errors import CompileError, ModelLoadError, NothingToPruneError, SpacError, UsageError
 from .importance import REDUCTIONS, ScoringContext
 from .ir import ModelMeta
@@ -72,14 +73,18 @@ def check_param_sizes(graph: gs.Graph, analysis: DependencyAnalysis) -> None:
                                      f"axis {param.axis}, its channels number {want}")
 
 
-def score_groups(compiled: Compiled, criterion: str = "l2", seed: int = 0, reduce: str = "sum",
-                 groups=None, obs=None, progress=None) -> dict[int, np.ndarray]:
-    """Run a registered criterion pass on every prunable group (*obs*: statistics for OBSPA-like passes)."""
+def score_groups(compiled: Compiled, criterion: Union[str, registry.PassInfo] = "l2", seed: int = 0,
+                 reduce: str = "sum", groups=None, obs=None, progress=None) -> dict[int, np.ndarray]:
+    """Run a criterion pass (its registered name, or the registry entry already looked up) on every prunable group.
+
+    *obs*: statistics for passes that declare ``needs_statistics`` (identity statistics when not given).
+    """
     if reduce not in REDUCTIONS:
         raise CompileError(f"unknown reduction {reduce!r}")
-    info = registry.get("criterion", criterion)
-    pass_ = info.factory(reduce=reduce)
-    if obs is None and getattr(pass_, "needs_statistics", False):
+    info = registry.get("criterion", criterion) if isinstance(criterion, str) else criterion
+    criterion = info.name
+    pass_: Criterion = info.factory(reduce=reduce)
+    if obs is None and pass_.needs_statistics:
         from .obspa.compensate import ObsContext
 
         obs = ObsContext(compiled.graph, compiled.analysis)  # identity statistics

@@ -28,6 +28,9 @@ class PlanOptions:
     exclude: Sequence[str] = ()
     normalize: str = "mean"
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
             raise UsageError(f"--ratio must be in [0, 1), got {self.ratio}")
@@ -84,8 +87,7 @@ def candidate_groups(analysis: DependencyAnalysis, options: PlanOptions, plan: P
 
 
 def make_plan(analysis: DependencyAnalysis, scores: dict[int, np.ndarray], options: PlanOptions) -> Plan:
-    """Choose the atoms to remove (lowest scores first) under *options*."""
-    options.validate()
+    """Choose the atoms to remove (lowest scores first) under *options* (validated when built)."""
     plan = Plan()
     groups = [g for g in candidate_groups(analysis, options, plan) if g.id in scores]
     if options.ratio == 0 or not groups:
@@ -148,9 +150,7 @@ def _global_counts(groups: list[Group], scores: dict[int, np.ndarray], options: 
 
 def search_ratio(make: Callable[[float], Plan], cost_of: Callable[[Plan], float], target: float,
                  iterations: int = 14) -> tuple[Plan, float]:
-    """Bisect the ratio so the plan's cost is at most *target* (a fraction of the dense cost)."""
-    if not 0.0 < target <= 1.0:
-        raise UsageError(f"--target-macs must be in (0, 1], got {target}")
+    """Bisect the ratio so the plan's cost is at most *target* (a fraction of the dense cost, in (0, 1])."""
     lo, hi = 0.0, 0.95
     best = make(hi)
     if cost_of(best) > target:

@@ -12,11 +12,13 @@ from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Callable, Dict, TypeVar
 
+from .criterion import Criterion
 from .errors import UsageError
 
 KINDS = ("normalize", "criterion")
 ENTRY_POINT_GROUP = "spa_compiler.passes"
-BUILTIN_MODULES = tuple(f"spa_compiler.passes.{name}" for name in ("normalize", "criteria", "obspa", "calibrated"))
+BUILTIN_MODULES = tuple(f"spa_compiler.passes.{name}" for name in ("normalize", "recurrent", "criteria", "obspa",
+                                                                     "calibrated"))
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,7 @@ class PassInfo:
     summary: str
     factory: Callable
     origin: str
+    level: str = ""  # normalizations: "model" (ModelProto in and out) or "graph" (edits the gs graph in place)
 
 
 _REGISTRY: Dict[str, Dict[str, PassInfo]] = {kind: {} for kind in KINDS}
@@ -34,15 +37,27 @@ _loaded = False
 T = TypeVar("T")
 
 
-def register(kind: str, name: str) -> Callable[[T], T]:
-    """Class or function decorator: make a pass available by *name*."""
+NORMALIZE_LEVELS = ("model", "graph")
+
+
+def register(kind: str, name: str, *, level: str = "graph") -> Callable[[T], T]:
+    """Class or function decorator: make a pass available by *name*.
+
+    *level* (normalizations only): ``"model"`` for a pass that takes and returns an
+    ``onnx.ModelProto``, ``"graph"`` for one that edits the gs graph in place; where
+    it runs is ``spa_compiler.passes.pipeline``'s business.
+    """
     if kind not in KINDS:
         raise ValueError(f"unknown pass kind {kind!r}")
+    if kind == "normalize" and level not in NORMALIZE_LEVELS:
+        raise ValueError(f"normalize pass {name!r}: level must be one of {NORMALIZE_LEVELS}, got {level!r}")
 
     def wrap(obj: T) -> T:
+        if kind == "criterion" and not (isinstance(obj, type) and issubclass(obj, Criterion)):
+            raise TypeError(f"criterion pass {name!r} must be a subclass of spa_compiler.criterion.Criterion")
         doc = (obj.__doc__ or "").strip().splitlines()
         _REGISTRY[kind][name] = PassInfo(name, kind, doc[0] if doc else "", obj,
-                                         getattr(obj, "__module__", "?"))
+                                         getattr(obj, "__module__", "?"), level if kind == "normalize" else "")
         return obj
 
     return wrap

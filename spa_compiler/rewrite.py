@@ -18,7 +18,7 @@ from .analysis.context import RewriteContext
 from .analysis.rules import rule_for
 from .errors import CompileError
 from .ir import ModelMeta, node_label
-from .normalize import reinfer_shapes
+from .shapes import reinfer_shapes
 from .plan import Plan
 from .weights import release_pages
 

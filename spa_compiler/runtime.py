@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 import onnx
 
-from .errors import VerificationError
+from .errors import VerificationError, first_line
 
 
 def _ort():
@@ -97,6 +97,8 @@ def random_inputs(sess, batch: int = 1, seed: int = 0, dims: Optional[dict[str, 
     """Seeded random feeds for every graph input (symbolic dims: batch for the first, else 1 or *dims*)."""
     rng = np.random.default_rng(seed)
     feeds = {}
+    # a dim named like some input's first axis is the batch everywhere (state inputs [layers, batch, hidden])
+    batch_names = {arg.shape[0] for arg in sess.get_inputs() if arg.shape and isinstance(arg.shape[0], str)}
     for arg in sess.get_inputs():
         shape = []
         for i, d in enumerate(arg.shape):
@@ -105,7 +107,7 @@ def random_inputs(sess, batch: int = 1, seed: int = 0, dims: Optional[dict[str, 
             elif dims and isinstance(d, str) and d in dims:
                 shape.append(dims[d])
             else:
-                shape.append(batch if i == 0 else 1)
+                shape.append(batch if i == 0 or d in batch_names else 1)
         dtype = _NP_TYPES.get(arg.type, np.float32)
         if np.issubdtype(dtype, np.floating):
             feeds[arg.name] = rng.standard_normal(shape).astype(dtype)
@@ -156,7 +158,7 @@ def check_pruned(pruned, expected: dict[str, list], batch: int = 2) -> dict:
         names = tensor_outputs(sess)
         outputs = sess.run(names, random_inputs(sess, batch=batch))
     except Exception as exc:  # noqa: BLE001
-        raise VerificationError(f"pruned model does not run in onnxruntime: {str(exc).splitlines()[0][:240]}") from None
+        raise VerificationError(f"pruned model does not run in onnxruntime: {first_line(exc, 240)}") from None
     for name, value in zip(names, outputs):
         want = expected.get(name)
         if want is None:
@@ -180,7 +182,7 @@ def check_runs(original, pruned, batch: int = 2) -> dict:
         names = tensor_outputs(ref)
         shapes = ref.run(names, random_inputs(ref, batch=batch))
     except Exception as exc:  # noqa: BLE001
-        raise VerificationError(f"{label_a} does not run in onnxruntime: {str(exc).splitlines()[0][:200]}") from None
+        raise VerificationError(f"{label_a} does not run in onnxruntime: {first_line(exc)}") from None
     expected = {name: [int(d) for d in np.shape(value)] for name, value in zip(names, shapes)}
     try:
         return check_pruned(pruned, expected, batch)

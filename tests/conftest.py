@@ -1,7 +1,6 @@
 """Shared fixtures: helper-built rule models and the committed torchvision skeletons."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from spa_compiler.analysis.atoms import connected_labels
 from spa_compiler.analysis.maps import Block, group_blocks
-from spa_compiler.analysis.rules import reshape_runs
+from spa_compiler.analysis.rules.reshape import reshape_runs
 
 
 @settings(max_examples=60, deadline=None)

@@ -4,26 +4,28 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models import builders
+from models import builders, sequence
 from spa_compiler.oracle import oracle_check
 from spa_compiler.pipeline import apply_plan, compile_model, score_groups
 from spa_compiler.plan import PlanOptions, make_plan
 from spa_compiler.runtime import random_inputs, session
 
+RULE_MODELS = {**builders.RULE_MODELS, **sequence.EXACT_MODELS}  # + recurrent layers and QDQ activations
 
-@pytest.mark.parametrize("name", sorted(builders.RULE_MODELS))
+
+@pytest.mark.parametrize("name", sorted(RULE_MODELS))
 @pytest.mark.parametrize("seed", [0, 1])
 def test_pruned_equals_masked_original(name, seed):
-    compiled = compile_model(builders.RULE_MODELS[name]())
+    compiled = compile_model(RULE_MODELS[name]())
     assert compiled.analysis.prunable_groups, f"{name}: nothing prunable"
     result = oracle_check(compiled, ratio=0.5, seed=seed)
     assert result.removed_atoms > 0
     assert result.relative_error < 1e-5, f"{name}: max abs error {result.max_abs_error}"
 
 
-@pytest.mark.parametrize("name", sorted(builders.RULE_MODELS))
+@pytest.mark.parametrize("name", sorted(RULE_MODELS))
 def test_every_prunable_group_shrinks_and_outputs_keep_shape(name):
-    model = builders.RULE_MODELS[name]()
+    model = RULE_MODELS[name]()
     compiled = compile_model(model)
     scores = score_groups(compiled, "l2")
     plan = make_plan(compiled.analysis, scores, PlanOptions(ratio=0.5))

@@ -108,7 +108,6 @@ def test_prune_hidden_shrinks_the_residual_stream(folder, name):
 
 def _einsum_attention_model():
     """A one-layer attention written with Einsum (as some exporters do), built with onnx.helper."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)

@@ -28,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from spa_compiler.errors import first_line  # noqa: E402
 from tools.common import markdown_table, torchvision_onnx  # noqa: E402
 
 
@@ -107,7 +108,7 @@ def main() -> None:
                     row.update(dense_kernel_ms=dense_k, pruned_kernel_ms=pruned_k, kernel_ratio=pruned_k / dense_k,
                                htod_copies=copies)
                 except RuntimeError as exc:  # onnx2torch keeps some constants in fp32: a row, not a crash
-                    row["error"] = str(exc).splitlines()[0][:80]
+                    row["error"] = first_line(exc, 80)
                 rows.append(row)
                 print(row, file=sys.stderr, flush=True)
     print(f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")

@@ -12,7 +12,6 @@ grows in proportion to size.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 from pathlib import Path

@@ -63,7 +63,7 @@ def latency_table(runs: int) -> str:
     import onnx
 
     import spa_compiler
-    from spa_compiler.runtime import bench_pair, random_inputs, session
+    from spa_compiler.runtime import bench_pair
 
     rows = []
     for label, path, dims in (("vit_b_16", torchvision_onnx("vit_b_16"), {}),

@@ -22,6 +22,7 @@ from .atoms import compute_atoms
 from .context import AnalysisContext
 from .effects import CONSUMER, PRODUCER, Effect, ParamSlice, Space, Tie
 from .rules import SUBGRAPH_OPS, rule_for
+from .rules.quantized import through_dequantize
 
 
 @dataclass
@@ -128,7 +129,7 @@ def analyze(graph: gs.Graph, opset: int, prune_hidden: bool = False, head_dims: 
             reasons.setdefault(space, []).append(effect.freeze)
         if effect.inexact:
             inexact.setdefault(space, []).append(effect.inexact)
-        for p in effect.params:
+        for p in (q for p in effect.params for q in through_dequantize(p, tensors)):
             add_space(p.space)
             params.setdefault(p.space, []).append(p)
         node_tensors = {t.name for t in node.inputs if t is not None} | {t.name for t in node.outputs}

@@ -17,11 +17,17 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..analysis import CONSUMER, DependencyAnalysis, Group
-from .obs import DEFAULT_DAMPING, ConsumerLayer, damped_inverse, output_power
+from .obs import DEFAULT_DAMPING, MAX_DAMPING, ConsumerLayer, damped_inverse, output_power, robust_inverse
 from ..plan import Plan
 from .statistics import LayerStats
 
 VAR_RATIO_BOUNDS = (1e-3, 1e3)
+# why a consumer was left uncompensated (the report's warnings say so, with the layers)
+NONFINITE_STATS = "had non-finite input statistics (NaN/Inf activations): ranked by magnitude, not compensated"
+NO_INVERSE = "had a Hessian with no finite inverse even at the damping cap: ranked by magnitude, not compensated"
+NONFINITE_COMPENSATION = "gave non-finite compensated weights even at the damping cap: not compensated"
+WORSE_THAN_NONE = "would have had a larger output error compensated than not (on the statistics): not compensated"
+NONFINITE_FOLD = "gave a non-finite BatchNorm/bias fold: left unchanged"
 
 
 @dataclass
@@ -34,6 +40,7 @@ class ObsContext:
     damping: float = DEFAULT_DAMPING
 
     def __post_init__(self) -> None:
+        self.fallbacks: dict[str, list[str]] = {}  # reason -> consumer layers left uncompensated for it
         self._nodes = {n.name: n for n in self.graph.nodes}
         self._constants = {n: t for n, t in self.graph.tensors().items() if isinstance(t, gs.Constant)}
         self._entries: dict[int, list[LayerEntry]] = {}
@@ -54,12 +61,29 @@ class ObsContext:
                 stats = self.stats.get(node.name)
                 if stats is not None and stats.h.shape[0] != layer.w.shape[1]:
                     stats = None
+                if stats is not None and not (np.all(np.isfinite(stats.h)) and np.all(np.isfinite(stats.mean))):
+                    self.fall_back(NONFINITE_STATS, node.name)
+                    stats = None
                 if stats is not None:
                     dead = np.diag(stats.h) <= 0
                     layer.w[:, dead] = 0.0  # inputs that are always zero contribute nothing: their weights cost nothing
-                out.append(LayerEntry(layer, stats, self.damping))
+                out.append(LayerEntry(layer, stats, self.damping, self))
             self._entries[group.id] = out
         return self._entries[group.id]
+
+    def fall_back(self, reason: str, layer: str) -> None:
+        """Record that *layer* got no compensation (or no statistics) for *reason*."""
+        names = self.fallbacks.setdefault(reason, [])
+        if layer not in names:
+            names.append(layer)
+
+    def warnings(self) -> list[str]:
+        """One line per fallback reason, naming the first layers, for the report."""
+        lines = []
+        for reason, layers in self.fallbacks.items():
+            shown = ", ".join(layers[:3]) + (f" and {len(layers) - 3} more" if len(layers) > 3 else "")
+            lines.append(f"OBSPA: {len(layers)} consumer layer(s) {reason}: {shown}")
+        return lines
 
     def constant(self, name: str) -> np.ndarray:
         return np.asarray(self._constants[name].values)
@@ -79,6 +103,7 @@ class LayerEntry:
     layer: ConsumerLayer
     stats: Optional[LayerStats]
     damping: float
+    context: Optional[ObsContext] = None
     _hinv: Optional[np.ndarray] = None
 
     @property
@@ -91,10 +116,50 @@ class LayerEntry:
 
     @property
     def hinv(self) -> np.ndarray:
-        """The damped inverse of H, computed once (do not modify it in place)."""
+        """The damped inverse of H, computed once (do not modify it in place).
+
+        Damping is raised where H is ill-conditioned (:func:`obs.robust_inverse`); where no finite
+        inverse exists the layer keeps no statistics (identity: magnitude, no compensation).
+        """
         if self._hinv is None:
-            self._hinv = damped_inverse(self.h, self.damping)
+            hinv, self.damping = robust_inverse(self.h, self.damping)
+            if hinv is None:
+                self._note(NO_INVERSE)
+                self.stats = None
+                hinv = np.eye(self.layer.w.shape[1])
+            self._hinv = hinv
         return self._hinv
+
+    def _note(self, reason: str) -> None:
+        if self.context is not None:
+            self.context.fall_back(reason, self.layer.node.name)
+
+    def compensated(self, cols: np.ndarray) -> np.ndarray:
+        """W with *cols* removed and the rest re-solved, never worse than plain removal and always finite.
+
+        A non-finite result is retried with damping x10 up to ``MAX_DAMPING``, then given up; a result
+        whose output error on the measured statistics exceeds plain removal's is given up too.  Giving up
+        means plain removal (the columns zeroed, the others untouched), recorded for the report.
+        """
+        w0, hinv, damping = self.layer.w, self.hinv, self.damping
+        removed = w0.copy()
+        removed[:, cols] = 0.0
+        while True:
+            w1 = w0 - w0[:, cols] @ np.linalg.solve(hinv[np.ix_(cols, cols)], hinv[cols, :])
+            w1[:, cols] = 0.0
+            if np.all(np.isfinite(w1)):
+                break
+            if damping >= MAX_DAMPING:
+                self._note(NONFINITE_COMPENSATION)
+                return removed
+            damping = min(MAX_DAMPING, damping * 10)
+            hinv = damped_inverse(self.h, damping)
+        if self.stats is not None:
+            covariance = self.h - np.outer(self.mean, self.mean)  # the mean shift is folded downstream
+            if output_error(w0 - w1, covariance) > output_error(w0 - removed, covariance) * (1 + 1e-9):
+                self._note(WORSE_THAN_NONE)
+                return removed
+        return w1
 
 
 def compensate(ctx: ObsContext, plan: Plan, fold_batchnorm: bool = True) -> dict[str, np.ndarray]:
@@ -105,21 +170,31 @@ def compensate(ctx: ObsContext, plan: Plan, fold_batchnorm: bool = True) -> dict
         gone = np.zeros(group.n_atoms, dtype=bool)
         gone[removed] = True
         for entry in ctx.entries(group):
-            layer, h, mean, hinv = entry.layer, entry.h, entry.mean, entry.hinv
+            layer = entry.layer
             positions = np.flatnonzero(gone[group.atom_of[layer.param.space]])
             if not len(positions):
                 continue
-            cols = layer.columns(positions)
-            w0 = layer.w
-            w1 = w0 - w0[:, cols] @ np.linalg.solve(hinv[np.ix_(cols, cols)], hinv[cols, :])
-            w1[:, cols] = 0.0
+            w0, w1 = layer.w, entry.compensated(layer.columns(positions))
+            h, mean = entry.h, entry.mean
             updates[layer.param.tensor] = layer.weight_values(w1)
             bn = ctx.next_batchnorm(layer.node) if fold_batchnorm else None
             if bn is not None:
                 _fold_into_batchnorm(ctx, bn, w0, w1, h, mean, updates)
             else:
                 _fold_into_bias(ctx, layer, w0, w1, mean, updates)
+    for name in [n for n, value in updates.items() if not np.all(np.isfinite(value))]:
+        del updates[name]  # a fold from extreme statistics: leave that tensor as it was
+        ctx.fall_back(NONFINITE_FOLD, name)
     return updates
+
+
+def output_error(delta: np.ndarray, covariance: np.ndarray) -> float:
+    """``tr(delta C delta^T)``: the output error energy of a weight change on inputs with covariance C."""
+    used = np.flatnonzero(np.any(delta != 0, axis=0))
+    if not len(used):
+        return 0.0
+    d = delta[:, used]
+    return float(np.sum((d @ covariance[np.ix_(used, used)]) * d))
 
 
 def _fold_into_bias(ctx: ObsContext, layer, w0, w1, mean, updates) -> None:

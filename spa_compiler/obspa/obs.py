@@ -43,6 +43,31 @@ def damped_inverse(h: np.ndarray, damping: float = DEFAULT_DAMPING) -> np.ndarra
         return (vectors / values) @ vectors.T
 
 
+MAX_DAMPING = 1.0  # damping past this fraction of mean(diag H) leaves little compensation: give it up instead
+
+
+def robust_inverse(h: np.ndarray, damping: float = DEFAULT_DAMPING) -> tuple[Optional[np.ndarray], float]:
+    """A finite damped inverse of *h* and the damping it took, or (None, damping) when there is none.
+
+    Real weights and data-free inputs give Hessians that plain damping cannot invert usefully (near
+    singular blocks, huge dynamic range); an inverse with non-finite or astronomically large entries
+    would write NaN/Inf into the compensated weights.  Damping is raised x10 until the inverse is
+    finite and its entries stay below ``1 / (tiny * mean diag)``, up to ``MAX_DAMPING``; a non-finite
+    *h* (NaN/Inf activations) has no inverse at all.
+    """
+    if not np.all(np.isfinite(h)):
+        return None, damping
+    scale = float(np.mean(np.abs(np.diag(h)))) or 1.0
+    current = damping
+    while True:
+        hinv = damped_inverse(h, current)
+        if np.all(np.isfinite(hinv)) and float(np.max(np.abs(hinv))) * scale < 1e12:
+            return hinv, current
+        if current >= MAX_DAMPING:
+            return None, current
+        current = min(MAX_DAMPING, max(current * 10, 1e-4))
+
+
 def block_cost(w: np.ndarray, hinv: np.ndarray, cols: np.ndarray) -> float:
     """dE of removing columns *cols* of *w* (rows = outputs)."""
     block = hinv[np.ix_(cols, cols)]

@@ -50,7 +50,8 @@ class LayerStats:
         x = np.asarray(x, dtype=np.float64)
         n = self.rows + len(x)
         keep = self.rows / n
-        self.h = self.h * keep + (x.T @ x) / n
+        with np.errstate(over="ignore", invalid="ignore"):  # overflowing activations: judged downstream
+            self.h = self.h * keep + (x.T @ x) / n
         self.mean = self.mean * keep + x.sum(axis=0) / n
         self.abs_mean = self.abs_mean * keep + np.abs(x).sum(axis=0) / n
         self.rows = n
@@ -187,7 +188,7 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
     stats: dict[str, LayerStats] = {}
     total = len(next(iter(calib.values()))) if source == "calib" else samples
     seen = 0
-    for feeds in _batches(sess, source, calib, samples, batch, seed, noise):
+    for feeds in _batches(sess, source, calib, samples, batch, seed, noise, compiled.graph):
         values = dict(zip(names, sess.run(None, feeds)))
         for node in consumers:
             rows = feature_rows(node, values[wanted[node.name]], rng)
@@ -198,7 +199,9 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
 
 
 def _batches(sess, source: str, calib, samples: int, batch: int, seed: int,
-             noise: str) -> Iterator[dict[str, np.ndarray]]:
+             noise: str, graph: Optional[gs.Graph] = None) -> Iterator[dict[str, np.ndarray]]:
+    """Feeds of the calibration inputs, or data-free feeds shaped like the graph's real inputs."""
+    from .input_kinds import input_kinds, sequence_dims
     from .noise import noise_inputs
 
     if source == "calib":
@@ -208,9 +211,11 @@ def _batches(sess, source: str, calib, samples: int, batch: int, seed: int,
             yield {name: calib[name][start:start + batch] for name in names}
         return
     done = 0
+    kinds = input_kinds(graph) if graph is not None else None
     while done < samples:
         n = min(batch, samples - done)
-        yield noise_inputs(sess, batch=max(n, 2), seed=seed + done, kind=noise)
+        dims = sequence_dims(graph, max(n, 2)) if graph is not None else None
+        yield noise_inputs(sess, batch=max(n, 2), seed=seed + done, kind=noise, kinds=kinds, dims=dims)
         done += n
 
 

@@ -21,9 +21,10 @@ from ..effects import NEUTRAL
 from .base import Neutral, Rule
 from .elementwise import Elementwise, GroupNorm, LayerNorm, Normalization, Pad, Pool, Reduce, Resize, Softmax
 from .linear import Conv, ConvTranspose, Gemm, MatMul
-from .reshape import Reshape, reshape_runs
+from .quantized import QUANTIZED_CONTRIB_RULES, QUANTIZED_RULES
+from .recurrent import MICROSOFT_RULES, RECURRENT_RULES
+from .reshape import Reshape
 from .shapes import Concat, Expand, Gather, Slice, Split, SqueezeLike, Tile, Transpose
-from .shuffle import ChannelShuffle
 
 
 class CastLike(Elementwise):
@@ -75,13 +76,18 @@ RULES: dict[str, Rule] = {
     "Gather": Gather(),
     "Expand": Expand(),
     "Tile": Tile(),
+    **RECURRENT_RULES,
+    **QUANTIZED_RULES,
 }
+
+# Rules of ops outside the default domain, by domain (onnxruntime's contrib ops).
+DOMAIN_RULES: dict[str, dict[str, Rule]] = {"com.microsoft": {**MICROSOFT_RULES, **QUANTIZED_CONTRIB_RULES}}
 
 SUBGRAPH_OPS = ("If", "Loop", "Scan")
 
 
 def rule_for(node: gs.Node) -> Optional[Rule]:
-    """The rule of *node*'s op in the default domain; None freezes (custom domains included)."""
+    """The rule of *node*'s op; None freezes (unknown ops and custom domains without rules)."""
     if node.domain not in (None, "", "ai.onnx"):
-        return None
+        return DOMAIN_RULES.get(node.domain, {}).get(node.op)
     return RULES.get(node.op)

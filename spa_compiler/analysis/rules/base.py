@@ -1,15 +1,12 @@
 """Rule base class and the helpers every rule uses."""
 from __future__ import annotations
 
-from typing import Optional
 
-import numpy as np
 import onnx_graphsurgeon as gs
 
-from ...ir import attr, const_values, input_at, int_list, normalize_axes
 from ..context import AnalysisContext, RewriteContext
-from ..effects import CONSUMER, NEUTRAL, PASSIVE, PRODUCER, Effect, ParamSlice, Space, Tie, frozen
-from ..maps import Affine, Block, Explicit, group_blocks, identity
+from ..effects import NEUTRAL, Effect, ParamSlice, Space, Tie, frozen
+from ..maps import identity
 
 Port = tuple[str, int]  # ("in", i) or ("out", i)
 

@@ -3,13 +3,11 @@ from __future__ import annotations
 
 from typing import Optional
 
-import numpy as np
 import onnx_graphsurgeon as gs
 
-from ...ir import attr, const_values, input_at, int_list, normalize_axes
-from ..context import AnalysisContext, RewriteContext
-from ..effects import CONSUMER, NEUTRAL, PASSIVE, PRODUCER, Effect, ParamSlice, Space, Tie, frozen
-from ..maps import Affine, Block, Explicit, group_blocks, identity
+from ...ir import attr, const_shape, const_values, input_at, int_list, normalize_axes
+from ..effects import PASSIVE, Effect, Tie, frozen
+from ..maps import group_blocks, identity
 from .base import Rule, axis_tie, param, space_of
 
 
@@ -22,6 +20,11 @@ class Elementwise(Rule):
 
     def __init__(self, data_inputs: Optional[int] = None):
         self.data_inputs = data_inputs  # only the first N inputs broadcast (e.g. Clip's min/max are scalars)
+
+    def operands(self, node: gs.Node) -> list[tuple[int, gs.Tensor]]:
+        """(input position, tensor) of the operands that broadcast together."""
+        inputs = node.inputs if self.data_inputs is None else node.inputs[: self.data_inputs]
+        return list(enumerate(inputs))
 
     def analyze(self, node, port, axis, cx):
         if len(node.outputs) != 1 and any(o.outputs for o in node.outputs[1:]):
@@ -42,8 +45,7 @@ class Elementwise(Rule):
             return frozen(f"{node.name} ({node.op}) channel size unknown")
         anchor = space_of(out, out_axis)
         effect = Effect()
-        inputs = node.inputs if self.data_inputs is None else node.inputs[: self.data_inputs]
-        for i, tensor in enumerate(inputs):
+        for i, tensor in self.operands(node):
             if tensor is None or (isinstance(tensor, gs.Variable) and tensor.name == ""):
                 continue
             rank = cx.rank(tensor)
@@ -57,7 +59,7 @@ class Elementwise(Rule):
                 continue
             if dim != size:
                 return frozen(f"{node.name} ({node.op}) input {i} size {dim} does not match {size}")
-            if isinstance(tensor, gs.Constant):
+            if const_shape(tensor) is not None:  # a constant, or a dequantized one
                 effect.params.append(param(node, i, k, PASSIVE, anchor))
             else:
                 effect.ties.append(Tie(space_of(tensor, k), anchor, identity(size)))
@@ -83,7 +85,7 @@ class Normalization(Elementwise):
             effect = Effect(ties=[Tie(space_of(x, axis), anchor, identity(size))])
             if axis == 1:
                 for i in range(1, 1 + self.n_params):
-                    if not isinstance(node.inputs[i], gs.Constant):
+                    if const_shape(node.inputs[i]) is None:
                         return frozen(f"{node.name} ({node.op}) parameters are not constants")
                     effect.params.append(param(node, i, 0, PASSIVE, anchor))
             return effect
@@ -228,7 +230,7 @@ class LayerNorm(Rule):
         out = space_of(node.outputs[0], axis)
         for i in (1, 2):
             if input_at(node, i) is not None:
-                if not isinstance(node.inputs[i], gs.Constant):
+                if const_shape(node.inputs[i]) is None:
                     return frozen(f"{node.name} ({node.op}) scale or bias computed at run time")
                 effect.params.append(param(node, i, 0, PASSIVE, out))
         effect.inexact = f"{node.name} ({node.op}) statistics over the pruned axis change"

@@ -4,12 +4,10 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-import onnx_graphsurgeon as gs
 
-from ...ir import attr, const_shape, const_values, input_at, int_list, normalize_axes
-from ..context import AnalysisContext, RewriteContext
-from ..effects import CONSUMER, NEUTRAL, PASSIVE, PRODUCER, Effect, ParamSlice, Space, Tie, frozen
-from ..maps import Affine, Block, Explicit, group_blocks, identity
+from ...ir import attr, const_shape, input_at
+from ..effects import CONSUMER, PRODUCER, Effect, Tie, frozen
+from ..maps import group_blocks, identity
 from .base import Rule, param, space_of
 from .reshape import static
 
@@ -17,8 +15,10 @@ from .reshape import static
 class Conv(Rule):
     """Conv: a boundary for group == 1; grouped/depthwise convs tie input and output group-wise."""
 
+    WEIGHT, BIAS = 1, 2  # input positions (QLinearConv keeps them elsewhere; ConvInteger has no bias)
+
     def _weight(self, node) -> Optional[np.ndarray]:
-        return const_shape(node.inputs[1]) if len(node.inputs) > 1 else None
+        return const_shape(node.inputs[self.WEIGHT]) if len(node.inputs) > self.WEIGHT else None
 
     def seeds(self, node, cx):
         return [space_of(node.outputs[0], 1)] if self._weight(node) is not None else []
@@ -33,21 +33,21 @@ class Conv(Rule):
             return frozen(f"{node.name} ({node.op}) spatial or batch axis {axis}")
         groups = int(attr(node, "group", 1))
         x, y = node.inputs[0], node.outputs[0]
-        if input_at(node, 2) is not None and const_shape(node.inputs[2]) is None:
+        bias = None if self.BIAS is None else input_at(node, self.BIAS)
+        if bias is not None and const_shape(bias) is None:
             return frozen(f"{node.name} ({node.op}) bias is computed at run time")
         c_out, c_in = w[0], w[1] * groups
         out_space = space_of(y, 1)
-        bias = input_at(node, 2)
         if groups == 1:
             if port[0] == "in":
-                return Effect(params=[param(node, 1, 1, CONSUMER, space_of(x, 1))])
-            params = [param(node, 1, 0, PRODUCER, out_space)]
+                return Effect(params=[param(node, self.WEIGHT, 1, CONSUMER, space_of(x, 1))])
+            params = [param(node, self.WEIGHT, 0, PRODUCER, out_space)]
             if bias is not None:
-                params.append(param(node, 2, 0, PRODUCER, out_space))
+                params.append(param(node, self.BIAS, 0, PRODUCER, out_space))
             return Effect(params=params)
-        params = [param(node, 1, 0, PRODUCER, out_space)]
+        params = [param(node, self.WEIGHT, 0, PRODUCER, out_space)]
         if bias is not None:
-            params.append(param(node, 2, 0, PRODUCER, out_space))
+            params.append(param(node, self.BIAS, 0, PRODUCER, out_space))
         return Effect(ties=[Tie(space_of(x, 1), out_space, group_blocks(c_in, c_out, groups))], params=params)
 
     def rewrite(self, node, rx):
@@ -92,12 +92,14 @@ class ConvTranspose(Rule):
 class Gemm(Rule):
     """Gemm with a constant B: a boundary between A's features and the output features."""
 
+    WEIGHT, BIAS = 1, 2  # input positions of B and C (QGemm keeps them elsewhere)
+
     def seeds(self, node, cx):
-        ok = const_shape(node.inputs[1]) is not None and not attr(node, "transA", 0)
+        ok = const_shape(node.inputs[self.WEIGHT]) is not None and not attr(node, "transA", 0)
         return [space_of(node.outputs[0], 1)] if ok else []
 
     def analyze(self, node, port, axis, cx):
-        if const_shape(node.inputs[1]) is None:
+        if const_shape(node.inputs[self.WEIGHT]) is None:
             return frozen(f"{node.name} ({node.op}) B is not a constant")
         if attr(node, "transA", 0):
             return frozen(f"{node.name} ({node.op}) transA=1")
@@ -111,16 +113,16 @@ class Gemm(Rule):
                 return frozen(f"{node.name} ({node.op}) row count unknown")
             return Effect(ties=[Tie(space_of(a, 0), space_of(y, 0), identity(rows))])
         if port[0] == "in":
-            return Effect(params=[param(node, 1, 1 if trans_b else 0, CONSUMER, space_of(a, 1))])
+            return Effect(params=[param(node, self.WEIGHT, 1 if trans_b else 0, CONSUMER, space_of(a, 1))])
         out_space = space_of(y, 1)
-        params = [param(node, 1, 0 if trans_b else 1, PRODUCER, out_space)]
-        c = input_at(node, 2)
+        params = [param(node, self.WEIGHT, 0 if trans_b else 1, PRODUCER, out_space)]
+        c = input_at(node, self.BIAS)
         if c is not None:
             cv = const_shape(c)
             if cv is None:
                 return frozen(f"{node.name} ({node.op}) C is computed at run time")
             if len(cv) >= 1 and cv[-1] == cx.dim(y, 1) and cv[-1] > 1:
-                params.append(param(node, 2, len(cv) - 1, PRODUCER, out_space))
+                params.append(param(node, self.BIAS, len(cv) - 1, PRODUCER, out_space))
             elif len(cv) == 2 and cv[0] > 1:
                 return frozen(f"{node.name} ({node.op}) C varies along rows")
         return Effect(params=params)
@@ -164,8 +166,12 @@ class MatMul(Rule):
             return self._activations(node, port, axis, cx)
         return frozen(f"{node.name} ({node.op}) constant operand of rank > 2")
 
-    def _with_weight(self, node, port, axis, cx, data: int, contract: int) -> Effect:
-        """x @ W (data=0, contracting x's last axis) or W @ x (data=1, contracting x's second-to-last)."""
+    def _with_weight(self, node, port, axis, cx, data: int, contract: int, weight: Optional[int] = None) -> Effect:
+        """x @ W (data=0, contracting x's last axis) or W @ x (data=1, contracting x's second-to-last).
+
+        *weight*: W's input position when it is not the other operand (QLinearMatMul's b is input 3).
+        """
+        weight = 1 - data if weight is None else weight
         if port[0] == "in" and port[1] != data:
             return frozen(f"{node.name} ({node.op}) weight reached as an activation")
         x, y = node.inputs[data], node.outputs[0]
@@ -176,8 +182,8 @@ class MatMul(Rule):
         if axis == channel:
             w_in, w_out = (0, 1) if data == 0 else (1, 0)
             if port[0] == "in":
-                return Effect(params=[param(node, 1 - data, w_in, CONSUMER, space_of(x, axis))])
-            return Effect(params=[param(node, 1 - data, w_out, PRODUCER, space_of(y, axis))])
+                return Effect(params=[param(node, weight, w_in, CONSUMER, space_of(x, axis))])
+            return Effect(params=[param(node, weight, w_out, PRODUCER, space_of(y, axis))])
         size = cx.dim(y, axis)
         if size is None:
             return frozen(f"{node.name} ({node.op}) size of axis {axis} unknown")

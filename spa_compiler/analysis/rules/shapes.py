@@ -1,15 +1,13 @@
 """Rules for ops that move channels between axes and tensors: layout, concat, split, slice, reshape."""
 from __future__ import annotations
 
-from typing import Optional
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from ...ir import attr, const_shape, const_values, input_at, int_list, normalize_axes
-from ..context import AnalysisContext, RewriteContext
-from ..effects import CONSUMER, NEUTRAL, PASSIVE, PRODUCER, Effect, ParamSlice, Space, Tie, frozen
-from ..maps import Affine, Block, Explicit, group_blocks, identity
+from ..effects import NEUTRAL, PRODUCER, Effect, Tie, frozen
+from ..maps import Affine, identity
 from .base import Rule, axis_tie, param, space_of
 
 

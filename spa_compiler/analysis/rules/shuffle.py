@@ -6,10 +6,10 @@ from typing import Optional
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ...ir import attr, const_values, input_at, int_list, normalize_axes
-from ..context import AnalysisContext, RewriteContext
-from ..effects import CONSUMER, NEUTRAL, PASSIVE, PRODUCER, Effect, ParamSlice, Space, Tie, frozen
-from ..maps import Affine, Block, Explicit, group_blocks, identity
+from ...ir import attr
+from ..context import AnalysisContext
+from ..effects import Effect, Tie, frozen
+from ..maps import Explicit
 from .base import Rule, space_of
 from .reshape import static, write_shape
 

@@ -1,0 +1,176 @@
+"""Recurrent layers (LSTM, GRU, RNN and onnxruntime's DynamicQuantizeLSTM): hidden units as atoms.
+
+A recurrent node is a boundary between its input features (``X``'s last
+axis, read by ``W``'s input columns) and its hidden units.  One hidden space
+ties ``Y``'s, ``Y_h``'s and ``Y_c``'s last axes, the initial states, and the
+recurrence itself: ``R``'s input columns read the hidden units (a consumer
+slice, so the oracle's masking cuts a removed unit out of every other unit's
+gates), while the gate blocks of ``W``, ``R``, ``B`` and the peepholes ``P``
+produce them.  Gate axes hold ``G`` blocks of ``hidden`` rows (LSTM iofc,
+GRU zrh, RNN one), so they are spaces of their own on the weight tensor,
+tied to the hidden space by a block map (unit ``c`` owns rows ``g*hidden+c``).
+
+Directions: ``Y`` is ``[seq, num_directions, batch, hidden]`` and the same
+unit index serves both directions, so one hidden unit of a bidirectional
+node is removed in both directions at once (the node keeps one
+``hidden_size``); the Transpose/Reshape that concatenates directions maps
+through the reshape rule.
+
+DynamicQuantizeLSTM stores ``W`` as ``[dirs, input, 4*hidden]`` and ``R`` as
+``[dirs, hidden, 4*hidden]`` (transposed against ONNX's LSTM) with per-tensor
+(``[dirs]``) or per-channel (``[dirs, 4*hidden]``) scales and zero points,
+and quantizes ``X`` and ``h`` per tensor at run time: removing a unit or an
+input feature can move those ranges, so its groups are inexact.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import onnx_graphsurgeon as gs
+
+from ...ir import attr, const_shape, input_at
+from ..effects import CONSUMER, NEUTRAL, PASSIVE, PRODUCER, Effect, Space, Tie, frozen
+from ..maps import Block, identity
+from .base import Rule, param, space_of
+
+# input positions shared by LSTM, GRU, RNN and DynamicQuantizeLSTM
+X, W, R, B, SEQUENCE_LENS, INITIAL_H, INITIAL_C, PEEPHOLES = range(8)
+QUANT_PARAMS = (8, 9, 10, 11)  # DynamicQuantizeLSTM: W_scale, W_zero_point, R_scale, R_zero_point
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Where one recurrent op keeps what: gate count and the axes of W and R."""
+
+    gates: int                 # gate blocks per hidden unit (LSTM 4, GRU 3, RNN 1)
+    w_gate_axis: int = 1       # W: [dirs, gates*hidden, input] in ONNX
+    w_input_axis: int = 2
+    r_gate_axis: int = 1       # R: [dirs, gates*hidden, hidden] in ONNX
+    r_hidden_axis: int = 2
+    states: tuple[int, ...] = (INITIAL_H,)
+    peepholes: bool = False
+    quantized: bool = False    # X and h quantized per tensor at run time (DynamicQuantizeLSTM)
+
+
+def _present(tensor: Optional[gs.Tensor]) -> bool:
+    return tensor is not None and (isinstance(tensor, gs.Constant) or tensor.name != "")
+
+
+class Recurrent(Rule):
+    """LSTM / GRU / RNN / DynamicQuantizeLSTM: a boundary from input features to hidden units."""
+
+    def __init__(self, cell: Cell):
+        self.cell = cell
+
+    def _outputs(self, node: gs.Node) -> list[gs.Tensor]:
+        return [t for t in node.outputs if _present(t)]
+
+    def _hidden_space(self, node: gs.Node, cx) -> Optional[Space]:
+        for tensor in self._outputs(node):
+            rank = cx.rank(tensor)
+            if rank is not None:
+                return space_of(tensor, rank - 1)
+        return None
+
+    def _weights_constant(self, node: gs.Node) -> Optional[str]:
+        for index, name in ((W, "W"), (R, "R"), (B, "B"), (PEEPHOLES, "P")):
+            tensor = input_at(node, index)
+            if index in (W, R) and tensor is None:
+                return f"{name} is missing"
+            if tensor is not None and const_shape(tensor) is None:
+                return f"{name} is computed at run time"
+        return None
+
+    def seeds(self, node, cx):
+        if self._weights_constant(node) is not None:
+            return []
+        space = self._hidden_space(node, cx)
+        return [space] if space is not None else []
+
+    def analyze(self, node, port, axis, cx):
+        problem = self._weights_constant(node)
+        if problem:
+            return frozen(f"{node.name} ({node.op}) {problem}")
+        if int(attr(node, "layout", 0)) != 0:
+            return frozen(f"{node.name} ({node.op}) batch-first layout has no rule yet")
+        if port[0] == "in" and port[1] == X:
+            if axis != (cx.rank(node.inputs[X]) or 0) - 1:
+                return frozen(f"{node.name} ({node.op}) mixes time steps and batch rows (axis {axis})")
+            effect = Effect(params=[param(node, W, self.cell.w_input_axis, CONSUMER, space_of(node.inputs[X], axis))])
+            if self.cell.quantized:
+                effect.inexact = f"{node.name} ({node.op}) quantizes its input per tensor at run time"
+            return effect
+        if port[0] == "in" and port[1] not in self.cell.states:
+            if isinstance(node.inputs[port[1]], gs.Constant):
+                return NEUTRAL  # a gate axis of W, R, B or P, declared with the hidden space
+            return frozen(f"{node.name} ({node.op}) input {port[1]} (sequence lengths) reached")
+        tensor = node.inputs[port[1]] if port[0] == "in" else node.outputs[port[1]]
+        if axis != (cx.rank(tensor) or 0) - 1:
+            return frozen(f"{node.name} ({node.op}) time, direction or batch axis {axis} of {tensor.name}")
+        return self._hidden(node, cx)
+
+    def _hidden(self, node: gs.Node, cx) -> Effect:
+        """Everything tied to the hidden units: outputs, states, gate blocks, recurrence."""
+        cell = self.cell
+        anchor = self._hidden_space(node, cx)
+        hidden = int(attr(node, "hidden_size", 0)) or (cx.dim(node.outputs[0], anchor[1]) if anchor else None)
+        if anchor is None or not hidden:
+            return frozen(f"{node.name} ({node.op}) hidden size unknown")
+        if any(cx.rank(t) is None for t in self._outputs(node)):
+            return frozen(f"{node.name} ({node.op}) output ranks unknown")
+        effect = Effect()
+        for tensor in self._outputs(node):
+            space = space_of(tensor, (cx.rank(tensor) or 0) - 1)
+            if space != anchor:
+                effect.ties.append(Tie(anchor, space, identity(hidden)))
+        for index in cell.states:
+            state = input_at(node, index)
+            if state is None:
+                continue
+            if isinstance(state, gs.Constant):
+                effect.params.append(param(node, index, len(state.shape) - 1, PASSIVE, anchor))
+            else:
+                effect.ties.append(Tie(anchor, space_of(state, (cx.rank(state) or 3) - 1), identity(hidden)))
+        w = node.inputs[W]
+        gate_space = space_of(w, cell.w_gate_axis)
+        effect.ties.append(Tie(anchor, gate_space, Block(hidden, cell.gates * hidden, outer=cell.gates)))
+        effect.params += [param(node, W, cell.w_gate_axis, PRODUCER, gate_space),
+                          param(node, R, cell.r_gate_axis, PRODUCER, gate_space),
+                          param(node, R, cell.r_hidden_axis, CONSUMER, anchor)]
+        self._blocks(node, effect, anchor, hidden, B, 2 * cell.gates)
+        if cell.peepholes:
+            self._blocks(node, effect, anchor, hidden, PEEPHOLES, 3)
+        if cell.quantized:
+            for index in QUANT_PARAMS:
+                scale = input_at(node, index)
+                if scale is not None and len(scale.shape) == 2:  # per channel: [dirs, gates*hidden]
+                    effect.params.append(param(node, index, 1, PRODUCER, gate_space))
+            effect.inexact = f"{node.name} ({node.op}) quantizes the hidden state per tensor at run time"
+        return effect
+
+    def _blocks(self, node: gs.Node, effect: Effect, anchor: Space, hidden: int, index: int, blocks: int) -> None:
+        """A ``[dirs, blocks*hidden]`` parameter (bias, peepholes): its own space, tied block-wise."""
+        tensor = input_at(node, index)
+        if tensor is None:
+            return
+        space = space_of(tensor, 1)
+        effect.ties.append(Tie(anchor, space, Block(hidden, blocks * hidden, outer=blocks)))
+        effect.params.append(param(node, index, 1, PRODUCER, space))
+
+    def rewrite(self, node, rx):
+        for tensor in self._outputs(node):
+            kept = rx.kept(tensor, len(tensor.shape) - 1) if tensor.shape is not None else None
+            if kept is not None:
+                node.attrs["hidden_size"] = int(len(kept))
+                return
+
+
+LSTM = Cell(gates=4, states=(INITIAL_H, INITIAL_C), peepholes=True)
+GRU = Cell(gates=3)
+RNN = Cell(gates=1)
+DYNAMIC_QUANTIZE_LSTM = Cell(gates=4, w_gate_axis=2, w_input_axis=1, r_gate_axis=2, r_hidden_axis=1,
+                             states=(INITIAL_H, INITIAL_C), peepholes=True, quantized=True)
+
+RECURRENT_RULES = {"LSTM": Recurrent(LSTM), "GRU": Recurrent(GRU), "RNN": Recurrent(RNN)}
+MICROSOFT_RULES = {"DynamicQuantizeLSTM": Recurrent(DYNAMIC_QUANTIZE_LSTM)}

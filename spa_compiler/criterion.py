@@ -1,0 +1,35 @@
+"""The contract of a criterion pass: what it computes and what it asks of the driver.
+
+A criterion scores the atoms of one group (higher = more important = kept).
+What it needs from the pipeline is declared here as class attributes, so the
+driver reads one typed contract instead of probing passes with ``getattr``;
+the registry refuses a criterion that does not derive from this base.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar, Optional
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .analysis import Group
+    from .importance import ScoringContext
+
+
+class Criterion:
+    """Base class: ``score(ctx, group)`` returns one float per atom of *group*."""
+
+    #: the driver collects consumer-layer statistics (``ctx.obs``) before scoring
+    needs_statistics: ClassVar[bool] = False
+    #: the driver re-solves consumer weights for the removed channels (unless --no-compensate)
+    compensates: ClassVar[bool] = False
+    #: scores compare across groups, so global ranking is the default (unless --local)
+    prefers_global: ClassVar[bool] = False
+    #: per-group score normalization for global ranking (one of importance.NORMALIZATIONS); None: the plan's default
+    global_normalize: ClassVar[Optional[str]] = None
+
+    def __init__(self, reduce: str = "sum"):
+        self.reduce = reduce
+
+    def score(self, ctx: "ScoringContext", group: "Group") -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError

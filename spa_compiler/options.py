@@ -1,0 +1,124 @@
+"""Every option of ``spac prune`` / ``spa_compiler.prune`` in one frozen, validated object.
+
+The CLI and the API both build a :class:`PruneOptions`; its constructor checks
+every range and name once, before any file is read or any statistic computed,
+so a bad option costs a one-line error, not minutes of analysis first.  It also
+looks the criterion pass up once and resolves what its declared contract
+implies (global ranking, compensation, score normalization).
+"""
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+from . import registry
+from .criterion import Criterion
+from .errors import UsageError
+from .importance import REDUCTIONS
+from .obspa.noise import NOISE_KINDS
+from .obspa.statistics import SOURCES
+from .plan import PlanOptions
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """What to prune and how (see ``docs/cli.md`` for each option's meaning)."""
+
+    ratio: float = 0.5
+    criterion: str = "l2"
+    global_ranking: Optional[bool] = None  # None: the criterion's preference (prefers_global)
+    round_to: int = 1
+    exclude: Sequence[str] = ()
+    target_macs: Optional[float] = None
+    max_group_ratio: float = 0.9
+    reduce: str = "sum"
+    seed: int = 0
+    verify: bool = True
+    prune_hidden: bool = False
+    prune_head_dims: bool = False
+    hessian: Optional[str] = None  # None: chosen from the model and --calib
+    calib: Any = None  # .npz path, or a dict of arrays keyed by input name
+    samples: int = 256
+    damping: float = 0.01
+    compensate: Optional[bool] = None  # None: the criterion's contract (compensates)
+    recalibrate_bn: bool = False
+    noise: str = "auto"
+    output: Optional[str] = None
+    force: bool = False
+    report_path: Optional[str] = None
+    criterion_pass: registry.PassInfo = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.exclude, str):  # one pattern, not its characters
+            object.__setattr__(self, "exclude", (self.exclude,))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`UsageError` (one line, exit 2) for the first option out of range."""
+        object.__setattr__(self, "criterion_pass", registry.get("criterion", self.criterion))
+        _number("--ratio", self.ratio)
+        _number("--max-group-ratio", self.max_group_ratio)
+        _integer("--round-to", self.round_to)
+        self.plan_options(global_ranking=False)  # ratio, round_to, max_group_ratio ranges
+        if self.target_macs is not None:
+            _number("--target-macs", self.target_macs)
+            if not 0.0 < self.target_macs <= 1.0:
+                raise UsageError(f"--target-macs must be in (0, 1], got {self.target_macs}")
+        if self.reduce not in REDUCTIONS:
+            raise UsageError(f"unknown reduction {self.reduce!r} (use one of {', '.join(REDUCTIONS)})")
+        _integer("--seed", self.seed)
+        if self.seed < 0:
+            raise UsageError(f"--seed must be >= 0, got {self.seed}")
+        _integer("--samples", self.samples)
+        if self.samples < 2:
+            raise UsageError(f"--samples must be >= 2, got {self.samples}")
+        _number("--damping", self.damping)
+        if self.damping < 0:
+            raise UsageError(f"--damping must be >= 0, got {self.damping}")
+        if self.noise not in NOISE_KINDS:
+            raise UsageError(f"unknown noise {self.noise!r} (use one of {', '.join(NOISE_KINDS)})")
+        if self.hessian is not None and self.hessian not in SOURCES:
+            raise UsageError(f"unknown Hessian source {self.hessian!r} (use one of {', '.join(SOURCES)})")
+        if self.hessian == "calib" and self.calib is None:
+            raise UsageError("the calib Hessian source needs --calib inputs")
+        if self.recalibrate_bn and self.calib is None:
+            raise UsageError("--recalibrate-bn needs --calib inputs")
+        if not all(isinstance(pattern, str) for pattern in self.exclude):
+            raise UsageError(f"--exclude takes name patterns (strings), got {list(self.exclude)!r}")
+
+    @property
+    def contract(self) -> type[Criterion]:
+        """The criterion pass class (looked up once, at construction)."""
+        return self.criterion_pass.factory
+
+    @property
+    def ranks_globally(self) -> bool:
+        return self.contract.prefers_global if self.global_ranking is None else self.global_ranking
+
+    @property
+    def compensating(self) -> bool:
+        return self.contract.compensates if self.compensate is None else self.compensate
+
+    @property
+    def needs_statistics(self) -> bool:
+        return self.compensating or self.contract.needs_statistics
+
+    def plan_options(self, global_ranking: Optional[bool] = None) -> PlanOptions:
+        """The planner's share of the options (constructing it checks their ranges)."""
+        normalize = self.contract.global_normalize
+        extra = {"normalize": normalize} if normalize else {}
+        return PlanOptions(ratio=self.ratio, max_group_ratio=self.max_group_ratio, round_to=self.round_to,
+                           exclude=self.exclude,
+                           global_ranking=self.ranks_globally if global_ranking is None else global_ranking, **extra)
+
+
+def _number(flag: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise UsageError(f"{flag} must be a number, got {value!r}")
+
+
+def _integer(flag: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise UsageError(f"{flag} must be an integer, got {value!r}")
