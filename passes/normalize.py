@@ -413,39 +413,50 @@ def refuse_absurd_shapes(graph: gs.Graph, notes: list[str]) -> None:
 
 @register("normalize", "refuse_inconsistent_weights")
 def refuse_inconsistent_weights(graph: gs.Graph, notes: list[str]) -> None:
-    """Refuse layers whose constant weight disagrees with the known width of their input.
+    """Refuse layers whose constant weight has the wrong rank or disagrees with the known width of their input.
 
     Such a model cannot run; without this check the disagreement surfaces
-    while scoring or slicing as an internal error instead of naming the node.
+    while analysing, scoring or slicing as an internal error instead of naming the node.
     """
     for node in graph.nodes:
-        found = _channel_mismatch(node)
-        if found:
-            have, want = found
-            raise ModelLoadError(f"node {node.name or '<unnamed>'} ({node.op}): its input has {have} channels, "
-                                 f"its weight {node.inputs[1].name} expects {want}")
+        problem = _weight_problem(node)
+        if problem:
+            raise ModelLoadError(f"node {node.name or '<unnamed>'} ({node.op}): {problem}")
 
 
-def _channel_mismatch(node: gs.Node):
-    """(input width, width the constant weight expects) when both are known and differ, else None."""
+_WEIGHT_RANKS = {"Conv": 3, "ConvTranspose": 3, "Gemm": 2}  # the least rank each op's weight must have
+
+
+def _weight_problem(node: gs.Node):
+    """Why the constant weight of a Conv/ConvTranspose/Gemm/MatMul cannot fit its input, else None."""
     if len(node.inputs) < 2 or not isinstance(node.inputs[1], gs.Constant) or node.inputs[0] is None:
         return None
-    x, w = node.inputs[0].shape, node.inputs[1].shape
+    weight = node.inputs[1]
+    w, x = list(weight.shape or []), node.inputs[0].shape
+    least = _WEIGHT_RANKS.get(node.op)
+    if least is not None and (len(w) < least or (node.op == "Gemm" and len(w) != 2)):
+        return f"weight {weight.name} has rank {len(w)}, the op needs {'2' if node.op == 'Gemm' else '3 or more'}"
     if not x or not w:
         return None
-    if node.op == "Conv" and len(x) >= 2 and len(w) >= 2:
+    if node.op in ("Conv", "ConvTranspose") and len(x) != len(w):
+        return f"input rank {len(x)} differs from weight {weight.name}'s rank {len(w)}"
+    if node.op == "Conv":
         group = node.attrs.get("group", 1)
-        have, want = x[1], w[1] * group if isinstance(group, int) else None
-    elif node.op == "ConvTranspose" and len(x) >= 2:
+        if not isinstance(group, int) or group < 1 or w[0] % group:
+            return f"group {group} does not divide weight {weight.name}'s {w[0]} output channels"
+        have, want = x[1], w[1] * group
+    elif node.op == "ConvTranspose":
         have, want = x[1], w[0]
-    elif node.op == "Gemm" and len(x) == 2 and len(w) == 2:
+    elif node.op == "Gemm" and len(x) == 2:
         have, want = x[0 if node.attrs.get("transA", 0) else 1], w[1 if node.attrs.get("transB", 0) else 0]
     elif node.op == "MatMul" and len(w) >= 2:
         have, want = x[-1], w[-2]
     else:
         return None
     known = all(isinstance(v, (int, np.integer)) and v > 0 for v in (have, want))
-    return (int(have), int(want)) if known and have != want else None
+    if known and have != want:
+        return f"its input has {have} channels, its weight {weight.name} expects {want}"
+    return None
 
 
 @register("normalize", "unshare_initializers")

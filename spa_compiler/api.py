@@ -15,7 +15,7 @@ from .obspa import statistics
 from .obspa.compensate import ObsContext, compensate as compensation
 from .cost import totals
 from .densecheck import verify_like_dense
-from .errors import UsageError
+from .errors import ModelLoadError, UsageError
 from .finite import check_input_weights, guard_written_model, guard_written_weights
 from .ir import to_model
 from .jsonout import to_json
@@ -219,8 +219,15 @@ def _statistics(compiled: Compiled, hessian, calib_data, samples: int, seed: int
     """Consumer-layer statistics for OBSPA-like criteria: (ObsContext, report entry, warnings)."""
     source, why = choose_hessian_source(compiled, hessian, calib_data)
     say(f"collecting layer statistics ({source}: {why})")
-    stats = statistics.collect(compiled, consumer_nodes(compiled), source, calib_data, samples=samples, seed=seed,
-                               noise=noise, progress=say)
+    try:
+        stats = statistics.collect(compiled, consumer_nodes(compiled), source, calib_data, samples=samples,
+                                   seed=seed, noise=noise, progress=say)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime refusing the input model is bad input
+        if not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        text = str(exc).strip().splitlines()
+        raise ModelLoadError(f"{compiled.source}: the model does not run in onnxruntime (statistics run, "
+                             f"{source}): {text[0][:200] if text else type(exc).__name__}") from None
     warning = bn_free_conv_warning(compiled) if source != "calib" else None
     info = {"source": source, "why": why, "layers": len(stats), "samples": samples, "noise": noise}
     return ObsContext(compiled.graph, compiled.analysis, stats, damping), info, [warning] if warning else []

@@ -19,7 +19,7 @@ from . import registry
 from .analysis import DependencyAnalysis, analyze
 from .cost import estimate_macs, totals
 from .criterion import Criterion
-from .errors import CompileError, NothingToPruneError, SpacError, UsageError
+from .errors import CompileError, ModelLoadError, NothingToPruneError, SpacError, UsageError
 from .importance import REDUCTIONS, ScoringContext
 from .ir import ModelMeta
 from .modelio import ModelLike, load_model
@@ -79,11 +79,26 @@ def compile_model(source: ModelLike, prune_hidden: bool = False, head_dims: bool
                                spec=run_dense_model if run_dense else spec)
         del model  # the gs graph holds what is needed; let the protobuf go
         analysis = analyze(normalized.graph, normalized.meta.opset, prune_hidden=prune_hidden, head_dims=head_dims)
+        check_param_sizes(normalized.graph, analysis)
     except SpacError as exc:
         raise type(exc)(str(exc) if str(exc).startswith(f"{where}: ") else f"{where}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - never a traceback for a model we accepted
         raise CompileError(f"{where}: analysis failed ({type(exc).__name__}: {exc})") from exc
     return Compiled(normalized.graph, normalized.meta, analysis, normalized.notes, where, runs[-1] if runs else None)
+
+
+def check_param_sizes(graph: gs.Graph, analysis: DependencyAnalysis) -> None:
+    """Every parameter of a prunable group has the group's width along its axis (a bias of the wrong
+    length cannot run; without this it fails inside a criterion as an internal error)."""
+    constants = {name: t for name, t in graph.tensors().items() if isinstance(t, gs.Constant)}
+    for group in analysis.prunable_groups:
+        for param in group.params:
+            shape = list(getattr(constants.get(param.tensor), "shape", None) or [])
+            want = group.sizes[param.space]
+            if param.tensor in constants and (param.axis >= len(shape) or shape[param.axis] != want):
+                have = shape[param.axis] if param.axis < len(shape) else "no"
+                raise ModelLoadError(f"node {param.node} ({param.op}): {param.tensor} has {have} entries along "
+                                     f"axis {param.axis}, its channels number {want}")
 
 
 def score_groups(compiled: Compiled, criterion: Union[str, registry.PassInfo] = "l2", seed: int = 0,

@@ -28,6 +28,7 @@ _TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint6
 
 def check_model(model: onnx.ModelProto, where: str) -> None:
     """Every check below, in the order that gives the most useful first error."""
+    check_text(model, where)
     check_structure(model, where)
     check_initializers(model.graph.initializer, where)
     check_constant_nodes(model, where)
@@ -38,6 +39,22 @@ def check_model(model: onnx.ModelProto, where: str) -> None:
     check_operators(model, where)
     check_functions(model, where)
     check_signatures(model, where)
+
+
+def check_text(model: onnx.ModelProto, where: str) -> None:
+    """Names, op types and domains are text: protobuf hands invalid UTF-8 back as bytes, which every
+    later lookup (schemas, dicts keyed by name) would trip over."""
+    def bad(values) -> bool:
+        return any(not isinstance(v, str) for v in values)
+
+    for node in _all_nodes(model):
+        if bad((node.op_type, node.domain, node.name, *node.input, *node.output)) or \
+                bad(a.name for a in node.attribute):
+            raise ModelLoadError(f"{where}: a node's name, op type or tensor names are not valid UTF-8 text")
+    named = [*model.graph.initializer, *model.graph.input, *model.graph.output, *model.graph.value_info]
+    if bad(t.name for t in named) or bad(o.domain for o in model.opset_import) or \
+            bad(f.name for f in model.functions):
+        raise ModelLoadError(f"{where}: a tensor, opset or function name is not valid UTF-8 text")
 
 
 def check_structure(model: onnx.ModelProto, where: str) -> None:
@@ -179,6 +196,10 @@ def check_functions(model: onnx.ModelProto, where: str) -> None:
                 stack.append((callee, iter(calls[callee])))
 
 
+# Window attributes that have no meaning empty (``value_ints=[]`` of a Constant, say, is a real empty shape).
+_NON_EMPTY = ("strides", "pads", "dilations", "kernel_shape")
+
+
 def check_signatures(model: onnx.ModelProto, where: str) -> None:
     """Attributes and constant inputs of default-domain nodes have the types the operator's schema allows.
 
@@ -202,6 +223,8 @@ def check_signatures(model: onnx.ModelProto, where: str) -> None:
                                  f"{schema.min_output}-{schema.max_output} outputs")
         for attr in node.attribute:
             want = schema.attributes.get(attr.name)
+            if attr.name in _NON_EMPTY and attr.type == onnx.AttributeProto.INTS and not attr.ints:
+                raise ModelLoadError(f"{where}: node {_label(node)}: attribute {attr.name} is an empty list")
             if want is not None and attr.type != want.type:
                 raise ModelLoadError(f"{where}: node {_label(node)}: attribute {attr.name} is "
                                      f"{onnx.AttributeProto.AttributeType.Name(attr.type)}, the operator needs "

@@ -337,7 +337,26 @@ def _nan_weight(value=float("nan")) -> onnx.ModelProto:
     return model
 
 
+def _bias_of_wrong_length() -> onnx.ModelProto:
+    from onnx import numpy_helper
+
+    model = _chain()
+    model.graph.node[0].input.append("bias")  # c1 has 8 output channels
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros(5, np.float32), "bias"))
+    return model
+
+
+def _empty_pads() -> onnx.ModelProto:
+    model = _chain()
+    pads = next(a for a in model.graph.node[0].attribute if a.name == "pads")
+    del pads.ints[:]
+    return model
+
+
 HOSTILE = {
+    "bias_of_wrong_length": (lambda _f: _bias_of_wrong_length(), "bias"),
+    "group_not_dividing_channels": (lambda _f: _chain(conv_attrs={"group": 3}), "group 3"),
+    "empty_list_attribute": (lambda _f: _empty_pads(), "empty list"),
     "string_weight": (lambda _f: _string_weight(), "w1"),
     "string_raw_data": (lambda _f: _string_raw_data(), "w1"),
     "constant_node_2**40": (lambda _f: _huge_constant_node(), "huge"),
@@ -346,6 +365,7 @@ HOSTILE = {
     "reversed_2000_node_chain": (lambda _f: _reversed_long_chain(), ""),
     "negative_external_offset": (_negative_offset, "offset"),
     "weight_shapes_disagree": (lambda _f: _chain(w2_shape=(4, 5, 1, 1)), "c2"),
+    "conv_weight_of_rank_1": (lambda _f: _chain(w2_shape=(8,)), "rank 1"),
     "group_is_a_string_list": (lambda _f: _chain(conv_attrs={"group": ["a"]}), "group"),
     "all_nan_weight": (lambda _f: _nan_weight(), "w1"),
     "all_inf_weight": (lambda _f: _nan_weight(float("inf")), "w1"),
@@ -510,3 +530,25 @@ def test_quiet_prints_no_summary(tmp_path, model):
     assert all(line.startswith("spac: warning:") for line in result.output.splitlines()), result.output
     result = _run("prune", tmp_path / "missing.onnx", "--quiet")
     assert "no such file" in _one_line_refusal(result)
+
+
+def test_invalid_utf8_op_type_is_refused(tmp_path):
+    data = _chain().SerializeToString()
+    assert data.count(b"Relu") == 1
+    path = tmp_path / "m.onnx"
+    path.write_bytes(data.replace(b"Relu", b"R\xffl\xfe"))
+    result = _run("prune", path, "-o", tmp_path / "out.onnx")
+    assert "UTF-8" in _one_line_refusal(result)
+
+
+def test_model_failing_in_the_statistics_run_is_bad_input(tmp_path):
+    """onnxruntime refusing to run the input while OBSPA collects statistics is exit 2, not an internal error."""
+    from onnx import helper, numpy_helper
+
+    bad = [numpy_helper.from_array(np.array([7, -1], np.int64), "bad_shape")]
+    model = _chain(extra_nodes=[helper.make_node("Reshape", ["y", "bad_shape"], ["z"], name="bad_reshape")],
+                   extra_inits=bad, output="z")
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    result = _run("prune", path, "-o", tmp_path / "out.onnx", "--criterion", "obspa", "--samples", "4")
+    assert "does not run in onnxruntime" in _one_line_refusal(result)

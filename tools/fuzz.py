@@ -173,7 +173,10 @@ def mutate_data(model, rng) -> str:
     if not floats:
         return "none"
     tensor = _pick(rng, floats)
-    values = numpy_helper.to_array(tensor).copy()
+    try:
+        values = numpy_helper.to_array(tensor).copy()
+    except (ValueError, TypeError):  # an earlier mutation broke it already
+        return "none"
     choice = int(rng.integers(5))
     if choice == 0:
         values[...] = np.nan
@@ -395,7 +398,12 @@ def make_case(seed: int, index: int, root: Path, bases: list[onnx.ModelProto]) -
             case.what = "bytes flipped"
         path.write_bytes(bytes(data))
     elif kind == "proto":
-        whats = [_pick(rng, MUTATIONS)(model, rng) for _ in range(int(rng.integers(1, 4)))]
+        whats = []
+        for _ in range(int(rng.integers(1, 4))):
+            try:
+                whats.append(_pick(rng, MUTATIONS)(model, rng))
+            except (ValueError, TypeError, IndexError) as exc:  # a mutation of an already broken model
+                whats.append(f"mutation skipped ({type(exc).__name__})")
         case.what = "; ".join(whats)[:200]
         path.write_bytes(model.SerializeToString())
     elif kind == "external":
@@ -431,7 +439,7 @@ def _limits() -> None:  # runs in the child before exec
 
 def run_subprocess(case: Case, time_limit: float = TIME_LIMIT) -> tuple[Optional[int], str, float, bool]:
     """(exit code, stderr, seconds, timed out) of ``spac`` on *case* under the memory and time limits."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # spac as installed (passes/ maps to spa_compiler.passes)
     env.pop("SPAC_DEBUG", None)
     start = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "spa_compiler.cli", *case.args, "--no-progress"],
@@ -481,7 +489,7 @@ def classify(case: Case, before: dict, code: Optional[int], err: str, timed_out:
         return "modified", f"{', '.join(Path(p).name for p in changed)}: {message}"
     allowed = {str(p) for p in case.outputs} if code == 0 else set()
     new = sorted(Path(p).name for p in after["entries"] - before["entries"] - allowed)
-    stages = [p for p in after["entries"] if "/.out.onnx." in p or "/.r.json." in p]
+    stages = [p for p in after["entries"] - before["entries"] if "/.out.onnx." in p or "/.r.json." in p]
     if new or stages:
         return "leftover", f"{', '.join(new + [Path(p).name for p in stages])[:120]} ({message})"
     if code == 0:
