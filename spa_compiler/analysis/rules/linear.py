@@ -5,11 +5,10 @@ from typing import Optional
 
 import numpy as np
 
-from ...ir import attr, const_shape, input_at
+from ...ir import attr, const_shape, input_at, static_dims
 from ..effects import CONSUMER, PRODUCER, Effect, Tie, frozen
 from ..maps import group_blocks, identity
 from .base import Rule, param, space_of
-from .reshape import static
 
 
 class Conv(Rule):
@@ -57,7 +56,7 @@ class Conv(Rule):
         kept = rx.kept(node.outputs[0], 1)
         if kept is None:
             return
-        out_per_group = static(node.outputs[0].shape)[1] // groups  # shapes are still the old ones
+        out_per_group = static_dims(node.outputs[0].shape)[1] // groups  # shapes are still the old ones
         node.attrs["group"] = int(len(kept) // out_per_group)
 
 
