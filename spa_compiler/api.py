@@ -12,6 +12,7 @@ from . import fidelity
 from .analysis import PRODUCER
 from .budget import MaxErrorSearch
 from .obspa import statistics
+from .obspa.input_kinds import input_kinds
 from .obspa.compensate import ObsContext, compensate as compensation
 from .cost import totals
 from .densecheck import verify_like_dense
@@ -112,7 +113,8 @@ def prune_with(model: ModelLike, opts: PruneOptions, progress: Optional[Callable
     if verify or max_error is not None:
         say("measuring the dense model on the measurement inputs")
         measurement, unmeasured = fidelity.try_measure_dense(input_path or model, calib_data, opts.seed, opts.noise,
-                                                             required=max_error is not None)
+                                                             required=max_error is not None,
+                                                             kinds=input_kinds(compiled.graph))
         warnings = warnings + unmeasured
 
     context = (obs or ObsContext(compiled.graph, compiled.analysis, {}, opts.damping)) if compensating else None

@@ -54,8 +54,13 @@ def _fixed_batch(sess) -> Optional[int]:
 
 
 def measurement_inputs(sess, calib: Optional[dict[str, np.ndarray]] = None, seed: int = 0, noise: str = "auto",
-                       samples: int = MEASURE_SAMPLES) -> MeasurementInputs:
-    """The calibration inputs (first CALIB_SAMPLES) or *samples* seeded data-free inputs, in batches."""
+                       samples: int = MEASURE_SAMPLES, kinds=None) -> MeasurementInputs:
+    """The calibration inputs (first CALIB_SAMPLES) or *samples* seeded data-free inputs, in batches.
+
+    *kinds* (:func:`obspa.input_kinds.input_kinds` of the graph): ids drawn within the table they index
+    and padded masks, as the statistics draw them; without it integer-like inputs get small random values,
+    which on real text models measures inputs no user ever feeds.
+    """
     from .obspa.noise import noise_inputs
 
     fixed = _fixed_batch(sess)
@@ -69,7 +74,7 @@ def measurement_inputs(sess, calib: Optional[dict[str, np.ndarray]] = None, seed
     batches: list[dict[str, np.ndarray]] = []
     done = 0
     while done < samples:
-        feeds = noise_inputs(sess, batch=min(batch, samples - done), seed=seed + done, kind=noise)
+        feeds = noise_inputs(sess, batch=min(batch, samples - done), seed=seed + done, kind=noise, kinds=kinds)
         batches.append(feeds)
         done += max(1, len(next(iter(feeds.values())))) if feeds else samples
     return MeasurementInputs(batches, f"data-free {noise} noise ({done} samples, seed {seed})", done)
@@ -105,10 +110,10 @@ class Measurement:
 
 
 def measure_dense(model, calib: Optional[dict[str, np.ndarray]] = None, seed: int = 0,
-                  noise: str = "auto") -> Measurement:
+                  noise: str = "auto", kinds=None) -> Measurement:
     """Make the measurement inputs from the dense *model*'s inputs and record its outputs (one session)."""
     sess = open_session(model)
-    inputs = measurement_inputs(sess, calib, seed, noise)
+    inputs = measurement_inputs(sess, calib, seed, noise, kinds=kinds)
     names = tensor_outputs(sess)
     return Measurement(inputs, Reference(names, list(run_batches(sess, names, inputs.batches))))
 
@@ -118,14 +123,15 @@ def _first_line(exc: Exception) -> str:
     return text[0][:200] if text else type(exc).__name__
 
 
-def try_measure_dense(model, calib, seed: int, noise: str, required: bool) -> tuple[Optional[Measurement], list[str]]:
+def try_measure_dense(model, calib, seed: int, noise: str, required: bool,
+                      kinds=None) -> tuple[Optional[Measurement], list[str]]:
     """:func:`measure_dense`, or no measurement and a warning when onnxruntime cannot run the dense model.
 
     The compiler accepts models onnxruntime refuses (an IR version from the future, an op it lacks);
     fidelity is then not measured, said in one warning.  *required* (``--max-error``) makes it an error.
     """
     try:
-        return measure_dense(model, calib, seed, noise), []
+        return measure_dense(model, calib, seed, noise, kinds), []
     except Exception as exc:  # noqa: BLE001 - any runtime refusal of the input model
         if required:
             raise UsageError(f"--max-error needs the dense model to run in onnxruntime: {_first_line(exc)}") from None

@@ -173,6 +173,7 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
 def _batches(sess, source: str, calib, samples: int, batch: int, seed: int,
              noise: str, graph: Optional[gs.Graph] = None) -> Iterator[dict[str, np.ndarray]]:
     """Feeds of the calibration inputs, or data-free feeds shaped like the graph's real inputs."""
+    from ..inputspec import current
     from .input_kinds import input_kinds, sequence_dims
     from .noise import noise_inputs
 
@@ -186,7 +187,9 @@ def _batches(sess, source: str, calib, samples: int, batch: int, seed: int,
     kinds = input_kinds(graph) if graph is not None else None
     while done < samples:
         n = min(batch, samples - done)
-        dims = sequence_dims(graph, max(n, 2)) if graph is not None else None
+        # the active input spec (inputspec.py) owns the dims where there is one: it chose dims the dense
+        # model runs at (spatial sides that divide by 32, ...); sequence_dims is the fallback without it
+        dims = sequence_dims(graph, max(n, 2)) if graph is not None and current() is None else None
         yield noise_inputs(sess, batch=max(n, 2), seed=seed + done, kind=noise, kinds=kinds, dims=dims)
         done += n
 
