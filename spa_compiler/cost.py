@@ -13,11 +13,11 @@ from typing import Callable, Mapping, Optional, Sequence
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .ir import static_shape
+from .analysis.rules import rule_for
+from .ir import dims_product, static_shape
 
 # gate blocks per hidden unit of the recurrent ops
 RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1, "DynamicQuantizeLSTM": 4}
-COUNTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "MatMulInteger", *RECURRENT_GATES)
 # constants that count as parameters: float weights and int8/uint8 quantized weights (not int64 shapes)
 WEIGHT_KINDS = (np.floating, np.int8, np.uint8)
 
@@ -30,10 +30,6 @@ class LayerCost:
     op: str
     params: int
     macs: int
-
-
-def _prod(dims) -> int:
-    return int(np.prod([d if d is not None else 1 for d in dims], dtype=np.int64))
 
 
 def _shape(tensor: gs.Tensor, shapes: Optional[Concrete]) -> Optional[list[Optional[int]]]:
@@ -52,27 +48,14 @@ def concrete(graph: gs.Graph, shapes: Optional[Concrete] = None) -> Concrete:
 
 
 def node_macs(node: gs.Node, shapes: Optional[Concrete] = None) -> int:
-    """MACs of one node (0 for ops the model does not count), at *shapes* where they name its tensors."""
-    if node.op not in COUNTED_OPS:
-        return 0
+    """MACs of one node (0 for ops the model does not count), at *shapes* where they name its tensors.
+
+    Linear layers count through their rule (:meth:`~spa_compiler.analysis.rules.linear.Weighted.macs`).
+    """
     if node.op in RECURRENT_GATES:
         return sum(recurrent_macs(node, shapes))
-    out = _shape(node.outputs[0], shapes)
-    x = _shape(node.inputs[0], shapes)
-    w = node.inputs[1].shape if len(node.inputs) > 1 and node.inputs[1].shape is not None else None
-    if out is None or w is None:
-        return 0
-    w = [d if isinstance(d, (int, np.integer)) else 1 for d in w]
-    if node.op == "Conv":
-        return _prod(out[:1]) * _prod(out[1:]) * _prod(w[1:])
-    if node.op == "ConvTranspose":
-        return 0 if x is None else _prod(x) * _prod(w[1:])
-    if node.op == "Gemm":
-        k = x[0] if node.attrs.get("transA", 0) and x else (x[-1] if x else 1)
-        return _prod(out) * (k or 1)
-    if node.op in ("MatMul", "MatMulInteger"):
-        return 0 if x is None else _prod(out) * (x[-1] or 1)
-    return 0
+    rule = rule_for(node)
+    return 0 if rule is None else rule.macs(node, lambda tensor: _shape(tensor, shapes))
 
 
 def recurrent_macs(node: gs.Node, shapes: Optional[Concrete] = None) -> tuple[int, int]:
@@ -82,7 +65,7 @@ def recurrent_macs(node: gs.Node, shapes: Optional[Concrete] = None) -> tuple[in
     hidden = int(node.attrs.get("hidden_size", 0))
     if x is None or w is None or not hidden:
         return 0, 0
-    steps = _prod(x[:-1]) * int(w[0])  # time steps x batch rows x directions
+    steps = dims_product(x[:-1]) * int(w[0])  # time steps x batch rows x directions
     gates = RECURRENT_GATES[node.op] * hidden
     return steps * gates * (x[-1] or 1), steps * gates * hidden
 
@@ -123,18 +106,10 @@ def estimate_macs(graph: gs.Graph, fraction: Callable[[str, int], Optional[float
         macs = node_macs(node, shapes)
         if not macs:
             continue
-        out, x = node.outputs[0], node.inputs[0]
         if node.op in RECURRENT_GATES:
             total += _recurrent_estimate(node, fraction, shapes)
             continue
-        if node.op in ("Conv", "ConvTranspose", "Gemm"):
-            f_out = fraction(out.name, 1)
-            f_in = fraction(x.name, 1) if int(node.attrs.get("group", 1)) == 1 else None
-        else:  # MatMul: every output axis may shrink (heads are a batch axis of attention's products)
-            rank = len(out.shape or [])
-            kept = [fraction(out.name, axis) for axis in range(rank)]
-            f_out = float(np.prod([1.0 if f is None else f for f in kept]))
-            f_in = fraction(x.name, len(x.shape or [None]) - 1)
+        f_out, f_in = rule_for(node).kept_fractions(node, fraction)
         total += macs * (1.0 if f_out is None else f_out) * (1.0 if f_in is None else f_in)
     return int(total)
 

@@ -176,7 +176,17 @@ def static_shape(tensor: gs.Tensor) -> Optional[list[Optional[int]]]:
     shape = tensor.shape
     if shape is None:
         return None
-    return [d if isinstance(d, (int, np.integer)) and d >= 0 else None for d in shape]
+    return static_dims(shape)
+
+
+def dims_product(dims) -> int:
+    """Product of *dims*, unknown (None) dims counted as 1."""
+    return int(np.prod([d if d is not None else 1 for d in dims], dtype=np.int64))
+
+
+def static_dims(shape) -> list[Optional[int]]:
+    """A shape (list of dims) with symbolic or unknown dims as None; an unknown shape gives []."""
+    return [d if isinstance(d, (int, np.integer)) and d >= 0 else None for d in (shape or [])]
 
 
 def node_label(node: gs.Node) -> str:

@@ -17,6 +17,7 @@ import onnx_graphsurgeon as gs
 
 from . import registry
 from .analysis import DependencyAnalysis, analyze
+from .analysis.rules import rule_for
 from .cost import estimate_macs, totals
 from .criterion import Criterion
 from .errors import CompileError, ModelLoadError, NothingToPruneError, SpacError, UsageError
@@ -170,7 +171,12 @@ def consumer_nodes(compiled: Compiled) -> list[gs.Node]:
 
     nodes = {n.name: n for n in compiled.graph.nodes}
     wanted = {p.node for g in compiled.analysis.prunable_groups for p in g.params_by_role(CONSUMER)}
-    return [nodes[name] for name in sorted(wanted) if name in nodes and nodes[name].op in ("Conv", "Gemm", "MatMul")]
+    return [nodes[name] for name in sorted(wanted) if name in nodes and _is_consumer_layer(nodes[name])]
+
+
+def _is_consumer_layer(node: gs.Node) -> bool:
+    rule = rule_for(node)
+    return rule is not None and rule.is_consumer_layer(node)
 
 
 def choose_hessian_source(compiled: Compiled, requested: Optional[str], calib) -> tuple[str, str]:

@@ -20,6 +20,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..analysis import ParamSlice
+from ..analysis.rules import rule_for
 
 DEFAULT_DAMPING = 0.01
 
@@ -122,13 +123,13 @@ class ConsumerLayer:
     @classmethod
     def of(cls, node: gs.Node, param: ParamSlice, values: np.ndarray) -> Optional["ConsumerLayer"]:
         values = np.asarray(values, dtype=np.float64)
-        if node.op == "Conv" and param.axis == 1 and int(node.attrs.get("group", 1)) == 1:
-            return cls(node, param, values.shape, values.reshape(values.shape[0], -1),
-                       int(np.prod(values.shape[2:])))
-        if node.op in ("Gemm", "MatMul") and values.ndim == 2:
-            w = values if param.axis == 1 else values.T
-            return cls(node, param, values.shape, np.array(w), 1)
-        return None
+        rule = rule_for(node)
+        view = rule.weight_matrix(node, param.axis, values) if rule is not None and rule.is_consumer_layer(node) \
+            else None
+        if view is None:
+            return None
+        w, cols_per_position = view
+        return cls(node, param, values.shape, w, cols_per_position)
 
     def columns(self, positions: np.ndarray) -> np.ndarray:
         """Weight columns of the given positions of the consumer's input space."""
@@ -137,9 +138,7 @@ class ConsumerLayer:
 
     def weight_values(self, w: np.ndarray) -> np.ndarray:
         """A (out x features) matrix back in the initializer's layout."""
-        if self.node.op == "Conv":
-            return w.reshape(self.shape)
-        return w if self.param.axis == 1 else w.T
+        return rule_for(self.node).weight_values(self.node, self.param, w, self.shape)
 
     def energy(self, h: np.ndarray) -> float:
         """tr(W H W^T): the layer's output energy, so costs compare across layers."""

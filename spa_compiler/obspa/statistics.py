@@ -24,8 +24,9 @@ from typing import Iterator, Optional
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ..analysis.rules import rule_for
 from ..errors import UsageError
-from ..ir import const_values, to_model
+from ..ir import to_model
 from ..progress import step
 
 SOURCES = ("bnstat", "bn", "weights", "synthetic", "calib", "identity")
@@ -58,48 +59,14 @@ class LayerStats:
 
 
 def feature_rows(node: gs.Node, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The rows a layer multiplies by its weight: im2col patches for Conv, last-axis vectors otherwise."""
-    if node.op == "Conv":
-        rows = _im2col(node, x)
-    elif node.op == "Gemm":
-        rows = x.T if node.attrs.get("transA", 0) else x
-    elif node.op == "MatMul":
-        rows = x.reshape(-1, x.shape[-1])
-    else:
+    """The rows a layer multiplies by its weight (its rule's layout: im2col patches for Conv), subsampled."""
+    rule = rule_for(node)
+    if rule is None or not rule.is_consumer_layer(node):
         raise ValueError(f"no feature rows for {node.op}")
+    rows = rule.feature_rows(node, x)
     if len(rows) > MAX_ROWS_PER_BATCH:
         rows = rows[rng.choice(len(rows), MAX_ROWS_PER_BATCH, replace=False)]
     return rows
-
-
-def _im2col(node: gs.Node, x: np.ndarray) -> np.ndarray:
-    """Patches of a 2-D (or 1-D) Conv input as rows of ``C * kh * kw`` features, channel-major."""
-    w = const_values(node.inputs[1])
-    kernel = list(w.shape[2:])
-    if x.ndim == 3:
-        x, kernel = x[:, :, None, :], [1] + kernel
-    if x.ndim != 4:
-        raise ValueError("only 1-D and 2-D convolutions")
-    strides = list(node.attrs.get("strides", [1] * len(w.shape[2:])))
-    dilations = list(node.attrs.get("dilations", [1] * len(w.shape[2:])))
-    pads = list(node.attrs.get("pads", [0] * 2 * len(w.shape[2:])))
-    if len(strides) == 1:
-        strides, dilations, pads = [1] + strides, [1] + dilations, [0, pads[0], 0, pads[1]]
-    if node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET", "VALID", b"VALID"):
-        total = [(k - 1) * d for k, d in zip(kernel, dilations)]
-        pads = [t // 2 for t in total] + [t - t // 2 for t in total]
-    x = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    n, c, height, width = x.shape
-    kh, kw = kernel
-    dh, dw = dilations
-    out_h = (height - (kh - 1) * dh - 1) // strides[0] + 1
-    out_w = (width - (kw - 1) * dw - 1) // strides[1] + 1
-    cols = np.empty((n, c, kh, kw, out_h, out_w), dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, :, i, j] = x[:, :, i * dh: i * dh + strides[0] * out_h: strides[0],
-                                 j * dw: j * dw + strides[1] * out_w: strides[1]]
-    return cols.transpose(0, 4, 5, 1, 2, 3).reshape(n * out_h * out_w, c * kh * kw)
 
 
 def batch_stat_graph(graph: gs.Graph, opset: int) -> gs.Graph:
@@ -234,14 +201,15 @@ def closed_form(graph: gs.Graph, consumers: list[gs.Node], correlated: bool) -> 
     propagator = MomentPropagator(graph, correlated)
     stats = {}
     for node in consumers:
-        if node.op == "Gemm" and node.attrs.get("transA", 0):
+        rule = rule_for(node)
+        if rule is None or not rule.is_consumer_layer(node) or not isinstance(node.inputs[1], gs.Constant):
             continue
-        if node.op not in ("Conv", "Gemm") or not isinstance(node.inputs[1], gs.Constant):
+        k = rule.columns_per_channel(node)
+        if k is None:
             continue  # MatMul reads token tensors, whose moments the per-channel model does not describe
         moments = propagator.of(node.inputs[0])
         if moments is None:
             continue
-        k = int(np.prod(const_values(node.inputs[1]).shape[2:])) if node.op == "Conv" else 1
         h, mean = consumer_second_moment(moments, k)
         stats[node.name] = LayerStats(h, mean, np.sqrt(np.diag(h)), EFFECTIVE_ROWS)
     return stats

@@ -1,6 +1,7 @@
 """Rule base class and the helpers every rule uses."""
 from __future__ import annotations
 
+from typing import Callable, Optional
 
 import onnx_graphsurgeon as gs
 
@@ -9,6 +10,7 @@ from ..effects import NEUTRAL, Effect, ParamSlice, Space, Tie, frozen
 from ..maps import identity
 
 Port = tuple[str, int]  # ("in", i) or ("out", i)
+ShapeOf = Callable[[gs.Tensor], Optional[list[Optional[int]]]]  # a tensor's dims (None: unknown) or None
 
 
 def space_of(tensor: gs.Tensor, axis: int) -> Space:
@@ -42,6 +44,16 @@ class Rule:
 
     def rewrite(self, node: gs.Node, rx: RewriteContext) -> None:
         """Fix attributes and shape constants after the node's spaces shrank."""
+
+    def is_consumer_layer(self, node: gs.Node) -> bool:
+        """Whether OBSPA compensates the node: a weight matrix over feature rows it can read (Conv, Gemm,
+        MatMul; see :class:`~spa_compiler.analysis.rules.linear.Compensable`)."""
+        return False
+
+    def macs(self, node: gs.Node, shape_of: ShapeOf) -> int:
+        """Multiply-accumulates of one node, with *shape_of* giving its tensors' dims: 0 when the cost model
+        does not count the op."""
+        return 0
 
 
 class Neutral(Rule):

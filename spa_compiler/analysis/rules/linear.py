@@ -1,18 +1,72 @@
-"""Boundary rules: Conv, ConvTranspose, Gemm, MatMul consume one channel space and produce another."""
+"""Boundary rules: Conv, ConvTranspose, Gemm, MatMul consume one channel space and produce another.
+
+Their rules also hold each op's layer layout, which the cost model and OBSPA ask for instead of
+branching on op names: MACs and the kept fraction of them after pruning; for the layers OBSPA
+compensates, the weight as an (out x features) matrix and the feature rows it multiplies (im2col).
+"""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
+import onnx_graphsurgeon as gs
 
-from ...ir import attr, const_shape, input_at
+from ...ir import attr, const_shape, const_values, dims_product, input_at, static_dims
 from ..effects import CONSUMER, PRODUCER, Effect, Tie, frozen
 from ..maps import group_blocks, identity
-from .base import Rule, param, space_of
-from .reshape import static
+from .base import Rule, ShapeOf, param, space_of
+
+Fraction = Callable[[str, int], Optional[float]]  # kept fraction of a (tensor, axis) space; None = untouched
 
 
-class Conv(Rule):
+class Weighted(Rule):
+    """A layer that multiplies its input by a weight (input 1): the cost model counts its MACs."""
+
+    def macs(self, node: gs.Node, shape_of: ShapeOf) -> int:
+        out = shape_of(node.outputs[0])
+        x = shape_of(node.inputs[0])
+        w = node.inputs[1].shape if len(node.inputs) > 1 and node.inputs[1].shape is not None else None
+        if out is None or w is None:
+            return 0
+        w = [d if isinstance(d, (int, np.integer)) else 1 for d in w]
+        return self.layer_macs(node, out, x, w)
+
+    def layer_macs(self, node: gs.Node, out: list, x: Optional[list], w: list) -> int:
+        """MACs from the output dims, input dims (None: unknown) and weight dims (unknown ones as 1)."""
+        raise NotImplementedError
+
+    def kept_fractions(self, node: gs.Node, fraction: Fraction) -> tuple[Optional[float], Optional[float]]:
+        """(output, input) fractions the layer keeps after pruning (None = untouched): channels on axis 1."""
+        f_out = fraction(node.outputs[0].name, 1)
+        f_in = fraction(node.inputs[0].name, 1) if int(node.attrs.get("group", 1)) == 1 else None
+        return f_out, f_in
+
+
+class Compensable(Weighted):
+    """A layer OBSPA compensates: its weight seen as an (out x features) matrix over feature rows."""
+
+    def is_consumer_layer(self, node: gs.Node) -> bool:
+        return True
+
+    def feature_rows(self, node: gs.Node, x: np.ndarray) -> np.ndarray:
+        """The rows the layer multiplies by its weight, from its input activation *x*."""
+        raise NotImplementedError
+
+    def columns_per_channel(self, node: gs.Node) -> Optional[int]:
+        """Weight columns per input channel where the closed-form moments describe the input, else None."""
+        return None
+
+    def weight_matrix(self, node: gs.Node, axis: int, values: np.ndarray) -> Optional[tuple[np.ndarray, int]]:
+        """(the weight *values* as an (out x features) matrix, columns per input position), reading the
+        input space on weight axis *axis*; None when the layout has no such view."""
+        return None
+
+    def weight_values(self, node: gs.Node, param, w: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """An (out x features) matrix back in the initializer's layout (*shape*); *param* the consumer slice."""
+        return w if param.axis == 1 else w.T
+
+
+class Conv(Compensable):
     """Conv: a boundary for group == 1; grouped/depthwise convs tie input and output group-wise."""
 
     WEIGHT, BIAS = 1, 2  # input positions (QLinearConv keeps them elsewhere; ConvInteger has no bias)
@@ -57,11 +111,28 @@ class Conv(Rule):
         kept = rx.kept(node.outputs[0], 1)
         if kept is None:
             return
-        out_per_group = static(node.outputs[0].shape)[1] // groups  # shapes are still the old ones
+        out_per_group = static_dims(node.outputs[0].shape)[1] // groups  # shapes are still the old ones
         node.attrs["group"] = int(len(kept) // out_per_group)
 
+    def layer_macs(self, node, out, x, w):
+        return dims_product(out[:1]) * dims_product(out[1:]) * dims_product(w[1:])
 
-class ConvTranspose(Rule):
+    def feature_rows(self, node, x):
+        return _im2col(node, x)
+
+    def columns_per_channel(self, node):
+        return int(np.prod(const_values(node.inputs[1]).shape[2:]))
+
+    def weight_matrix(self, node, axis, values):
+        if axis == 1 and int(node.attrs.get("group", 1)) == 1:
+            return values.reshape(values.shape[0], -1), int(np.prod(values.shape[2:]))
+        return None
+
+    def weight_values(self, node, param, w, shape):
+        return w.reshape(shape)
+
+
+class ConvTranspose(Weighted):
     """ConvTranspose (group 1): weight is [C_in, C_out, k...], so the axes swap roles."""
 
     def seeds(self, node, cx):
@@ -88,8 +159,11 @@ class ConvTranspose(Rule):
             params.append(param(node, 2, 0, PRODUCER, out_space))
         return Effect(params=params)
 
+    def layer_macs(self, node, out, x, w):
+        return 0 if x is None else dims_product(x) * dims_product(w[1:])
 
-class Gemm(Rule):
+
+class Gemm(Compensable):
     """Gemm with a constant B: a boundary between A's features and the output features."""
 
     WEIGHT, BIAS = 1, 2  # input positions of B and C (QGemm keeps them elsewhere)
@@ -127,8 +201,21 @@ class Gemm(Rule):
                 return frozen(f"{node.name} ({node.op}) C varies along rows")
         return Effect(params=params)
 
+    def layer_macs(self, node, out, x, w):
+        k = x[0] if node.attrs.get("transA", 0) and x else (x[-1] if x else 1)
+        return dims_product(out) * (k or 1)
 
-class MatMul(Rule):
+    def feature_rows(self, node, x):
+        return x.T if node.attrs.get("transA", 0) else x
+
+    def columns_per_channel(self, node):
+        return None if node.attrs.get("transA", 0) else 1
+
+    def weight_matrix(self, node, axis, values):
+        return _matrix_of(axis, values)
+
+
+class MatMul(Compensable):
     """MatMul: a boundary when one operand is a 2-D constant, a set of axis ties when both are activations.
 
     With a weight W on the right (``x @ W``) the last axis is the boundary; with
@@ -138,6 +225,24 @@ class MatMul(Rule):
     output columns, and the contracted axes of both operands tie together
     (inexactly: removing them changes the sum).
     """
+
+    def layer_macs(self, node, out, x, w):
+        return 0 if x is None else dims_product(out) * (x[-1] or 1)
+
+    def feature_rows(self, node, x):
+        return x.reshape(-1, x.shape[-1])
+
+    def weight_matrix(self, node, axis, values):
+        return _matrix_of(axis, values)
+
+    def kept_fractions(self, node, fraction):
+        """Every output axis may shrink (heads are a batch axis of attention's products); input: the last."""
+        out, x = node.outputs[0], node.inputs[0]
+        rank = len(out.shape or [])
+        kept = [fraction(out.name, axis) for axis in range(rank)]
+        f_out = float(np.prod([1.0 if f is None else f for f in kept]))
+        f_in = fraction(x.name, len(x.shape or [None]) - 1)
+        return f_out, f_in
 
     def _weights(self, node):
         wa, wb = const_shape(node.inputs[0]), const_shape(node.inputs[1])
@@ -219,3 +324,40 @@ class MatMul(Rule):
         if cls == "K":
             effect.inexact = f"{node.name} ({node.op}) contracts over this axis (removing entries changes the sum)"
         return effect
+
+
+def _matrix_of(axis: int, values: np.ndarray) -> Optional[tuple[np.ndarray, int]]:
+    """A 2-D weight (Gemm's B, MatMul's W) as (out x in): transposed when the input space is its axis 0."""
+    if values.ndim != 2:
+        return None
+    return np.array(values if axis == 1 else values.T), 1
+
+
+def _im2col(node: gs.Node, x: np.ndarray) -> np.ndarray:
+    """Patches of a 2-D (or 1-D) Conv input as rows of ``C * kh * kw`` features, channel-major."""
+    w = const_values(node.inputs[1])
+    kernel = list(w.shape[2:])
+    if x.ndim == 3:
+        x, kernel = x[:, :, None, :], [1] + kernel
+    if x.ndim != 4:
+        raise ValueError("only 1-D and 2-D convolutions")
+    strides = list(node.attrs.get("strides", [1] * len(w.shape[2:])))
+    dilations = list(node.attrs.get("dilations", [1] * len(w.shape[2:])))
+    pads = list(node.attrs.get("pads", [0] * 2 * len(w.shape[2:])))
+    if len(strides) == 1:
+        strides, dilations, pads = [1] + strides, [1] + dilations, [0, pads[0], 0, pads[1]]
+    if node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET", "VALID", b"VALID"):
+        total = [(k - 1) * d for k, d in zip(kernel, dilations)]
+        pads = [t // 2 for t in total] + [t - t // 2 for t in total]
+    x = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    n, c, height, width = x.shape
+    kh, kw = kernel
+    dh, dw = dilations
+    out_h = (height - (kh - 1) * dh - 1) // strides[0] + 1
+    out_w = (width - (kw - 1) * dw - 1) // strides[1] + 1
+    cols = np.empty((n, c, kh, kw, out_h, out_w), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, i, j] = x[:, :, i * dh: i * dh + strides[0] * out_h: strides[0],
+                                 j * dw: j * dw + strides[1] * out_w: strides[1]]
+    return cols.transpose(0, 4, 5, 1, 2, 3).reshape(n * out_h * out_w, c * kh * kw)

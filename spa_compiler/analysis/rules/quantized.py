@@ -107,6 +107,8 @@ class DynamicQuantizeLinear(Rule):
 class MatMulInteger(MatMul):
     """``(A - a_zero_point) @ (B - b_zero_point)`` with a constant 2-D ``B``: a boundary like MatMul."""
 
+    is_consumer_layer = Rule.is_consumer_layer  # OBSPA leaves it alone
+
     def seeds(self, node, cx):
         return super().seeds(node, cx) if self._supported(node) is None else []
 
@@ -138,6 +140,9 @@ class QLinearConv(Conv):
     """QLinearConv (x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, B): a Conv between fixed-scale
     quantized tensors (exact); per-channel w_scale and w_zero_point go with the output channels."""
 
+    macs = Rule.macs  # the cost model does not count it
+    is_consumer_layer = Rule.is_consumer_layer  # OBSPA leaves it alone
+
     WEIGHT, BIAS = 3, 8
 
     def analyze(self, node, port, axis, cx):
@@ -151,6 +156,9 @@ class QLinearConv(Conv):
 class ConvInteger(Conv):
     """ConvInteger (x, w, x_zero_point, w_zero_point): Conv on integers, after a DynamicQuantizeLinear;
     a per-channel w_zero_point goes with the output channels."""
+
+    macs = Rule.macs  # the cost model does not count it
+    is_consumer_layer = Rule.is_consumer_layer  # OBSPA leaves it alone
 
     WEIGHT, BIAS = 1, None
 
@@ -167,6 +175,9 @@ class ConvInteger(Conv):
 
 class QLinearMatMul(MatMul):
     """QLinearMatMul (a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp) with a constant 2-D b."""
+
+    macs = Rule.macs  # the cost model does not count it
+    is_consumer_layer = Rule.is_consumer_layer  # OBSPA leaves it alone
 
     def _b(self, node):
         shape = const_shape(input_at(node, 3))
@@ -187,6 +198,9 @@ class QLinearMatMul(MatMul):
 
 class QGemm(Gemm):
     """onnxruntime's QGemm (A, a_scale, a_zp, B, b_scale, b_zp, C, y_scale, y_zp): Gemm with fixed scales."""
+
+    macs = Rule.macs  # the cost model does not count it
+    is_consumer_layer = Rule.is_consumer_layer  # OBSPA leaves it alone
 
     WEIGHT, BIAS = 3, 6
 

@@ -15,11 +15,13 @@ from typing import Optional, Union
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ...ir import const_values
+from ...ir import const_values, static_dims
 from ..context import RewriteContext
 from ..effects import Effect, Tie, frozen
 from ..maps import Block, identity
 from .base import Rule, space_of
+from .shape_operand import concat_pieces, write_shape
+from .shuffle import ChannelShuffle
 
 Dim = Union[int, str, None]
 
@@ -227,8 +229,6 @@ class Reshape(Rule):
     """Reshape/Flatten; the ShuffleNet Reshape-Transpose-Reshape is recognised as a whole."""
 
     def analyze(self, node, port, axis, cx):
-        from .shuffle import ChannelShuffle
-
         shuffle = ChannelShuffle.match(node, cx)
         if shuffle is not None:
             return shuffle.analyze(node, port, axis, cx)
@@ -279,8 +279,6 @@ class Reshape(Rule):
         return Effect(ties=[Tie(space_of(y, out_axis), space_of(x, in_axis), imap)])
 
     def rewrite(self, node, rx):
-        from .shuffle import ChannelShuffle
-
         shuffle = rx.facts.get("shuffle", {}).get(node.name)
         if shuffle is not None:
             ChannelShuffle.rewrite_reshape(node, rx, shuffle)
@@ -296,9 +294,9 @@ class Reshape(Rule):
         if unfold is not None:
             kept = rx.kept(node.inputs[0], unfold[0])
             if kept is not None:
-                new_out = list(static(out_shape))
+                new_out = list(static_dims(out_shape))
                 new_out[unfold[1]] = len(kept)
-                write_shape(node, rx, new_out, static(out_shape))
+                write_shape(node, rx, new_out, static_dims(out_shape))
             return
         in_shape, out_shape, runs = factorization(in_shape, out_shape)
         if runs is None:
@@ -315,7 +313,7 @@ class Reshape(Rule):
                 others = _int_prod([out_shape[a] for a in outs if a != o])
                 new_out[o] = None if others is None or new_in[0] is None else int(new_in[0] // others)
         if new_out != out_shape:
-            write_shape(node, rx, static(new_out), static(out_shape))
+            write_shape(node, rx, static_dims(new_out), static_dims(out_shape))
 
 
 def _fold_heads_into_batch(node, ins, outs, in_shape, out_shape, port, axis, cx) -> Effect:
@@ -343,43 +341,9 @@ def _fold_heads_into_batch(node, ins, outs, in_shape, out_shape, port, axis, cx)
     return Effect(ties=[Tie(space_of(node.outputs[0], f), space_of(node.inputs[0], e), imap)])
 
 
-def _shape_source(tensor: gs.Tensor, depth: int = 4) -> Optional[gs.Node]:
-    """The node that assembles a shape operand, looking through exporters' wrappers.
-
-    TorchScript writes ``expand`` shapes as ``Where(Equal(s, -1), ones, Reshape(Concat(...)))``;
-    the literal entries live in that Concat.
-    """
-    node = tensor.inputs[0] if tensor.inputs else None
-    while node is not None and depth > 0:
-        if node.op in ("Reshape", "Cast", "Identity"):
-            src = node.inputs[0]
-        elif node.op == "Where":
-            data = [t for t in node.inputs[1:] if const_values(t) is None]
-            if len(data) != 1:
-                return node
-            src = data[0]
-        else:
-            return node
-        node = src.inputs[0] if src.inputs else None
-        depth -= 1
-    return node
-
-
-def _concat_pieces(shape_tensor: gs.Tensor):
-    """(concat node, [(input index, piece, first position)]) of a shape built by a Concat, else (None, [])."""
-    producer = _shape_source(shape_tensor)
-    if producer is None or producer.op != "Concat":
-        return None, []
-    pieces, offset = [], 0
-    for i, piece in enumerate(producer.inputs):
-        pieces.append((i, piece, offset))
-        offset += int(np.prod(piece.shape)) if piece.shape is not None and None not in static(piece.shape) else 1
-    return producer, pieces
-
-
 def rewrite_folded_factor(node: gs.Node, rx: RewriteContext, axis: int, old: int, new: int) -> None:
     """Rewrite the head count inside a run-time shape entry such as ``Unsqueeze(Mul(batch, H))``."""
-    _, pieces = _concat_pieces(node.inputs[1])
+    _, pieces = concat_pieces(node.inputs[1])
     for _, piece, offset in reversed(pieces):
         if offset <= axis:
             _replace_factor(piece, rx, old, new, depth=4)
@@ -398,46 +362,3 @@ def _replace_factor(tensor: gs.Tensor, rx: RewriteContext, old: int, new: int, d
                 return
     if node.op in ("Unsqueeze", "Cast", "Mul", "Reshape"):
         _replace_factor(node.inputs[0], rx, old, new, depth - 1)
-
-
-def static(shape) -> list:
-    """Shape with symbolic or unknown dims as None."""
-    return [d if isinstance(d, (int, np.integer)) and d >= 0 else None for d in (shape or [])]
-
-
-def write_shape(node: gs.Node, rx: RewriteContext, new_out: list, old_out: list, index: int = 1) -> None:
-    """Update the literal entries of a shape operand (Reshape, Expand) that held old channel counts.
-
-    Entries 0 and -1 adapt by themselves; a shape built at run time by a
-    ``Concat`` has its constant pieces rewritten in place (a fresh copy each).
-    """
-    if node.op == "Flatten":
-        return
-    shape_tensor = node.inputs[index]
-    values = const_values(shape_tensor)
-    if values is not None:
-        rx.replace_const(node, index, _updated(values, 0, new_out, old_out, force=True))
-        return
-    producer, pieces = _concat_pieces(shape_tensor)
-    for i, piece, offset in pieces:
-        piece_values = const_values(piece)
-        if piece_values is not None:
-            updated = _updated(piece_values, offset, new_out, old_out)
-            if updated is not None:
-                rx.replace_const(producer, i, updated)
-
-
-def _updated(values: np.ndarray, offset: int, new_out: list, old_out: list, force: bool = False):
-    """*values* (shape entries ``offset...``) with every entry that held an old dim set to the new one.
-
-    Returns None when nothing changed (unless *force*); entries 0 and -1 are left alone.
-    """
-    flat = np.atleast_1d(values).astype(np.int64).copy()
-    touched = False
-    for k in range(len(flat)):
-        pos = offset + k
-        if pos < len(new_out) and new_out[pos] is not None and new_out[pos] != old_out[pos] \
-                and flat[k] == old_out[pos]:
-            flat[k] = new_out[pos]
-            touched = True
-    return flat.reshape(np.shape(values)) if touched or force else None

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ...ir import attr, const_shape, const_values, input_at, int_list, normalize_axes
+from ...ir import attr, const_shape, const_values, input_at, int_list, normalize_axes, static_dims
 from ..effects import NEUTRAL, PRODUCER, Effect, Tie, frozen
 from ..maps import Affine, identity
 from .base import Rule, axis_tie, param, space_of
+from .shape_operand import write_shape
 
 
 class Transpose(Rule):
@@ -257,10 +258,8 @@ class Expand(Rule):
         return axis_tie(node, in_axis, out_axis, cx)
 
     def rewrite(self, node, rx):
-        from .reshape import static, write_shape
-
         x, y = node.inputs[0], node.outputs[0]
-        old = static(y.shape)
+        old = static_dims(y.shape)
         shift = len(old) - len(x.shape or [])
         new = [rx.new_dim(x, k - shift, d) if k >= shift else d for k, d in enumerate(old)]
         if new != old:

@@ -6,12 +6,12 @@ from typing import Optional
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ...ir import attr
+from ...ir import attr, static_dims
 from ..context import AnalysisContext
 from ..effects import Effect, Tie, frozen
 from ..maps import Explicit
 from .base import Rule, space_of
-from .reshape import static, write_shape
+from .shape_operand import write_shape
 
 
 class ChannelShuffle(Rule):
@@ -102,11 +102,11 @@ class ChannelShuffle(Rule):
             return
         new_c = len(kept)
         if role == "head":
-            old = static(node.outputs[0].shape)
+            old = static_dims(node.outputs[0].shape)
             new = list(old)
             new[shuffle.axis + 1] = new_c // shuffle.groups
         else:
-            old = static(node.outputs[0].shape)
+            old = static_dims(node.outputs[0].shape)
             new = list(old)
             new[shuffle.axis] = new_c
         write_shape(node, rx, new, old)
