@@ -11,12 +11,29 @@ from ..ir import const_values, static_shape
 
 
 @dataclass
+class AnalysisFacts:
+    """What rules learn while analysing and read back while rewriting, one typed field per kind of fact.
+
+    Each is keyed by node name (``periodic`` by symbolic dim name); a rule writes only its own fields.
+    """
+
+    opset: int = 0
+    shuffle: dict[str, tuple[str, Any]] = field(default_factory=dict)       # Reshape-Transpose-Reshape: (head|tail, match)
+    shuffle_match: dict[str, Any] = field(default_factory=dict)             # cache of shuffle matching by node
+    split_factor: dict[str, int] = field(default_factory=dict)              # reshape split: the output axis of the channel
+    periodic: dict[str, int] = field(default_factory=dict)                  # folded k*batch dim name -> k (heads)
+    fold: dict[str, tuple[int, int]] = field(default_factory=dict)          # heads folded into batch: (axis, heads)
+    unfold: dict[str, tuple[int, int]] = field(default_factory=dict)        # heads unfolded: (in axis, out axis)
+    slices: dict[str, dict[int, tuple[int, int]]] = field(default_factory=dict)  # Slice bounds per axis
+
+
+@dataclass
 class AnalysisContext:
     """Read-only view of the graph for rules, plus ``facts`` they leave for their own rewrite."""
 
     graph: gs.Graph
     opset: int
-    facts: dict[str, Any] = field(default_factory=dict)
+    facts: AnalysisFacts = field(default_factory=AnalysisFacts)
     prune_hidden: bool = False  # opt-in: tie channels through normalizations over them (inexact)
     head_dims: bool = False     # opt-in: split projections by head dimension instead of by head
 
@@ -45,7 +62,7 @@ class AnalysisContext:
             return None
         if shape[axis] is None:
             raw = tensor.shape[axis] if tensor.shape is not None else None
-            return self.facts.get("periodic", {}).get(raw) if isinstance(raw, str) else None
+            return self.facts.periodic.get(raw) if isinstance(raw, str) else None
         return shape[axis]
 
 
@@ -54,7 +71,7 @@ class RewriteContext:
     """Kept positions per changed space, and the edits a rule makes to constants and attributes."""
 
     graph: gs.Graph
-    facts: dict[str, Any]
+    facts: AnalysisFacts
     kept_of: Callable[[str, int], Optional[np.ndarray]]
     changed: list[str] = field(default_factory=list)
     _taken: set[str] = field(default_factory=set)

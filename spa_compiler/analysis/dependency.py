@@ -19,7 +19,7 @@ import onnx_graphsurgeon as gs
 
 from ..ir import node_label
 from .atoms import compute_atoms
-from .context import AnalysisContext
+from .context import AnalysisContext, AnalysisFacts
 from .effects import CONSUMER, PRODUCER, Effect, ParamSlice, Space, Tie
 from .rules import SUBGRAPH_OPS, rule_for
 from .rules.quantized import through_dequantize
@@ -67,7 +67,7 @@ class Group:
 class DependencyAnalysis:
     groups: list[Group]
     group_of: dict[Space, int]
-    facts: dict
+    facts: AnalysisFacts
 
     @property
     def prunable_groups(self) -> list[Group]:
@@ -94,7 +94,7 @@ def analyze(graph: gs.Graph, opset: int, prune_hidden: bool = False, head_dims: 
     With *head_dims*, attention projections are pruned by head dimension (the
     same dims in every head) instead of by whole heads.
     """
-    cx = AnalysisContext(graph=graph, opset=opset, facts={"opset": opset}, prune_hidden=prune_hidden,
+    cx = AnalysisContext(graph=graph, opset=opset, facts=AnalysisFacts(opset=opset), prune_hidden=prune_hidden,
                          head_dims=head_dims)
     tensors = graph.tensors()
     graph_inputs = {t.name for t in graph.inputs}

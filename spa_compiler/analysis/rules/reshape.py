@@ -155,7 +155,7 @@ def split_factor(node: gs.Node, outs: list[int], out_shape: list, cx) -> Optiona
     picks q, k and v out of the ``3`` axis: that factor is a selector, so the
     channel ties to the heads ``H`` instead (remembered for the rewrite).
     """
-    cache = cx.facts.setdefault("split_factor", {})
+    cache = cx.facts.split_factor
     if node.name in cache:
         return cache[node.name]
     choice = None
@@ -258,13 +258,13 @@ class Reshape(Rule):
             imap = identity(size) if outer == inner == 1 else Block(size, int(total), outer, inner)
             return Effect(ties=[Tie(space_of(x, in_axis), space_of(y, out_axis), imap)])
         in_axis = ins[0]
-        period = cx.facts.get("periodic", {}).get(in_shape[in_axis])
+        period = cx.facts.periodic.get(in_shape[in_axis])
         if period is not None:  # [k*batch] -> [batch, k]: the heads come back out of the batch
             out_axis = next((a for a in outs if out_shape[a] == period), None)
             if out_axis is None or (port[0] == "out" and axis != out_axis):
                 return frozen(f"{node.name} ({node.op}) unfolds a folded axis unexpectedly")
-            cx.facts.setdefault("split_factor", {})[node.name] = out_axis
-            cx.facts.setdefault("unfold", {})[node.name] = (in_axis, out_axis)
+            cx.facts.split_factor[node.name] = out_axis
+            cx.facts.unfold[node.name] = (in_axis, out_axis)
             return Effect(ties=[Tie(space_of(x, in_axis), space_of(y, out_axis), identity(period))])
         out_axis = split_factor(node, outs, out_shape, cx)
         if out_axis is None:
@@ -279,18 +279,18 @@ class Reshape(Rule):
         return Effect(ties=[Tie(space_of(y, out_axis), space_of(x, in_axis), imap)])
 
     def rewrite(self, node, rx):
-        shuffle = rx.facts.get("shuffle", {}).get(node.name)
+        shuffle = rx.facts.shuffle.get(node.name)
         if shuffle is not None:
             ChannelShuffle.rewrite_reshape(node, rx, shuffle)
             return
         in_shape, out_shape = list(node.inputs[0].shape or []), list(node.outputs[0].shape or [])
-        fold = rx.facts.get("fold", {}).get(node.name)
+        fold = rx.facts.fold.get(node.name)
         if fold is not None:
             kept = rx.kept(node.outputs[0], fold[0])
             if kept is not None:
                 rewrite_folded_factor(node, rx, fold[0], fold[1], len(kept))
             return
-        unfold = rx.facts.get("unfold", {}).get(node.name)
+        unfold = rx.facts.unfold.get(node.name)
         if unfold is not None:
             kept = rx.kept(node.inputs[0], unfold[0])
             if kept is not None:
@@ -309,7 +309,7 @@ class Reshape(Rule):
             if len(outs) == 1:
                 new_out[outs[0]] = _int_prod(new_in)
             else:
-                o = rx.facts.get("split_factor", {}).get(node.name, outermost(outs, out_shape))
+                o = rx.facts.split_factor.get(node.name, outermost(outs, out_shape))
                 others = _int_prod([out_shape[a] for a in outs if a != o])
                 new_out[o] = None if others is None or new_in[0] is None else int(new_in[0] // others)
         if new_out != out_shape:
@@ -335,8 +335,8 @@ def _fold_heads_into_batch(node, ins, outs, in_shape, out_shape, port, axis, cx)
         return blame
     if (port[0] == "in" and axis != e) or (port[0] == "out" and axis != f):
         return frozen(f"{node.name} ({node.op}) batch or head-dim axis of a head fold")
-    cx.facts.setdefault("periodic", {})[out_shape[f]] = heads
-    cx.facts.setdefault("fold", {})[node.name] = (f, heads)
+    cx.facts.periodic[out_shape[f]] = heads
+    cx.facts.fold[node.name] = (f, heads)
     imap = Block(heads, int(width), 1, int(head_dim))
     return Effect(ties=[Tie(space_of(node.outputs[0], f), space_of(node.inputs[0], e), imap)])
 

@@ -129,7 +129,7 @@ class Split(Rule):
             node.attrs["split"] = [int(s) for s in sizes]
         elif input_at(node, 1) is not None:
             rx.replace_const(node, 1, sizes)
-        elif rx.facts["opset"] >= 13:
+        elif rx.facts.opset >= 13:
             node.inputs.append(gs.Constant(rx.fresh_name(f"{node.name}_split"), sizes))
         else:
             node.attrs["split"] = [int(s) for s in sizes]
@@ -177,11 +177,11 @@ class Slice(Rule):
         if sliced and step != 1:
             return frozen(f"{node.name} ({node.op}) strided slice on axis {axis}")
         if sliced:
-            cx.facts.setdefault("slices", {}).setdefault(node.name, {})[axis] = (start, stop)
+            cx.facts.slices.setdefault(node.name, {})[axis] = (start, stop)
         return Effect(ties=[Tie(space_of(y, axis), space_of(x, axis), Affine(out, cx.dim(x, axis), start, 1))])
 
     def rewrite(self, node, rx):
-        for axis, (start, stop) in rx.facts.get("slices", {}).get(node.name, {}).items():
+        for axis, (start, stop) in rx.facts.slices.get(node.name, {}).items():
             kept = rx.kept(node.inputs[0], axis)
             if kept is None:
                 continue

@@ -29,14 +29,14 @@ class ChannelShuffle(Rule):
     def match(node: gs.Node, cx: AnalysisContext) -> Optional["ChannelShuffle"]:
         if node.op != "Reshape":
             return None
-        cached = cx.facts.setdefault("shuffle_match", {})
+        cached = cx.facts.shuffle_match
         if node.name in cached:
             return cached[node.name]
         found = ChannelShuffle._match_head(node, cx) or ChannelShuffle._match_tail(node, cx)
         if found is not None:
             cached[found.head.name] = cached[found.tail.name] = found
-            cx.facts.setdefault("shuffle", {})[found.head.name] = ("head", found)
-            cx.facts["shuffle"][found.tail.name] = ("tail", found)
+            cx.facts.shuffle[found.head.name] = ("head", found)
+            cx.facts.shuffle[found.tail.name] = ("tail", found)
         else:
             cached[node.name] = None
         return found
