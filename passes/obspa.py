@@ -32,7 +32,7 @@ class ObspaCriterion(Criterion):
     needs_statistics = True
     compensates = True
     prefers_global = True  # costs are normalized by each layer's output energy, so they rank across layers
-    global_normalize = "none"
+    global_score_scaling = "none"
 
     def score(self, ctx: ScoringContext, group: Group) -> np.ndarray:
         obs: ObsContext = ctx.obs

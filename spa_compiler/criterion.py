@@ -25,8 +25,8 @@ class Criterion:
     compensates: ClassVar[bool] = False
     #: scores compare across groups, so global ranking is the default (unless --local)
     prefers_global: ClassVar[bool] = False
-    #: per-group score normalization for global ranking (one of importance.NORMALIZATIONS); None: the plan's default
-    global_normalize: ClassVar[Optional[str]] = None
+    #: per-group score scaling for global ranking (one of importance.SCORE_SCALINGS); None: the plan's default
+    global_score_scaling: ClassVar[Optional[str]] = None
 
     def __init__(self, reduce: str = "sum"):
         self.reduce = reduce

@@ -16,7 +16,7 @@ import onnx_graphsurgeon as gs
 from .analysis import DependencyAnalysis, Group, ParamSlice
 
 REDUCTIONS = ("sum", "mean", "max")
-NORMALIZATIONS = ("none", "mean", "max", "sum")
+SCORE_SCALINGS = ("none", "mean", "max", "sum")
 
 
 @dataclass
@@ -65,7 +65,7 @@ def aggregate(group: Group, slice_scores: Iterable[tuple[ParamSlice, np.ndarray]
     raise ValueError(f"unknown reduction {reduce!r} (use one of {REDUCTIONS})")
 
 
-def normalize_scores(scores: np.ndarray, how: str) -> np.ndarray:
+def scale_scores(scores: np.ndarray, how: str) -> np.ndarray:
     """Per-group normalization so groups of different scale can be ranked together."""
     if how == "none":
         return scores

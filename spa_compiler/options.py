@@ -116,8 +116,8 @@ class PruneOptions:
 
     def plan_options(self, global_ranking: Optional[bool] = None) -> PlanOptions:
         """The planner's share of the options (constructing it checks their ranges)."""
-        normalize = self.contract.global_normalize
-        extra = {"normalize": normalize} if normalize else {}
+        scaling = self.contract.global_score_scaling
+        extra = {"score_scaling": scaling} if scaling else {}
         return PlanOptions(ratio=self.ratio, max_group_ratio=self.max_group_ratio, round_to=self.round_to,
                            exclude=self.exclude,
                            global_ranking=self.ranks_globally if global_ranking is None else global_ranking, **extra)

@@ -1,7 +1,7 @@
 """Planning: which atoms of which groups go, from scores and the user's targets.
 
 Local mode removes the same fraction of every group; global mode ranks the
-(normalized) atoms of all groups together, capped per group so no layer
+(scaled) atoms of all groups together, capped per group so no layer
 collapses.  ``round_to`` keeps channel counts hardware friendly; a MACs
 target searches the ratio that meets it with the analytic cost model.
 """
@@ -16,7 +16,7 @@ import numpy as np
 
 from .analysis import DependencyAnalysis, Group
 from .errors import UsageError
-from .importance import normalize_scores
+from .importance import scale_scores
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class PlanOptions:
     max_group_ratio: float = 0.9
     round_to: int = 1
     exclude: Sequence[str] = ()
-    normalize: str = "mean"
+    score_scaling: str = "mean"  # per-group score scaling before global ranking (importance.SCORE_SCALINGS)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -145,7 +145,7 @@ def _global_counts(groups: list[Group], scores: dict[int, np.ndarray], options: 
     """How many atoms each group loses when all atoms are ranked together."""
     pool_scores, pool_groups = [], []
     for group in groups:
-        pool_scores.append(normalize_scores(np.asarray(scores[group.id], dtype=np.float64), options.normalize))
+        pool_scores.append(scale_scores(np.asarray(scores[group.id], dtype=np.float64), options.score_scaling))
         pool_groups.append(np.full(group.n_atoms, group.id))
     flat_scores = np.concatenate(pool_scores)
     flat_groups = np.concatenate(pool_groups)

@@ -72,7 +72,7 @@ def test_options_are_frozen_and_resolve_the_criterion_contract_once():
     options = PruneOptions(criterion="obspa", exclude="conv1")
     assert options.exclude == ("conv1",)  # one pattern, not its characters
     assert options.ranks_globally and options.compensating and options.needs_statistics
-    assert options.plan_options().normalize == "none"  # obspa's declared global normalization
+    assert options.plan_options().score_scaling == "none"  # obspa's declared global score scaling
     local = PruneOptions(criterion="l2")
     assert not local.ranks_globally and not local.compensating and not local.needs_statistics
     assert PruneOptions(criterion="obspa", global_ranking=False, compensate=False).plan_options().global_ranking is False
