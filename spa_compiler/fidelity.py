@@ -94,13 +94,6 @@ def run_batches(sess, names: Sequence[str], batches: Iterable[dict[str, np.ndarr
         yield sess.run(list(names), {k: v for k, v in feeds.items() if k in inputs})
 
 
-def reference_outputs(model, inputs: MeasurementInputs) -> Reference:
-    """Run the dense *model* (path or ModelProto) once on the measurement inputs."""
-    sess = open_session(model)
-    names = tensor_outputs(sess)
-    return Reference(names, list(run_batches(sess, names, inputs.batches)))
-
-
 @dataclass
 class Measurement:
     """The measurement inputs with the dense model's outputs on them: what every fidelity check compares to."""

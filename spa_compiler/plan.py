@@ -16,7 +16,7 @@ import numpy as np
 
 from .analysis import DependencyAnalysis, Group
 from .errors import UsageError
-from .importance import scale_scores
+from .importance import SCORE_SCALINGS, scale_scores
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,8 @@ class PlanOptions:
             raise UsageError(f"--round-to must be >= 1, got {self.round_to}")
         if not 0.0 < self.max_group_ratio < 1.0:
             raise UsageError(f"max group ratio must be in (0, 1), got {self.max_group_ratio}")
+        if self.score_scaling not in SCORE_SCALINGS:
+            raise UsageError(f"unknown score scaling {self.score_scaling!r} (use one of {', '.join(SCORE_SCALINGS)})")
 
 
 @dataclass

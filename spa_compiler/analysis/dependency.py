@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Optional
 
 import networkx as nx
 import numpy as np
@@ -249,16 +248,3 @@ def _check_consistency(group: Group) -> None:
         # (an inexact group may end in a contraction, such as Q.K^T over head dims)
         group.frozen.append("no consumer layer reads these channels")
 
-
-def frozen_summary(analysis: DependencyAnalysis) -> dict[str, int]:
-    """How many groups are frozen for each first reason (for reports)."""
-    summary: dict[str, int] = {}
-    for group in analysis.groups:
-        if group.frozen:
-            summary[group.frozen[0]] = summary.get(group.frozen[0], 0) + 1
-    return summary
-
-
-def space_group(analysis: DependencyAnalysis, space: Space) -> Optional[Group]:
-    index = analysis.group_of.get(space)
-    return None if index is None else analysis.groups[index]
