@@ -142,7 +142,7 @@ def main() -> None:
 @click.option("--criterion", default="l2", show_default=True, help="Importance criterion pass (see `spac passes`).")
 @click.option("--global/--local", "global_ranking", default=None,
               help="Rank channels across groups (capped per group) instead of the same ratio per group "
-                   "[default: global for obspa, local otherwise].")
+                   "[default: local; for obspa global, unless per-group ranking measures a lower output error].")
 @click.option("--max-group-ratio", type=float, default=0.9, show_default=True,
               help="With --global: at most this fraction of any group is removed.")
 @click.option("--round-to", type=int, default=1, show_default=True, help="Keep channel counts multiples of N.")
