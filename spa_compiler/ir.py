@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
 # onnx-graphsurgeon logs warnings for things the compiler handles itself.
 gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
@@ -67,8 +68,65 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
     from .weights import map_external
 
     graph = gs.import_onnx(model)
+    for node, proto in _paired_nodes(graph, model.graph):
+        for attr in proto.attribute:
+            if attr.type in _LIST_TYPES and not attr.ref_attr_name and not getattr(attr, _LIST_TYPES[attr.type]):
+                node.attrs[attr.name] = EmptyListAttribute(attr.type)
     map_external(graph)
     return graph
+
+
+# Repeated attribute types and the AttributeProto field holding their values.
+_LIST_TYPES = {onnx.AttributeProto.INTS: "ints", onnx.AttributeProto.FLOATS: "floats",
+               onnx.AttributeProto.STRINGS: "strings", onnx.AttributeProto.TENSORS: "tensors",
+               onnx.AttributeProto.GRAPHS: "graphs"}
+
+
+class EmptyListAttribute(list):
+    """An empty list attribute (``axes=[]``) that remembers its ONNX type.
+
+    Why: gs exports attributes through ``onnx.helper.make_attribute``, which cannot
+    type an empty list and raises; an empty list is valid ONNX (a Constant's
+    ``value_ints=[]`` is an empty shape), so it must survive the round trip.
+    Passes read it as the plain empty list it is.
+    """
+
+    def __init__(self, attr_type: int = onnx.AttributeProto.INTS):
+        super().__init__()
+        self.attr_type = attr_type
+
+
+def _paired_nodes(graph: gs.Graph, proto: onnx.GraphProto):
+    """(gs node, NodeProto) pairs of a graph and its subgraphs: gs keeps node order both ways."""
+    for node, node_proto in zip(graph.nodes, proto.node):
+        yield node, node_proto
+        for attr in node_proto.attribute:  # subgraph bodies, which gs imports in order too
+            value = node.attrs.get(attr.name)
+            if attr.type == onnx.AttributeProto.GRAPH and isinstance(value, gs.Graph):
+                yield from _paired_nodes(value, attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS and isinstance(value, list):
+                for sub, sub_proto in zip(value, attr.graphs):
+                    yield from _paired_nodes(sub, sub_proto)
+
+
+def _export_attributes(attrs: dict) -> list[onnx.AttributeProto]:
+    """gs's attribute exporter, with empty lists written with their type (see :class:`EmptyListAttribute`).
+
+    Installed in place of ``OnnxExporter.export_attributes`` because every gs export
+    path (whole graphs, single nodes for shape inference, subgraph bodies) goes
+    through it; an empty list a pass made itself is written as INTS.
+    """
+    exported = []
+    for name, value in attrs.items():
+        if isinstance(value, list) and not value:
+            exported.append(onnx.AttributeProto(name=name, type=getattr(value, "attr_type", onnx.AttributeProto.INTS)))
+        else:
+            exported.extend(_gs_export_attributes({name: value}))
+    return exported
+
+
+_gs_export_attributes = OnnxExporter.export_attributes
+OnnxExporter.export_attributes = staticmethod(_export_attributes)
 
 
 @lru_cache(maxsize=1)
