@@ -8,6 +8,7 @@ here, so the rest of the compiler never sees protobufs.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Optional, Sequence
@@ -16,6 +17,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
 # onnx-graphsurgeon logs warnings for things the compiler handles itself.
 gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
@@ -67,8 +69,65 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
     from .weights import map_external
 
     graph = gs.import_onnx(model)
+    for node, proto in _paired_nodes(graph, model.graph):
+        for attr in proto.attribute:
+            if attr.type in _LIST_TYPES and not attr.ref_attr_name and not getattr(attr, _LIST_TYPES[attr.type]):
+                node.attrs[attr.name] = EmptyListAttribute(attr.type)
     map_external(graph)
     return graph
+
+
+# Repeated attribute types and the AttributeProto field holding their values.
+_LIST_TYPES = {onnx.AttributeProto.INTS: "ints", onnx.AttributeProto.FLOATS: "floats",
+               onnx.AttributeProto.STRINGS: "strings", onnx.AttributeProto.TENSORS: "tensors",
+               onnx.AttributeProto.GRAPHS: "graphs"}
+
+
+class EmptyListAttribute(list):
+    """An empty list attribute (``axes=[]``) that remembers its ONNX type.
+
+    Why: gs exports attributes through ``onnx.helper.make_attribute``, which cannot
+    type an empty list and raises; an empty list is valid ONNX (a Constant's
+    ``value_ints=[]`` is an empty shape), so it must survive the round trip.
+    Passes read it as the plain empty list it is.
+    """
+
+    def __init__(self, attr_type: int = onnx.AttributeProto.INTS):
+        super().__init__()
+        self.attr_type = attr_type
+
+
+def _paired_nodes(graph: gs.Graph, proto: onnx.GraphProto):
+    """(gs node, NodeProto) pairs of a graph and its subgraphs: gs keeps node order both ways."""
+    for node, node_proto in zip(graph.nodes, proto.node):
+        yield node, node_proto
+        for attr in node_proto.attribute:  # subgraph bodies, which gs imports in order too
+            value = node.attrs.get(attr.name)
+            if attr.type == onnx.AttributeProto.GRAPH and isinstance(value, gs.Graph):
+                yield from _paired_nodes(value, attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS and isinstance(value, list):
+                for sub, sub_proto in zip(value, attr.graphs):
+                    yield from _paired_nodes(sub, sub_proto)
+
+
+def _export_attributes(attrs: dict) -> list[onnx.AttributeProto]:
+    """gs's attribute exporter, with empty lists written with their type (see :class:`EmptyListAttribute`).
+
+    Installed in place of ``OnnxExporter.export_attributes`` because every gs export
+    path (whole graphs, single nodes for shape inference, subgraph bodies) goes
+    through it; an empty list a pass made itself is written as INTS.
+    """
+    exported = []
+    for name, value in attrs.items():
+        if isinstance(value, list) and not value:
+            exported.append(onnx.AttributeProto(name=name, type=getattr(value, "attr_type", onnx.AttributeProto.INTS)))
+        else:
+            exported.extend(_gs_export_attributes({name: value}))
+    return exported
+
+
+_gs_export_attributes = OnnxExporter.export_attributes
+OnnxExporter.export_attributes = staticmethod(_export_attributes)
 
 
 @lru_cache(maxsize=1)
@@ -115,7 +174,7 @@ def to_model(graph: gs.Graph, meta: ModelMeta, embed: bool = True) -> onnx.Model
         embed_external(model)
     # Intermediate shapes are the compiler's own inference (symbolic dims merged for analysis):
     # runtimes infer their own, and a merged dim written here could contradict them.
-    del model.graph.value_info[:]
+    strip_value_info(model.graph)
     del model.opset_import[:]
     model.opset_import.extend(meta.opset_imports)
     model.ir_version = choose_ir_version(meta)
@@ -131,6 +190,58 @@ def to_model(graph: gs.Graph, meta: ModelMeta, embed: bool = True) -> onnx.Model
         if output.name in meta.output_types:
             output.type.CopyFrom(meta.output_types[output.name])
     return model
+
+
+COPY_MARK = "__use"  # unshare_initializers names the k-th extra use of a shared weight NAME__usek
+_COPY = re.compile(rf"^(.+){COPY_MARK}\d+_*$")
+
+
+def copy_base(name: str) -> Optional[str]:
+    """The shared weight a per-use copy was made from (None for other names)."""
+    match = _COPY.match(name)
+    return match.group(1) if match else None
+
+
+def graphs_of(graph: gs.Graph) -> list[gs.Graph]:
+    """*graph* and every subgraph (If branches, Loop and Scan bodies) nested in it."""
+    return [graph, *graph.subgraphs(recursive=True)]
+
+
+def all_nodes(graph: gs.Graph) -> list[gs.Node]:
+    """Nodes of *graph* and of its subgraphs: a body's layers are analysed and rewritten like the graph's."""
+    return [node for g in graphs_of(graph) for node in g.nodes]
+
+
+def all_tensors(graph: gs.Graph) -> dict[str, gs.Tensor]:
+    """Tensors of *graph* and of its subgraphs by name (ONNX names are unique across scopes)."""
+    tensors: dict[str, gs.Tensor] = {}
+    for g in graphs_of(graph):
+        for name, tensor in g.tensors().items():
+            tensors.setdefault(name, tensor)
+    return tensors
+
+
+def constants_of(graph: gs.Graph) -> dict[str, gs.Constant]:
+    """Every constant of *graph* and its subgraphs by name (a branch's own weights are parameters too)."""
+    return {name: t for name, t in all_tensors(graph).items() if isinstance(t, gs.Constant)}
+
+
+def graph_protos(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    """*graph* and every subgraph proto nested in it."""
+    found, todo = [], [graph]
+    while todo:
+        g = todo.pop()
+        found.append(g)
+        for node in g.node:
+            for attribute in node.attribute:
+                todo += ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs)
+    return found
+
+
+def strip_value_info(graph: onnx.GraphProto) -> None:
+    """Drop the intermediate shapes of *graph* and its subgraphs (runtimes infer their own)."""
+    for g in graph_protos(graph):
+        del g.value_info[:]
 
 
 def is_const(tensor: gs.Tensor) -> bool:

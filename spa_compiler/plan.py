@@ -14,7 +14,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .analysis import DependencyAnalysis, Group
+from .analysis import CONSUMER, PRODUCER, DependencyAnalysis, Group
 from .errors import UsageError
 from .importance import SCORE_SCALINGS, scale_scores
 
@@ -120,6 +120,7 @@ def _remove_lowest(plan: Plan, groups: list[Group], scores: dict[int, np.ndarray
             continue
         order = np.argsort(scores[group.id], kind="stable")
         removed = _keep_every_space(group, order[:n_remove], scores[group.id], options.max_group_ratio)
+        removed = round_every_space(group, removed, scores[group.id], options.round_to)
         if len(removed):
             plan.removed[group.id] = removed
     return plan
@@ -140,6 +141,43 @@ def _keep_every_space(group: Group, removed: np.ndarray, scores: np.ndarray, max
         while len(atoms) and (~gone[atoms]).sum() < need:
             candidates = np.unique(atoms[gone[atoms]])
             gone[candidates[np.argmax(scores[candidates])]] = False
+    return np.flatnonzero(gone)
+
+
+def weight_spaces(group: Group) -> list:
+    """The spaces a layer's weight is cut along: producer outputs and consumer inputs (in group order)."""
+    return list(dict.fromkeys(p.space for p in group.params if p.role in (PRODUCER, CONSUMER)))
+
+
+def round_every_space(group: Group, removed: np.ndarray, scores: np.ndarray, round_to: int) -> np.ndarray:
+    """Give back the best removed atoms until every weight space keeps a multiple of *round_to* (or all of it).
+
+    Rounding the group's atom count is not enough where a group holds several
+    layers' channels (a DenseNet or Inception concat, a split): each producer
+    and consumer keeps its own share of the atoms.  Runs after the caps and
+    only gives atoms back, so the caps still hold and the loop ends (at worst
+    with the whole group kept).
+    """
+    if round_to <= 1 or not len(removed):
+        return removed
+    gone = np.zeros(group.n_atoms, dtype=bool)
+    gone[removed] = True
+    spaces = weight_spaces(group)
+    changed = True
+    while changed:
+        changed = False
+        for space in spaces:
+            atoms = group.atom_of[space]
+            kept = int((~gone[atoms]).sum())
+            if kept == len(atoms) or kept % round_to == 0:
+                continue
+            back = np.unique(atoms[gone[atoms]])
+            back = back[np.argsort(-scores[back], kind="stable")]
+            multiplicity = np.bincount(atoms, minlength=group.n_atoms)[back]
+            total = kept + np.cumsum(multiplicity)
+            first = int(np.flatnonzero((total % round_to == 0) | (total == len(atoms)))[0])
+            gone[back[:first + 1]] = False
+            changed = True
     return np.flatnonzero(gone)
 
 

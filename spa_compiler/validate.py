@@ -9,7 +9,7 @@ a declared 2 TiB input or constant would surface as the OOM killer.
 from __future__ import annotations
 
 from collections import deque
-from typing import Iterable
+from typing import Iterable, Optional
 
 import numpy as np
 import onnx
@@ -42,19 +42,32 @@ def check_model(model: onnx.ModelProto, where: str) -> None:
 
 
 def check_text(model: onnx.ModelProto, where: str) -> None:
-    """Names, op types and domains are text: protobuf hands invalid UTF-8 back as bytes, which every
-    later lookup (schemas, dicts keyed by name) would trip over."""
-    def bad(values) -> bool:
-        return any(not isinstance(v, str) for v in values)
+    """Every string field (names, op types, domains, producer, doc strings, metadata) is text: protobuf hands
+    invalid UTF-8 back as bytes, which every later lookup (schemas, dicts keyed by name) or the writer of
+    the output model would trip over."""
+    path = _non_text_field(model, "model")
+    if path is not None:
+        raise ModelLoadError(f"{where}: {path} is not valid UTF-8 text")
 
-    for node in _all_nodes(model):
-        if bad((node.op_type, node.domain, node.name, *node.input, *node.output)) or \
-                bad(a.name for a in node.attribute):
-            raise ModelLoadError(f"{where}: a node's name, op type or tensor names are not valid UTF-8 text")
-    named = [*model.graph.initializer, *model.graph.input, *model.graph.output, *model.graph.value_info]
-    if bad(t.name for t in named) or bad(o.domain for o in model.opset_import) or \
-            bad(f.name for f in model.functions):
-        raise ModelLoadError(f"{where}: a tensor, opset or function name is not valid UTF-8 text")
+
+def _non_text_field(message, path: str) -> Optional[str]:
+    """The path of the first string field of *message* (recursively) holding bytes, or None."""
+    for field, value in message.ListFields():
+        values = value if field.is_repeated else [value]
+        if field.type == field.TYPE_STRING and any(not isinstance(v, str) for v in values):
+            return f"{path}.{field.name}"
+        if field.type == field.TYPE_MESSAGE:
+            for index, inner in enumerate(values):
+                label = getattr(inner, "name", "") if field.name in _NAMED_FIELDS else ""
+                label = label if isinstance(label, str) else ""
+                found = _non_text_field(inner, f"{path}.{field.name}[{label or index}]")
+                if found:
+                    return found
+    return None
+
+
+# Repeated message fields whose elements are best named by their ``name`` in an error.
+_NAMED_FIELDS = ("node", "initializer", "input", "output", "value_info", "functions", "attribute")
 
 
 def check_structure(model: onnx.ModelProto, where: str) -> None:
@@ -315,7 +328,7 @@ def _kahn(nodes) -> tuple[list[int], list[int]]:
     readers: dict[int, list[int]] = {i: [] for i in range(len(nodes))}
     waiting = [0] * len(nodes)
     for i, node in enumerate(nodes):
-        for j in {producer[name] for name in _reads(node) if name in producer} - {i}:
+        for j in {producer[name] for name in _reads(node) if name in producer}:
             readers[j].append(i)
             waiting[i] += 1
     ready = deque(i for i, n in enumerate(waiting) if n == 0)

@@ -541,6 +541,17 @@ def test_invalid_utf8_op_type_is_refused(tmp_path):
     assert "UTF-8" in _one_line_refusal(result)
 
 
+def test_invalid_utf8_in_any_text_field_is_refused(tmp_path):
+    """Not only names: a producer name or doc string of bytes would fail when the output is written."""
+    model = _chain()
+    model.producer_name = "spa-compiler-builders"
+    data = model.SerializeToString()
+    path = tmp_path / "m.onnx"
+    path.write_bytes(data.replace(b"spa-compiler-builders", b"sp\x9f-compiler-builders"))
+    line = _one_line_refusal(_run("prune", path, "-o", tmp_path / "out.onnx"))
+    assert "producer_name is not valid UTF-8" in line and not (tmp_path / "out.onnx").exists()
+
+
 def test_model_failing_in_the_statistics_run_is_bad_input(tmp_path):
     """onnxruntime refusing to run the input while OBSPA collects statistics is exit 2, not an internal error."""
     from onnx import helper, numpy_helper
@@ -553,3 +564,20 @@ def test_model_failing_in_the_statistics_run_is_bad_input(tmp_path):
     result = _run("prune", path, "-o", tmp_path / "out.onnx", "--criterion", "obspa", "--samples", "4")
     line = _one_line_refusal(result)  # since D7 the dense model is run first, so it is refused before statistics
     assert "m.onnx" in line and ("onnxruntime cannot load the input" in line or "does not run in onnxruntime" in line)
+
+
+def test_empty_list_attributes_survive_the_round_trip(tmp_path):
+    """``axes=[]`` is valid ONNX (ReduceMean over every axis) but gs's exporter cannot type an empty list:
+    the compiler must write it back as the empty INTS it was, not fail as an internal error."""
+    from onnx import helper
+
+    reduce_all = helper.make_node("ReduceMean", ["y"], ["m"], name="mean_all", keepdims=1)
+    reduce_all.attribute.append(onnx.AttributeProto(name="axes", type=onnx.AttributeProto.INTS))
+    model, path = _chain(extra_nodes=[reduce_all], output="m"), tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    result = _run("prune", path, "-o", tmp_path / "out.onnx", "--ratio", "0.25")
+    assert result.exit_code == 0, result.output
+    pruned = onnx.load(str(tmp_path / "out.onnx"))
+    node = next(n for n in pruned.graph.node if n.name == "mean_all")
+    axes = next(a for a in node.attribute if a.name == "axes")
+    assert axes.type == onnx.AttributeProto.INTS and list(axes.ints) == []

@@ -52,6 +52,38 @@ def test_round_to_keeps_multiples(demo):
         assert kept % 8 == 0 or kept == group.n_atoms
 
 
+def _wide_concat():
+    """A dense block of layers 16, 24 and 16 wide: one group holds three layers' channels."""
+    net = builders.Net("wide_concat", hw=6)
+    a = builders._cbr(net, "x", 16)
+    b = builders._cbr(net, a, 24)
+    c = builders._cbr(net, net.concat([a, b]), 16)
+    return net.model(builders._head(net, builders._cbr(net, net.concat([a, b, c]), 24)))
+
+
+def _cut_weight_dims(original, pruned) -> list[tuple[str, int, int]]:
+    """(weight, old, new) of every Conv/Gemm weight axis the rewrite shortened."""
+    before = {t.name: list(t.dims) for t in original.graph.initializer}
+    after = {t.name: list(t.dims) for t in pruned.graph.initializer}
+    cut = []
+    for node in pruned.graph.node:
+        if node.op_type in ("Conv", "Gemm") and node.input[1] in after:
+            old, new = before[node.input[1]], after[node.input[1]]
+            cut += [(node.input[1], o, n) for o, n in zip(old[:2], new[:2]) if o != n]
+    return cut
+
+
+@pytest.mark.parametrize("options", [dict(ratio=0.5), dict(ratio=0.6, global_ranking=True, max_group_ratio=0.7),
+                                     dict(target_macs=0.5)])
+def test_round_to_holds_in_concat_groups(options):
+    """Every layer's kept channels are a multiple of round_to, also the layers feeding one concat."""
+    model = _wide_concat()
+    result = prune(model, criterion="l2", round_to=8, verify=False, **options)
+    cut = _cut_weight_dims(model, result.model)
+    assert cut, "the plan should cut something"
+    assert all(new % 8 == 0 for _, _, new in cut), cut
+
+
 def test_global_ranking_caps_every_group(demo):
     compiled, scores = demo
     plan = make_plan(compiled.analysis, scores, PlanOptions(ratio=0.6, global_ranking=True, max_group_ratio=0.7))

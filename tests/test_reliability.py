@@ -118,6 +118,7 @@ def _lying_weight(dims) -> onnx.ModelProto:
 
 HOSTILE = {
     "cycle": (lambda: _conv_chain("Add", ("a", "y")), "cycle (through node mid (Add))"),
+    "self_loop": (lambda: _conv_chain("Add", ("a", "b")), "cycle (through node mid (Add))"),
     "dangling": (lambda: _conv_chain("Add", ("a", "ghost")), "reads tensor 'ghost', which no node"),
     "huge_input": (lambda: _conv_chain(input_shape=(1, 3, 300000, 300000)), "graph input x declares"),
     "huge_constant": (lambda: _conv_chain(
