@@ -267,7 +267,7 @@ def symbolic_shapes(model: onnx.ModelProto, notes: Optional[list[str]] = None,
             return value_shapes(ContribShapeInference.infer_shapes(model, auto_merge=True))
     except _TimeUp:
         if notes is not None:
-            notes.append(f"infer_shapes: symbolic shape inference stopped after {seconds:g} s; "
+            notes.append(f"infer_shapes: symbolic shape inference stopped after {seconds:g} CPU-seconds; "
                          "dims it did not reach stay unknown")
         return {}
     except Exception:  # noqa: BLE001 - unsupported ops or no sympy: keep what ONNX inferred
@@ -280,7 +280,9 @@ class _TimeUp(Exception):
 
 @contextlib.contextmanager
 def _time_limit(seconds: float) -> Iterator[None]:
-    """Raise :class:`_TimeUp` in the block after *seconds* (a no-op outside the main thread)."""
+    """Raise :class:`_TimeUp` in the block after *seconds* of this process's CPU time (a no-op outside the
+    main thread).  CPU time, not wall time: on a loaded machine a wall-clock limit would stop inference
+    in one run and not the next, and the same command would give a different model."""
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
         yield
         return
@@ -288,13 +290,13 @@ def _time_limit(seconds: float) -> Iterator[None]:
     def expire(_signum, _frame):
         raise _TimeUp
 
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    previous = signal.signal(signal.SIGPROF, expire)
+    signal.setitimer(signal.ITIMER_PROF, seconds)
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, previous)
 
 
 @contextlib.contextmanager
