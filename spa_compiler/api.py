@@ -12,7 +12,6 @@ from . import fidelity
 from .analysis import PRODUCER
 from .budget import MaxErrorSearch
 from .obspa import statistics
-from .obspa.input_kinds import input_kinds
 from .obspa.compensate import ObsContext, compensate as compensation
 from .cost import totals
 from .densecheck import verify_like_dense
@@ -102,8 +101,10 @@ def prune_with(model: ModelLike, opts: PruneOptions, progress: Optional[Callable
         check_output_path(report_path, input_path, what="report")
     t0 = time.perf_counter()
     say("analyzing")
+    measuring = (verify or opts.max_error is not None) and calib is None  # the dense run records the reference
     compiled = compile_model(model, prune_hidden=opts.prune_hidden, head_dims=opts.prune_head_dims,
-                             input_shapes=opts.input_shapes, run_dense=True)
+                             input_shapes=opts.input_shapes, run_dense=True,
+                             measure=(opts.seed, opts.noise) if measuring else None)
     require_prunable(compiled)
     parameters = {p.tensor for g in compiled.analysis.groups for p in g.params}
     nonfinite, finite_warnings = check_input_weights(compiled.graph, parameters, opts.force)
@@ -121,8 +122,8 @@ def prune_with(model: ModelLike, opts: PruneOptions, progress: Optional[Callable
     if verify or max_error is not None:
         say("measuring the dense model on the measurement inputs")
         measurement, unmeasured = fidelity.try_measure_dense(input_path or model, calib_data, opts.seed, opts.noise,
-                                                             required=max_error is not None,
-                                                             kinds=input_kinds(compiled.graph))
+                                                             required=max_error is not None, spec=compiled.spec,
+                                                             dense=compiled.dense)
         warnings = warnings + unmeasured
 
     context = (obs or ObsContext(compiled.graph, compiled.analysis, {}, opts.damping)) if compensating else None

@@ -14,7 +14,7 @@ import click
 
 from .errors import SpacError, UsageError, first_line
 from .jsonout import to_json
-from .obspa.noise import NOISE_KINDS
+from .inputvalues import NOISE_KINDS
 from .progress import for_terminal
 from .obspa.statistics import SOURCES
 

@@ -6,7 +6,9 @@ dims, is a problem of the input (exit 2, naming the input file), found
 before minutes of analysis and statistics; a detector that only runs at
 multiples of 32 gets the next common size instead of 1x1.  The output
 shapes measured here are what verification expects of the pruned model at
-the same feeds, dim for dim.
+the same feeds, dim for dim.  The same session also records the dense
+outputs on the fidelity measurement inputs when asked (``measure``): one dense
+run feeds the checks, verification and the fidelity measurement.
 """
 from __future__ import annotations
 
@@ -30,11 +32,13 @@ VERIFY_BATCH = 2  # a dynamic batch is also checked at this size (it must stay d
 
 @dataclass
 class DenseRun:
-    """The spec the dense model ran at, and its output shapes per batch size it ran at."""
+    """The spec the dense model ran at, its output shapes per batch size, and its measured outputs."""
 
     spec: InputSpecs
     outputs: dict[int, dict[str, list[int]]] = field(default_factory=dict)  # batch -> output -> shape
     skipped: Optional[str] = None  # why the dense model was not run
+    measurement: Optional[object] = None  # fidelity.Measurement on the data-free measurement inputs
+    measure_error: Optional[str] = None  # why they could not be measured
 
     def describe(self) -> dict:
         return {"input_shapes": self.spec.describe(), "chosen_by": self.spec.source,
@@ -48,22 +52,38 @@ def check_dense(model: onnx.ModelProto, source: Union[str, Path, onnx.ModelProto
     Raises :class:`UsageError` naming the input when onnxruntime cannot load
     it, or when it runs at none of the sizes tried (given dims: that one).
     """
-    return dense_runner(model, source, given)()
+    return dense_runner(model, source, given)(_facts(model))
+
+
+def _facts(model: onnx.ModelProto) -> dict:
+    """The inputs' kinds read from *model*'s graph (none when gs cannot import it: kinds by dtype)."""
+    import onnx_graphsurgeon as gs
+
+    from .inputfacts import input_facts
+
+    try:
+        return input_facts(gs.import_onnx(model))
+    except Exception:  # noqa: BLE001
+        return {}
 
 
 def dense_runner(model: onnx.ModelProto, source: Union[str, Path, onnx.ModelProto],
-                 given: Optional[Mapping[str, Sequence[int]]] = None):
-    """:func:`check_dense` as a function to call later, holding only what it needs of *model* (not the model)."""
+                 given: Optional[Mapping[str, Sequence[int]]] = None, measure: Optional[tuple[int, str]] = None):
+    """:func:`check_dense` as a function of the inputs' facts to call later, holding only what it needs of *model*.
+
+    *measure* (seed, noise): also record the dense outputs on the fidelity
+    measurement inputs (:func:`fidelity.measurement_inputs`) in the same session.
+    """
     metadata = {p.key: p.value for p in model.metadata_props}
     inputs = inputspec.declared_inputs(model)
-    return lambda: _check_dense(inputs, metadata, source, given)
+    return lambda facts=None: _check_dense(inputs, metadata, source, given, facts, measure)
 
 
-def _check_dense(inputs, metadata: dict, source, given) -> DenseRun:
+def _check_dense(inputs, metadata: dict, source, given, facts=None, measure=None) -> DenseRun:
     from .runtime import session, size_on_disk, tensor_outputs
 
     where = "<in-memory model>" if isinstance(source, onnx.ModelProto) else str(source)
-    first = inputspec.choose(inputs, given, metadata, where=where)
+    first = inputspec.choose(inputs, given, metadata, where=where, facts=facts)
     if isinstance(source, onnx.ModelProto):
         if _has_external(source):
             return DenseRun(first, skipped="in-memory model with external data: not run")
@@ -82,7 +102,8 @@ def _check_dense(inputs, metadata: dict, source, given) -> DenseRun:
     tries = 1 if given and first.source == "given" or not first.has_symbolic else inputspec.attempts(metadata)
     errors = []
     for attempt in range(tries):
-        spec = first if attempt == 0 else inputspec.choose(inputs, given, metadata, attempt=attempt, where=where)
+        spec = first if attempt == 0 else inputspec.choose(inputs, given, metadata, attempt=attempt, where=where,
+                                                           facts=facts)
         if attempt and spec.shapes() == first.shapes():
             continue
         try:
@@ -96,6 +117,8 @@ def _check_dense(inputs, metadata: dict, source, given) -> DenseRun:
                 run.outputs[VERIFY_BATCH] = _output_shapes(sess, names, spec.with_batch(VERIFY_BATCH))
             except Exception:  # noqa: BLE001 - a model exported for one batch size: verified at that one
                 pass
+        if measure is not None:
+            _measure(run, sess, names, *measure)
         return run
     if not first.has_symbolic:
         raise UsageError(f"{where}: onnxruntime cannot run the input model ({errors[0].split(': ', 1)[-1]})")
@@ -106,13 +129,25 @@ def _check_dense(inputs, metadata: dict, source, given) -> DenseRun:
                      "give them with --input-shape NAME:DIMS")
 
 
+def _measure(run: DenseRun, sess, names: list[str], seed: int, noise: str) -> None:
+    """The dense outputs on the measurement inputs, at batch 8 where the batch is dynamic and batch 2 ran."""
+    from . import fidelity
+
+    batch = fidelity.BATCH if VERIFY_BATCH in run.outputs else None
+    try:
+        inputs = fidelity.measurement_inputs(run.spec, None, seed, noise, batch=batch)
+        run.measurement = fidelity.record(sess, names, inputs)
+    except Exception as exc:  # noqa: BLE001 - reported as a warning (an error under --max-error)
+        run.measure_error = _first_line(exc)
+
+
 def _batch(spec: InputSpecs) -> int:
     batches = [d for s in spec for d, r in zip(s.dims, s.roles) if r == inputspec.BATCH]
     return batches[0] if batches else 1
 
 
 def _output_shapes(sess, names: list[str], spec: InputSpecs) -> dict[str, list[int]]:
-    values = sess.run(names, spec.feeds(seed=0))
+    values = sess.run(names, spec.feeds(seed=0, noise="auto"))
     return {name: [int(d) for d in np.shape(value)] for name, value in zip(names, values)}
 
 

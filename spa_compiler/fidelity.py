@@ -4,7 +4,8 @@ A pruned model that runs and keeps its output shapes can still compute
 nonsense (a CTC reader at cosine 0.2, NaN from an ill-conditioned solve), so
 every prune run measures the pruned model against the dense one on the same
 *measurement inputs*: the calibration inputs when given, else a small seeded
-set of the data-free inputs the statistics use (:func:`noise.noise_inputs`).
+set of the data-free inputs every stage draws from the input spec
+(:meth:`inputspec.InputSpecs.feeds`).
 Per float output it reports the relative L2 error ``||y - y0|| / ||y0||``
 over all samples, the mean per-sample cosine (of all samples as one vector
 where a sample is one number), and where an output looks like
@@ -46,38 +47,37 @@ def open_session(model):
     return session(model, lean=lean)
 
 
-def _fixed_batch(sess) -> Optional[int]:
-    """The static first dimension every input shares, if the model fixes one."""
-    dims = {arg.shape[0] if arg.shape else None for arg in sess.get_inputs()}
-    dim = dims.pop() if len(dims) == 1 else None
-    return dim if isinstance(dim, int) and dim > 0 else None
-
-
-def measurement_inputs(sess, calib: Optional[dict[str, np.ndarray]] = None, seed: int = 0, noise: str = "auto",
-                       samples: int = MEASURE_SAMPLES, kinds=None) -> MeasurementInputs:
+def measurement_inputs(spec, calib: Optional[dict[str, np.ndarray]] = None, seed: int = 0, noise: str = "auto",
+                       samples: int = MEASURE_SAMPLES, batch: Optional[int] = BATCH) -> MeasurementInputs:
     """The calibration inputs (first CALIB_SAMPLES) or *samples* seeded data-free inputs, in batches.
 
-    *kinds* (:func:`obspa.input_kinds.input_kinds` of the graph): ids drawn within the table they index
-    and padded masks, as the statistics draw them; without it integer-like inputs get small random values,
-    which on real text models measures inputs no user ever feeds.
+    Data-free inputs come from the input spec (:meth:`inputspec.InputSpecs.feeds`: its dims, ids within
+    the table they index, padded masks, 1/f² images), as every other stage draws them; *batch* samples
+    per run where the batch is symbolic (None: the spec's own), else the model's fixed batch.
     """
-    from .obspa.noise import noise_inputs
-
-    fixed = _fixed_batch(sess)
-    batch = fixed or BATCH
+    fixed = None if spec.has_batch else _leading(spec)
+    size = batch if spec.has_batch and batch else _leading(spec)
     if calib is not None:
         total = min(CALIB_SAMPLES, len(next(iter(calib.values()))))
         total -= total % fixed if fixed else 0  # a fixed batch dimension takes only whole batches
         if total:
-            batches = [{name: calib[name][start:start + batch] for name in calib} for start in range(0, total, batch)]
+            batches = [{name: calib[name][start:start + size] for name in calib} for start in range(0, total, size)]
             return MeasurementInputs(batches, f"calib ({total} samples)", total)
     batches: list[dict[str, np.ndarray]] = []
-    done = 0
+    done = 0 if spec.inputs else samples  # a model without inputs: one run
+    if not spec.inputs:
+        batches.append({})
     while done < samples:
-        feeds = noise_inputs(sess, batch=min(batch, samples - done), seed=seed + done, kind=noise, kinds=kinds)
-        batches.append(feeds)
-        done += max(1, len(next(iter(feeds.values())))) if feeds else samples
+        n = min(size, samples - done) if spec.has_batch else size
+        batches.append(spec.feeds(seed=seed + done, batch=n if spec.has_batch else None, noise=noise))
+        done += max(1, n)
     return MeasurementInputs(batches, f"data-free {noise} noise ({done} samples, seed {seed})", done)
+
+
+def _leading(spec) -> int:
+    """Samples in one feed at the spec's own dims: the first input's leading dim (1 for scalars)."""
+    first = next(iter(spec), None)
+    return int(first.dims[0]) if first is not None and first.dims else 1
 
 
 @dataclass
@@ -102,13 +102,22 @@ class Measurement:
     reference: Reference
 
 
+def record(sess, names: Sequence[str], inputs: MeasurementInputs) -> Measurement:
+    """The dense session's *names* outputs on *inputs*: the reference every later measurement compares with."""
+    return Measurement(inputs, Reference(list(names), list(run_batches(sess, names, inputs.batches))))
+
+
 def measure_dense(model, calib: Optional[dict[str, np.ndarray]] = None, seed: int = 0,
-                  noise: str = "auto", kinds=None) -> Measurement:
-    """Make the measurement inputs from the dense *model*'s inputs and record its outputs (one session)."""
+                  noise: str = "auto", spec=None) -> Measurement:
+    """Make the measurement inputs from the dense *model*'s input spec and record its outputs (one session).
+
+    *spec*: the compiled model's input spec (else chosen for *model* as a prune run would).
+    """
+    from .inputspec import for_model
+
+    spec = spec if spec is not None else for_model(model)
     sess = open_session(model)
-    inputs = measurement_inputs(sess, calib, seed, noise, kinds=kinds)
-    names = tensor_outputs(sess)
-    return Measurement(inputs, Reference(names, list(run_batches(sess, names, inputs.batches))))
+    return record(sess, tensor_outputs(sess), measurement_inputs(spec, calib, seed, noise))
 
 
 def _first_line(exc: Exception) -> str:
@@ -116,15 +125,21 @@ def _first_line(exc: Exception) -> str:
     return text[0][:200] if text else type(exc).__name__
 
 
-def try_measure_dense(model, calib, seed: int, noise: str, required: bool,
-                      kinds=None) -> tuple[Optional[Measurement], list[str]]:
+def try_measure_dense(model, calib, seed: int, noise: str, required: bool, spec=None,
+                      dense=None) -> tuple[Optional[Measurement], list[str]]:
     """:func:`measure_dense`, or no measurement and a warning when onnxruntime cannot run the dense model.
 
-    The compiler accepts models onnxruntime refuses (an IR version from the future, an op it lacks);
-    fidelity is then not measured, said in one warning.  *required* (``--max-error``) makes it an error.
+    *dense* (:class:`densecheck.DenseRun`): its recorded measurement is used when there is no *calib*
+    (the dense model is not run again).  The compiler accepts models onnxruntime refuses (an IR version
+    from the future, an op it lacks); fidelity is then not measured, said in one warning.  *required*
+    (``--max-error``) makes it an error.
     """
     try:
-        return measure_dense(model, calib, seed, noise, kinds), []
+        if calib is None and dense is not None and dense.measurement is not None:
+            return dense.measurement, []
+        if calib is None and dense is not None and dense.measure_error:
+            raise RuntimeError(dense.measure_error)
+        return measure_dense(model, calib, seed, noise, spec), []
     except Exception as exc:  # noqa: BLE001 - any runtime refusal of the input model
         if required:
             raise UsageError(f"--max-error needs the dense model to run in onnxruntime: {_first_line(exc)}") from None

@@ -1,4 +1,4 @@
-"""The input spec: the one decision about every graph input's dims, dtype and value range.
+"""The input spec: the one decision about every graph input's dims, dtype, kind and value range.
 
 Why one module: shape inference, the cost model, the OBSPA statistics runs and
 verification all need concrete input dims where the model declares symbolic
@@ -6,7 +6,12 @@ ones (``batch``, ``height``, ``unk__3``).  Chosen separately, they disagree:
 MACs counted at 1x1, a detector fed a size it cannot run, statistics taken at
 a size verification never sees.  Here the dims are given once
 (``--input-shape images:1x3x320x320``, the trtexec/polygraphy convention) or
-chosen once, and every stage asks this spec for shapes and feeds.
+chosen once, and every stage asks this spec for shapes and feeds: the dense
+run, verification, the fidelity measurement and ``--max-error`` probes, and the
+OBSPA statistics all draw their data-free inputs from :meth:`InputSpecs.feeds`,
+whose values follow each input's kind read from the graph (:mod:`.inputfacts`:
+ids within the table they index, padded masks; :mod:`.inputvalues`: 1/f² noise
+for images and spectrograms).
 
 Without given dims: batch dims get 1; spatial dims of an image input the
 model's ``imgsz`` metadata (ultralytics), else 224 (then 320, 640 when the
@@ -25,7 +30,9 @@ from typing import Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from . import inputvalues
 from .errors import UsageError
+from .inputfacts import FLOAT, InputFacts, default_kind
 
 Dim = Union[int, str, None]
 
@@ -53,7 +60,7 @@ _NP_TYPES = {
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One graph input: its declared dims, the concrete dims chosen for it, dtype and value range."""
+    """One graph input: its declared dims, the concrete dims chosen for it, dtype, kind and value range."""
 
     name: str
     declared: tuple[Dim, ...]
@@ -61,15 +68,18 @@ class InputSpec:
     dtype: np.dtype
     roles: tuple[Optional[str], ...]  # per axis: BATCH, SPATIAL, SEQUENCE for symbolic dims, None for static
     high: int = INT_HIGH
+    kind: str = FLOAT  # inputfacts kind: ids, mask, int, bool, float
+    scale: float = 1.0  # std of float values (inputfacts.input_scale)
 
-    def feed(self, rng: np.random.Generator) -> np.ndarray:
-        """Seeded random values at the chosen dims: N(0,1) floats, random bools, integers in [0, high)."""
-        shape = self.dims
-        if np.issubdtype(self.dtype, np.floating):
-            return rng.standard_normal(shape).astype(self.dtype)
-        if self.dtype == np.bool_:
-            return rng.random(shape) > 0.5
-        return rng.integers(0, self.high, size=shape).astype(self.dtype)
+    def feed(self, rng: np.random.Generator, noise: str = "white") -> np.ndarray:
+        """Seeded values at the chosen dims, drawn for the input's kind (:func:`inputvalues.draw`)."""
+        return inputvalues.draw(self.kind, self.dims, self.dtype, self.high, rng, noise, self.scale)
+
+    def with_facts(self, facts: Optional[InputFacts]) -> "InputSpec":
+        """This input with the kind (and ids' table size) the graph shows."""
+        if facts is None:
+            return self
+        return replace(self, kind=facts.kind, high=facts.high or INT_HIGH, scale=facts.scale)
 
 
 @dataclass(frozen=True)
@@ -138,11 +148,41 @@ class InputSpecs:
                 for s in self.inputs for axis, (d, value, role) in enumerate(zip(s.declared, s.dims, s.roles))
                 if role is not None}
 
-    def feeds(self, seed: int = 0, batch: Optional[int] = None) -> dict[str, np.ndarray]:
-        """Seeded random feeds at the spec's dims (*batch*: symbolic batch dims set to it)."""
+    def feeds(self, seed: int = 0, batch: Optional[int] = None, noise: str = "white") -> dict[str, np.ndarray]:
+        """Seeded feeds at the spec's dims (*batch*: symbolic batch dims set to it), values by input kind.
+
+        *noise* ``auto`` gives images and spectrograms 1/f² noise (what the
+        compiler's stages feed), ``white`` N(0,1) floats (oracle checks).
+        """
         spec = self if batch is None else self.with_batch(batch)
         rng = np.random.default_rng(seed)
-        return {s.name: s.feed(rng) for s in spec.inputs}
+        return {s.name: s.feed(rng, noise) for s in spec.inputs}
+
+    def with_facts(self, facts: Mapping[str, InputFacts]) -> "InputSpecs":
+        """The same dims with each input's kind read from the graph (:func:`inputfacts.input_facts`)."""
+        return InputSpecs(tuple(s.with_facts(facts.get(s.name)) for s in self.inputs), self.source)
+
+    def facts(self) -> dict[str, InputFacts]:
+        """Each input's kind and ids' bound, to carry over to a spec chosen again (another session)."""
+        return {s.name: InputFacts(s.kind, s.high, s.scale) for s in self.inputs}
+
+    def samples_per_run(self, samples: int) -> tuple["InputSpecs", int]:
+        """A spec holding *samples* samples in one run where it can, and how many it holds.
+
+        A symbolic batch takes them all; a model without one (exported at
+        batch 1) gets one sequence *samples* times longer when it has a
+        sequence dim (one long sentence instead of many short ones: the same
+        positions for a convolution or a recurrence), else one sample per run.
+        """
+        if self.has_batch:
+            return self.with_batch(samples), samples
+        grown = next(((_symbol_key(s, axis)) for s in self.inputs for axis, role in enumerate(s.roles)
+                      if role == SEQUENCE), None)
+        if grown is None or samples <= 1:
+            return self, 1
+        return InputSpecs(tuple(replace(s, dims=tuple(
+            d * samples if role == SEQUENCE and _symbol_key(s, axis) == grown else d
+            for axis, (d, role) in enumerate(zip(s.dims, s.roles)))) for s in self.inputs), self.source), samples
 
     def statistics_batch(self, default: int = 64) -> int:
         """Samples per statistics run: *default* at 224x224 or less, fewer for larger images (same memory)."""
@@ -288,11 +328,14 @@ def _role(name: Dim, axis: int, dims: tuple[Dim, ...], dtype: np.dtype) -> str:
 
 
 def choose(inputs: Sequence[tuple[str, tuple[Dim, ...], np.dtype]], given: Optional[Mapping[str, Sequence[int]]] = None,
-           metadata: Optional[Mapping[str, str]] = None, attempt: int = 0, where: str = "") -> InputSpecs:
+           metadata: Optional[Mapping[str, str]] = None, attempt: int = 0, where: str = "",
+           facts: Optional[Mapping[str, InputFacts]] = None) -> InputSpecs:
     """The spec of *inputs*: *given* dims where named, else chosen (*attempt* picks the n-th fallback size).
 
     Given dims must name real inputs, have the declared rank and agree with
-    every static dim (one clear error otherwise).
+    every static dim (one clear error otherwise).  *facts*
+    (:func:`inputfacts.input_facts`) give each input's kind; without them an
+    input's kind follows its dtype.
     """
     given = dict(given or {})
     names = [name for name, _, _ in inputs]
@@ -335,7 +378,8 @@ def choose(inputs: Sequence[tuple[str, tuple[Dim, ...], np.dtype]], given: Optio
                 if isinstance(d, str):
                     shared[d] = value
                 chosen.append(value)
-        specs.append(InputSpec(name, tuple(dims), tuple(chosen), np.dtype(dtype), roles))
+        spec = InputSpec(name, tuple(dims), tuple(chosen), np.dtype(dtype), roles, kind=default_kind(dtype))
+        specs.append(spec.with_facts((facts or {}).get(name)))
     source = "given" if given and set(given) == set(names) else (
         "metadata imgsz" if imgsz and attempt == 0 and any(SPATIAL in s.roles for s in specs) else "chosen")
     return InputSpecs(tuple(specs), source)
@@ -383,9 +427,28 @@ def for_session(sess, batch: Optional[int] = None, dims: Optional[Mapping[str, i
     spec = current()
     known = {s.name: s for s in spec} if spec is not None else {}
     given = {name: known[name].dims for name, decl, _ in inputs if name in known and len(known[name].dims) == len(decl)}
-    chosen = choose(inputs, given)
+    chosen = choose(inputs, given, facts=spec.facts() if spec is not None else None)
     if dims:
         chosen = InputSpecs(tuple(replace(s, dims=tuple(dims.get(d, v) if isinstance(d, str) else v
                                                          for d, v in zip(s.declared, s.dims))) for s in chosen),
                             chosen.source)
     return chosen if batch is None else chosen.with_batch(batch)
+
+
+def for_model(model, given: Optional[Mapping[str, Sequence[int]]] = None) -> InputSpecs:
+    """The spec of a model file or ModelProto with its inputs' kinds read from its graph.
+
+    For callers outside the compiler's stages (which get theirs from
+    normalization): the same dims and values a prune run would feed.
+    """
+    import onnx
+    import onnx_graphsurgeon as gs
+
+    from .inputfacts import input_facts
+
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
+    try:
+        facts = input_facts(gs.import_onnx(proto))
+    except Exception:  # noqa: BLE001 - a graph gs cannot import: kinds by dtype
+        facts = {}
+    return choose(declared_inputs(proto), given, {p.key: p.value for p in proto.metadata_props}, facts=facts)

@@ -61,10 +61,13 @@ def normalize(model: onnx.ModelProto, copy: bool = True, spec=None) -> Normalize
     handed in by a caller is never modified, a file's model is nobody else's.
     *spec* (:class:`inputspec.InputSpecs`, chosen for the model when None) is
     where shape inference completes dims the declared inputs leave unknown;
-    a callable is asked for it just before that inference (the refusal of
-    hostile shapes has run by then; its error is raised after the passes, so
-    a refusal that names a node comes first).
+    a callable is asked for it just before that inference, with the inputs'
+    facts read from the folded graph (the refusal of hostile shapes has run
+    by then; its error is raised after the passes, so a refusal that names a
+    node comes first).  The spec returned carries those facts (each input's
+    kind: :mod:`.inputfacts`).
     """
+    from .inputfacts import input_facts
     from .inputspec import active, choose, declared_inputs
 
     notes: list[str] = []
@@ -81,11 +84,14 @@ def normalize(model: onnx.ModelProto, copy: bool = True, spec=None) -> Normalize
     graph = to_graph(work)
     deferred = None
     for name in pipeline("graph"):
-        if name == "infer_shapes_symbolic" and callable(spec):
-            try:
-                meta.input_spec = spec()
-            except SpacError as exc:  # the input does not run: a refusal naming the node, below, says more
-                deferred = exc
+        if name == "infer_shapes_symbolic":  # constants folded: ids reach their tables directly
+            facts = input_facts(graph)
+            meta.input_spec = meta.input_spec.with_facts(facts)
+            if callable(spec):
+                try:
+                    meta.input_spec = spec(facts)
+                except SpacError as exc:  # the input does not run: a refusal naming the node, below, says more
+                    deferred = exc
         with active(meta.input_spec):
             _run(name, graph, notes, "graph")
     if deferred is not None:

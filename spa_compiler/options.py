@@ -17,7 +17,7 @@ from .criterion import Criterion
 from .errors import UsageError
 from .importance import REDUCTIONS
 from .inputspec import parse_input_shapes
-from .obspa.noise import NOISE_KINDS
+from .inputvalues import NOISE_KINDS
 from .obspa.statistics import SOURCES
 from .plan import PlanOptions
 

@@ -22,7 +22,7 @@ from .cost import estimate_macs, totals
 from .criterion import Criterion
 from .errors import CompileError, ModelLoadError, NothingToPruneError, SpacError, UsageError
 from .importance import REDUCTIONS, ScoringContext
-from .ir import ModelMeta
+from .ir import ModelMeta, constants_of
 from .modelio import ModelLike, load_model
 from .normalize import normalize
 from .plan import Plan, PlanOptions, make_plan, search_ratio
@@ -55,11 +55,12 @@ class Compiled:
 
 
 def compile_model(source: ModelLike, prune_hidden: bool = False, head_dims: bool = False,
-                  input_shapes=None, run_dense: bool = False) -> Compiled:
+                  input_shapes=None, run_dense: bool = False, measure: Optional[tuple[int, str]] = None) -> Compiled:
     """Load, normalize and analyse a model (``prune_hidden``: see :func:`analysis.analyze`).
 
     *input_shapes* (``{"images": (1, 3, 320, 320)}``) fix the input spec; with
-    *run_dense* the dense model is checked to run at it first (see :mod:`densecheck`).
+    *run_dense* the dense model is checked to run at it first (see :mod:`densecheck`),
+    and with *measure* (seed, noise) that run also records the fidelity reference.
     """
     from .densecheck import dense_runner
     from .inputspec import choose, declared_inputs
@@ -68,11 +69,11 @@ def compile_model(source: ModelLike, prune_hidden: bool = False, head_dims: bool
     where = "<in-memory model>" if isinstance(source, onnx.ModelProto) else str(source)
     spec = choose(declared_inputs(model), input_shapes, {p.key: p.value for p in model.metadata_props}, where=where)
     runs: list = []
-    dense_run = dense_runner(model, source, input_shapes)
+    dense_run = dense_runner(model, source, input_shapes, measure)
 
-    def run_dense_model():
+    def run_dense_model(facts):
         """Called after every normalization but the last shape inference: hostile shapes are refused by then."""
-        runs.append(dense_run())
+        runs.append(dense_run(facts))
         return runs[-1].spec
 
     try:
@@ -91,7 +92,7 @@ def compile_model(source: ModelLike, prune_hidden: bool = False, head_dims: bool
 def check_param_sizes(graph: gs.Graph, analysis: DependencyAnalysis) -> None:
     """Every parameter of a prunable group has the group's width along its axis (a bias of the wrong
     length cannot run; without this it fails inside a criterion as an internal error)."""
-    constants = {name: t for name, t in graph.tensors().items() if isinstance(t, gs.Constant)}
+    constants = constants_of(graph)
     for group in analysis.prunable_groups:
         for param in group.params:
             shape = list(getattr(constants.get(param.tensor), "shape", None) or [])

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 import spa_compiler
 from spa_compiler import fidelity
 from spa_compiler.cli import main
-from spa_compiler.obspa.noise import noise_inputs
+from spa_compiler.inputspec import for_model
 from spa_compiler.oracle import masked_model
 from spa_compiler.pipeline import compile_model, score_groups
 from spa_compiler.plan import PlanOptions, make_plan
@@ -26,9 +26,10 @@ DIGITS = ROOT / "models" / "trained" / "digits_cnn.onnx"
 def _independent_error(dense, pruned, seed=0, samples=16, batch=8):
     """Relative L2 error and top-1 agreement recomputed here, outside the module under test."""
     ref, new = session(dense), session(pruned)
+    spec = for_model(dense)
     a, b = [], []
     for start in range(0, samples, batch):
-        feeds = noise_inputs(ref, batch=batch, seed=seed + start)
+        feeds = spec.feeds(seed=seed + start, batch=batch, noise="auto")
         a.append(ref.run(None, feeds)[0])
         b.append(new.run(None, feeds)[0])
     a, b = np.concatenate(a).astype(np.float64), np.concatenate(b).astype(np.float64)

@@ -16,7 +16,8 @@ from models import builders
 from spa_compiler.obspa import statistics
 from spa_compiler.cli import main
 from spa_compiler.obspa.moments import relu_moments
-from spa_compiler.obspa.noise import noise_inputs, pink_images
+from spa_compiler.inputspec import for_model
+from spa_compiler.inputvalues import pink_images
 from spa_compiler.obspa.obs import damped_inverse
 from spa_compiler.pipeline import compile_model, consumer_nodes
 from spa_compiler.progress import Progress, for_terminal, step
@@ -106,13 +107,11 @@ def test_pink_noise_is_standardized_and_smooth():
 
 
 def test_noise_auto_shapes_only_image_inputs():
-    from spa_compiler.runtime import session
-
-    image = session(builders.residual())
-    auto, white = noise_inputs(image, 4, 0, "auto"), noise_inputs(image, 4, 0, "white")
+    image = for_model(builders.residual())
+    auto, white = image.feeds(0, 4, "auto"), image.feeds(0, 4, "white")
     assert not np.allclose(auto["x"], white["x"])
-    table = session(_bn_mlp())
-    np.testing.assert_array_equal(noise_inputs(table, 4, 0, "auto")["x"], noise_inputs(table, 4, 0, "white")["x"])
+    table = for_model(_bn_mlp())
+    np.testing.assert_array_equal(table.feeds(0, 4, "auto")["x"], table.feeds(0, 4, "white")["x"])
 
 
 def test_progress_bar_draws_only_when_enabled():

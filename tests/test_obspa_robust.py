@@ -14,11 +14,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 import spa_compiler
 from spa_compiler.obspa.compensate import WORSE_THAN_NONE, LayerEntry, ObsContext, output_error
-from spa_compiler.obspa.input_kinds import SEQUENCE_LENGTH, input_kinds, sequence_dims
-from spa_compiler.obspa.noise import noise_inputs
+from spa_compiler.inputfacts import input_facts
+from spa_compiler.inputspec import for_model
 from spa_compiler.obspa.obs import MAX_DAMPING, ConsumerLayer, robust_inverse
 from spa_compiler.obspa.statistics import LayerStats
-from spa_compiler.runtime import session
 
 
 def _embedding_model() -> onnx.ModelProto:
@@ -44,16 +43,17 @@ def _embedding_model() -> onnx.ModelProto:
 
 def test_data_free_inputs_look_like_the_real_ones():
     model = _embedding_model()
-    graph = gs.import_onnx(model)
-    kinds = input_kinds(graph)
+    kinds = input_facts(gs.import_onnx(model))
     assert (kinds["ids"].kind, kinds["ids"].high) == ("ids", 139)
     assert (kinds["chars"].kind, kinds["chars"].high) == ("ids", 12)
     assert kinds["attention_mask"].kind == "mask"
-    dims = sequence_dims(graph, batch=4)
-    assert dims == {"batch": 4, "seq": SEQUENCE_LENGTH}
-    feeds = noise_inputs(session(model), batch=4, seed=0, kinds=kinds, dims=dims)
+    assert kinds["image"].kind == "float"
+    spec = for_model(model)
+    seq = spec.shapes()["ids"][1]
+    assert seq > 1 and spec.shapes()["chars"][1] == seq  # sequence dims: a sentence, not one token
+    feeds = spec.feeds(seed=0, batch=4, noise="auto")
     ids, chars, mask, image = (feeds[n] for n in ("ids", "chars", "attention_mask", "image"))
-    assert ids.shape == (4, SEQUENCE_LENGTH) and ids.min() >= 0 and ids.max() < 139 and ids.max() > 100
+    assert ids.shape == (4, seq) and ids.min() >= 0 and ids.max() < 139 and ids.max() > 100
     assert chars.dtype == np.float32 and set(np.unique(chars)) <= set(range(12)) and len(np.unique(chars)) > 6
     assert set(np.unique(mask)) <= {0, 1} and np.all(mask[:, 0] == 1) and mask.mean() > 0.5
     # NHWC: correlated along the spatial axes (1/f² noise), not along channels-as-width

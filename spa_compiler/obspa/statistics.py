@@ -121,7 +121,7 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
             progress=None) -> dict[str, LayerStats]:
     """Stream the statistics of every consumer's data input over *samples* inputs from *source*.
 
-    *noise* (see :mod:`spa_compiler.obspa.noise`) shapes the data-free inputs of ``bnstat`` and ``synthetic``.
+    *noise* (see :mod:`spa_compiler.inputvalues`) shapes the data-free inputs of ``bnstat`` and ``synthetic``.
     """
     from ..inputspec import active
     from ..runtime import session
@@ -160,7 +160,7 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
     if spec is not None and source != "calib":
         batch = min(batch, spec.statistics_batch(batch))  # large images: fewer per run, same memory
     with active(spec):  # noise at the input spec's dims (the dims verification and the cost model use)
-        for feeds in _batches(sess, source, calib, samples, batch, seed, noise, compiled.graph):
+        for feeds in _batches(sess, source, calib, samples, batch, seed, noise, spec):
             values = dict(zip(names, sess.run(None, feeds)))
             for node in consumers:
                 rows = feature_rows(node, values[wanted[node.name]], rng)
@@ -171,11 +171,13 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
 
 
 def _batches(sess, source: str, calib, samples: int, batch: int, seed: int,
-             noise: str, graph: Optional[gs.Graph] = None) -> Iterator[dict[str, np.ndarray]]:
-    """Feeds of the calibration inputs, or data-free feeds shaped like the graph's real inputs."""
-    from ..inputspec import current
-    from .input_kinds import input_kinds, sequence_dims
-    from .noise import noise_inputs
+             noise: str, spec=None) -> Iterator[dict[str, np.ndarray]]:
+    """Feeds of the calibration inputs, or data-free feeds from the input spec (as every stage draws them).
+
+    *spec* (:class:`inputspec.InputSpecs`, the compiled model's): its dims and each input's kind; a
+    model without a symbolic batch gets *batch* samples per run as one longer sequence where it can.
+    """
+    from ..inputspec import for_session
 
     if source == "calib":
         names = [i.name for i in sess.get_inputs()]
@@ -183,15 +185,12 @@ def _batches(sess, source: str, calib, samples: int, batch: int, seed: int,
         for start in range(0, total, batch):
             yield {name: calib[name][start:start + batch] for name in names}
         return
+    spec = spec if spec is not None else for_session(sess)
     done = 0
-    kinds = input_kinds(graph) if graph is not None else None
     while done < samples:
-        n = min(batch, samples - done)
-        # the active input spec (inputspec.py) owns the dims where there is one: it chose dims the dense
-        # model runs at (spatial sides that divide by 32, ...); sequence_dims is the fallback without it
-        dims = sequence_dims(graph, max(n, 2)) if graph is not None and current() is None else None
-        yield noise_inputs(sess, batch=max(n, 2), seed=seed + done, kind=noise, kinds=kinds, dims=dims)
-        done += n
+        run, held = spec.samples_per_run(max(min(batch, samples - done), 2))  # bnstat needs 2 samples a batch
+        yield run.feeds(seed=seed + done, noise=noise)
+        done += held
 
 
 def closed_form(graph: gs.Graph, consumers: list[gs.Node], correlated: bool) -> dict[str, LayerStats]:

@@ -1,22 +1,22 @@
-"""Data-free inputs for statistics: white noise, or 1/f² noise for image-shaped inputs.
+"""How data-free values are drawn for each kind of input (see :mod:`.inputfacts` for the kinds).
 
 Natural images have a power spectrum falling roughly as 1/f²: neighbouring
 pixels are strongly correlated.  White noise has none of that structure, so
 a network's first layers see inputs unlike anything they were trained on and
-the second moments OBSPA estimates from them are off.  ``auto`` gives every
+the second moments OBSPA estimates from them are off.  Under ``auto`` every
 float input of rank 4 with spatial sides of at least ``MIN_SIDE`` (an image
 batch, NCHW or NHWC) and every (batch, time, features) input of at least
-``MIN_SPECTROGRAM_SIDE`` frames and features 1/f² noise, standardized to
+``MIN_SPECTROGRAM_SIDE`` frames and features gets 1/f² noise, standardized to
 zero mean and unit variance per sample and channel, and every other float
-input N(0,1).  Token ids are drawn within the table they index and masks
-are padded ones (:mod:`.input_kinds` reads both from the graph), whatever
-the noise kind.
+input N(0,1); ``white`` keeps every float N(0,1).  Whatever the noise kind,
+ids are drawn within the table they index, masks are padded ones, other
+integers lie in ``[0, high)`` and bools are fair coins.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
+
+from .inputfacts import BOOL, IDS, MASK
 
 NOISE_KINDS = ("auto", "white")
 MIN_SIDE = 4
@@ -37,17 +37,17 @@ def pink_images(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     return x
 
 
-def is_image(shape: list[int], dtype) -> bool:
+def is_image(shape, dtype) -> bool:
     return np.issubdtype(dtype, np.floating) and len(shape) == 4 and min(shape[2:]) >= MIN_SIDE
 
 
-def is_image_nhwc(shape: list[int], dtype) -> bool:
+def is_image_nhwc(shape, dtype) -> bool:
     """Channels-last images (TF/Keras exports): 1, 3 or 4 channels last, spatial sides before them."""
     return np.issubdtype(dtype, np.floating) and len(shape) == 4 and shape[3] in (1, 3, 4) \
         and shape[1] not in (1, 3, 4) and min(shape[1:3]) >= MIN_SIDE
 
 
-def is_spectrogram(shape: list[int], dtype) -> bool:
+def is_spectrogram(shape, dtype) -> bool:
     """(batch, time, features) float sequences long and wide enough to be frames of a spectrogram."""
     return np.issubdtype(dtype, np.floating) and len(shape) == 3 and min(shape[1:]) >= MIN_SPECTROGRAM_SIDE
 
@@ -62,30 +62,28 @@ def padded_masks(shape: tuple[int, ...], dtype, rng: np.random.Generator) -> np.
     return mask.astype(dtype)
 
 
-def noise_inputs(sess, batch: int, seed: int, kind: str = "auto", kinds=None,
-                 dims: Optional[dict[str, int]] = None) -> dict[str, np.ndarray]:
-    """Seeded feeds for every input of *sess* that look like real ones where the graph says how.
+def floats(shape: tuple[int, ...], dtype, rng: np.random.Generator, noise: str = "auto") -> np.ndarray:
+    """Unit-variance float noise: 1/f² for images and spectrograms under ``auto``, else N(0,1)."""
+    if noise == "auto":
+        if is_image(shape, dtype):
+            return pink_images(shape, rng).astype(dtype)
+        if is_image_nhwc(shape, dtype):
+            return pink_images((shape[0], shape[3], shape[1], shape[2]), rng).transpose(0, 2, 3, 1).astype(dtype)
+        if is_spectrogram(shape, dtype):
+            return pink_images((shape[0], 1) + tuple(shape[1:]), rng)[:, 0].astype(dtype)
+    return rng.standard_normal(shape).astype(dtype)
 
-    *kinds* (:func:`.input_kinds.input_kinds`): ids are drawn within the table they index, masks
-    are ones with padded tails; *dims* sizes symbolic dimensions (sequence lengths).  Under ``auto``
-    float images (NCHW or NHWC) and spectrograms get 1/f² noise; ``white`` leaves floats N(0,1).
-    """
-    from ..runtime import random_inputs
 
-    feeds = random_inputs(sess, batch=batch, seed=seed, dims=dims)
-    rng = np.random.default_rng(seed + 7919)
-    for name, value in feeds.items():
-        what = (kinds or {}).get(name)
-        if what is not None and what.kind == "ids":
-            feeds[name] = rng.integers(0, what.high, size=value.shape).astype(value.dtype)
-        elif what is not None and what.kind == "mask":
-            feeds[name] = padded_masks(value.shape, value.dtype, rng)
-        elif kind == "white":
-            continue
-        elif is_image(list(value.shape), value.dtype):
-            feeds[name] = pink_images(value.shape, rng).astype(value.dtype)
-        elif is_image_nhwc(list(value.shape), value.dtype):
-            feeds[name] = pink_images(value.transpose(0, 3, 1, 2).shape, rng).transpose(0, 2, 3, 1).astype(value.dtype)
-        elif is_spectrogram(list(value.shape), value.dtype):
-            feeds[name] = pink_images(value.shape[:1] + (1,) + value.shape[1:], rng)[:, 0].astype(value.dtype)
-    return feeds
+def draw(kind: str, shape: tuple[int, ...], dtype, high: int, rng: np.random.Generator,
+         noise: str = "auto", scale: float = 1.0) -> np.ndarray:
+    """Seeded values of one input of *kind* (``high``: exclusive bound of ids and other integers; *scale*:
+    std of floats, from :func:`inputfacts.input_scale`)."""
+    dtype = np.dtype(dtype)
+    if kind == MASK:
+        return padded_masks(shape, dtype, rng)
+    if kind == BOOL or dtype == np.bool_:
+        return rng.random(shape) > 0.5
+    if kind == IDS or not np.issubdtype(dtype, np.floating):
+        return rng.integers(0, high, size=shape).astype(dtype)
+    values = floats(shape, dtype, rng, noise)
+    return values if scale == 1.0 else (values * scale).astype(dtype)
