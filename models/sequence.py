@@ -211,3 +211,44 @@ def float_lstms(model: onnx.ModelProto) -> onnx.ModelProto:
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     return model
+
+
+def batch_first_lstm() -> onnx.ModelProto:
+    """Linear -> bidirectional LSTM with ``layout=1`` (X ``[batch, seq, features]``, Y ``[batch, seq, dirs,
+    hidden]``, states ``[batch, dirs, hidden]`` as initializers) -> Y merged over directions -> linear.
+    onnxruntime's CPU kernels refuse layout 1: tests run it through :func:`time_major`."""
+    s = Seq("batch_first_lstm", opset=14)
+    s.inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 4])]
+    h = s.one("Tanh", [s.linear("x", 4, 8)])
+    states = (s.rng.normal(0, 0.5, (2, 2, 6)), s.rng.normal(0, 0.5, (2, 2, 6)))
+    y = s.recurrent("LSTM", h, 8, 6, dirs=2, states=states, layout=1)[0]
+    merged = s.one("Reshape", [y, s.init("shape", np.array([0, 0, -1], np.int64))])  # [batch, seq, 2*hidden]
+    return s.model([s.linear(merged, 12, 3)])
+
+
+def time_major(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same computation with every ``layout=1`` recurrent node made ``layout=0`` between Transposes."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    nodes = []
+    for node in model.graph.node:
+        layout = next((a for a in node.attribute if a.name == "layout"), None)
+        if layout is None or layout.i == 0:
+            nodes.append(node)
+            continue
+        layout.i = 0
+        for index in (0, 5, 6):  # X [batch, seq, in] and states [batch, dirs, hidden]
+            if index < len(node.input) and node.input[index]:
+                name = f"{node.input[index]}__tm{index}"
+                nodes.append(helper.make_node("Transpose", [node.input[index]], [name], perm=[1, 0, 2]))
+                node.input[index] = name
+        outputs = list(node.output)
+        for index, name in enumerate(outputs):
+            if name:
+                node.output[index] = f"{name}__tm"
+        nodes.append(node)
+        for index, perm in ((0, [2, 0, 1, 3]), (1, [1, 0, 2]), (2, [1, 0, 2])):
+            if index < len(outputs) and outputs[index]:
+                nodes.append(helper.make_node("Transpose", [node.output[index]], [outputs[index]], perm=perm))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model

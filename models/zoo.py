@@ -204,7 +204,7 @@ def _torchvision_detection(name: str) -> Callable[[Path], None]:
     return build
 
 
-FRAMEWORK_MODULES = ("models.zoo_keras", "models.zoo_jax", "models.zoo_paddle", "models.zoo_sklearn")
+FRAMEWORK_MODULES = ("models.zoo_keras", "models.zoo_jax", "models.zoo_paddle", "models.zoo_sklearn", "models.zoo_graphs")
 
 
 def zoo() -> list[ZooModel]:

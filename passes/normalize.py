@@ -13,6 +13,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from spa_compiler.errors import ModelLoadError, first_line
+from spa_compiler.ir import COPY_MARK, all_nodes, all_tensors
 from spa_compiler.validate import ABSURD_TENSOR_BYTES
 from spa_compiler.registry import register
 from spa_compiler.shapes import infer_graph_shapes
@@ -464,19 +465,19 @@ def unshare_initializers(graph: gs.Graph, notes: list[str]) -> None:
     """Give every use of a shared non-scalar constant its own copy, so one layer's cut never hits another."""
     uses: dict[int, list[tuple[gs.Node, int]]] = defaultdict(list)
     tensors: dict[int, gs.Constant] = {}
-    for node in graph.nodes:
+    for node in all_nodes(graph):  # a weight read inside a subgraph and outside it is shared too
         for i, tensor in enumerate(node.inputs):
             if isinstance(tensor, gs.Constant):
                 uses[id(tensor)].append((node, i))
                 tensors[id(tensor)] = tensor
-    taken = set(graph.tensors().keys())
+    taken = set(all_tensors(graph).keys())
     count = 0
     for key, sites in uses.items():
         const = tensors[key]
         if len(sites) < 2 or np.prod(const.shape) <= 1:
             continue
         for k, (node, i) in enumerate(sites[1:], start=1):
-            name = f"{const.name}__use{k}"
+            name = f"{const.name}{COPY_MARK}{k}"
             while name in taken:
                 name += "_"
             taken.add(name)

@@ -19,5 +19,6 @@ PLUGINS = "<plugins>"
 MODEL_PIPELINE = ("strip_initializer_inputs", "upgrade_opset", PLUGINS)
 GRAPH_PIPELINE = ("constants_to_initializers", "castlike_constants", "lower_ml_scaler", "remove_identity",
                   "infer_shapes", "refuse_absurd_shapes", "sequence_split_to_split", "einsum_to_matmul",
-                  "fold_weight_layouts", "infer_shapes", "fold_constants", "drop_zero_states", "group_norm_as_split",
+                  "fold_weight_layouts", "infer_shapes", "fold_constants", "drop_zero_states", "matmul_nbits_2d_scales",
+                  "group_norm_as_split",
                   PLUGINS, "unshare_initializers", "cleanup", "infer_shapes_symbolic", "refuse_inconsistent_weights")

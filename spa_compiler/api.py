@@ -75,8 +75,12 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
     return prune_with(model, options, progress)
 
 
-def prune_with(model: ModelLike, opts: PruneOptions, progress: Optional[Callable[[str], None]] = None) -> PruneResult:
+def prune_with(model: ModelLike, opts: PruneOptions, progress: Optional[Callable[[str], None]] = None,
+               freeze: Optional[Callable[[Compiled], dict[int, str]]] = None) -> PruneResult:
     """:func:`prune` with its options already built (and so validated): what the CLI calls.
+
+    *freeze*: a hook given the analysed model, returning {group id: reason} for groups to freeze on top of
+    the analysis (spa_compiler.torch freezes groups whose constants are not module parameters).
 
     The one driver: analysis -> statistics -> score -> plan -> compensate -> rewrite -> recalibrate -> report
     -> verify and write.  The stages themselves live in :mod:`.pipeline` and :mod:`.obspa`.
@@ -98,6 +102,8 @@ def prune_with(model: ModelLike, opts: PruneOptions, progress: Optional[Callable
     compiled = compile_model(model, prune_hidden=opts.prune_hidden, head_dims=opts.prune_head_dims,
                              input_shapes=opts.input_shapes, run_dense=True,
                              measure=(opts.seed, opts.noise) if measuring else None)
+    for gid, why in (freeze(compiled) if freeze is not None else {}).items():
+        compiled.analysis.groups[gid].frozen.append(why)
     require_prunable(compiled)
     parameters = {p.tensor for g in compiled.analysis.groups for p in g.params}
     nonfinite, finite_warnings = check_input_weights(compiled.graph, parameters, opts.force)

@@ -34,7 +34,7 @@ import onnx_graphsurgeon as gs
 
 from .cost import estimate_macs, totals
 from .fidelity import Measurement, Reference, compare, relative_error, run_batches
-from .ir import to_model
+from .ir import all_nodes, constants_of, to_model
 from .oracle import masked_consumers
 from .pipeline import Compiled, apply_plan
 from .plan import Plan, PlanOptions, candidate_groups, plan_from_ratios
@@ -58,10 +58,10 @@ class MaskedRunner:
 
     def __init__(self, compiled: Compiled, names: set[str]) -> None:
         graph = compiled.graph.copy()
-        constants = {n: t for n, t in graph.tensors().items() if isinstance(t, gs.Constant) and n in names}
+        constants = {n: t for n, t in constants_of(graph).items() if n in names}
         self.base = {n: np.asarray(t.values) for n, t in constants.items()}
         inputs = {n: gs.Variable(n, dtype=v.dtype, shape=list(v.shape)) for n, v in self.base.items()}
-        for node in graph.nodes:
+        for node in all_nodes(graph):  # a body reads a graph input of the outer scope like a constant
             for i, tensor in enumerate(node.inputs):
                 if tensor is not None and tensor.name in inputs:
                     node.inputs[i] = inputs[tensor.name]
@@ -83,7 +83,7 @@ def _updatable(compiled: Compiled, groups) -> set[str]:
     """Consumer weights of *groups*, with the biases and following BatchNorm statistics OBSPA may change."""
     from .analysis import CONSUMER
 
-    nodes = {n.name: n for n in compiled.graph.nodes}
+    nodes = {n.name: n for n in all_nodes(compiled.graph)}
     names: set[str] = set()
     for group in groups:
         for param in group.params_by_role(CONSUMER):

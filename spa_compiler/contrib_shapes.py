@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import onnx
 from onnx import helper
-from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference, get_attribute
+from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference, get_attribute, get_shape_from_sympy_shape
 
 
 class ContribShapeInference(SymbolicShapeInference):
@@ -22,6 +22,7 @@ class ContribShapeInference(SymbolicShapeInference):
             self.dispatcher_[op] = self._propagate_shape_and_type
         self.dispatcher_["QLinearGlobalAveragePool"] = self._infer_global_pool
         self.dispatcher_["QGemm"] = self._infer_qgemm
+        self.dispatcher_["QLinearConcat"] = self._infer_qlinear_concat
 
     def _set(self, name: str, elem_type: int, shape: list) -> None:
         self.known_vi_[name].CopyFrom(helper.make_tensor_value_info(name, elem_type, shape))
@@ -47,6 +48,16 @@ class ContribShapeInference(SymbolicShapeInference):
         quantized = len(node.input) > 8 and node.input[8]
         elem = self._elem_type(node, 8) if quantized else onnx.TensorProto.FLOAT
         self._set(node.output[0], elem, [rows, cols])
+
+    def _infer_qlinear_concat(self, node) -> None:
+        """Concat of inputs 2, 5, 8, ... (each followed by its scale and zero point) along ``axis``."""
+        shapes = [self._get_sympy_shape(node, i) for i in range(2, len(node.input), 3)]
+        axis = get_attribute(node, "axis")
+        axis = axis + len(shapes[0]) if axis < 0 else axis
+        shape = list(shapes[0])
+        shape[axis] = sum(s[axis] for s in shapes)
+        self._update_computed_dims(shape)
+        self._set(node.output[0], self._elem_type(node, 2), get_shape_from_sympy_shape(shape))
 
     def _infer_recurrent(self, node) -> None:
         """Y ``[seq, dirs, batch, hidden]``; Y_h and Y_c ``[dirs, batch, hidden]`` (layout 0)."""

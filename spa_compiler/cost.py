@@ -14,7 +14,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .analysis.rules import rule_for
-from .ir import dims_product, static_shape
+from .ir import all_nodes, constants_of, copy_base, dims_product, static_shape
 
 # gate blocks per hidden unit of the recurrent ops
 RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1, "DynamicQuantizeLSTM": 4}
@@ -76,16 +76,24 @@ def node_params(node: gs.Node) -> int:
 
 def layer_costs(graph: gs.Graph, shapes: Optional[Concrete] = None) -> list[LayerCost]:
     shapes = concrete(graph, shapes)
-    return [LayerCost(n.name, n.op, node_params(n), node_macs(n, shapes)) for n in graph.nodes]
+    return [LayerCost(n.name, n.op, node_params(n), node_macs(n, shapes)) for n in all_nodes(graph)]
 
 
 def totals(graph: gs.Graph, shapes: Optional[Concrete] = None) -> tuple[int, int]:
     """(params, MACs) of the whole graph; each constant counted once."""
     shapes = concrete(graph, shapes)
-    params = sum(int(np.prod(t.shape)) for t in graph.tensors().values()
-                 if isinstance(t, gs.Constant) and t.outputs and _is_weight(t))
-    macs = sum(node_macs(n, shapes) for n in graph.nodes)
+    constants = constants_of(graph)
+    params = sum(int(np.prod(t.shape)) for t in constants.values()
+                 if t.outputs and _is_weight(t) and not _same_as_base(t, constants))
+    macs = sum(node_macs(n, shapes) for n in all_nodes(graph))
     return params, macs
+
+
+def _same_as_base(t: gs.Constant, constants: dict[str, gs.Constant]) -> bool:
+    """A per-use copy of a shared weight still equal to it (one weight in the file once shared back)."""
+    base = constants.get(copy_base(t.name) or "")
+    return base is not None and tuple(base.shape) == tuple(t.shape) and bool(
+        np.array_equal(np.asarray(base.values), np.asarray(t.values)))
 
 
 def _is_weight(t: gs.Constant) -> bool:
@@ -102,7 +110,7 @@ def estimate_macs(graph: gs.Graph, fraction: Callable[[str, int], Optional[float
     """MACs after pruning, given the kept fraction of each (tensor, axis) space (None = untouched)."""
     shapes = concrete(graph, shapes)
     total = 0
-    for node in graph.nodes:
+    for node in all_nodes(graph):  # a body's layers counted once (one iteration, every branch)
         macs = node_macs(node, shapes)
         if not macs:
             continue

@@ -14,6 +14,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .analysis import DependencyAnalysis, Group, ParamSlice
+from .ir import constants_of
 
 REDUCTIONS = ("sum", "mean", "max")
 SCORE_SCALINGS = ("none", "mean", "max", "sum")
@@ -30,7 +31,7 @@ class ScoringContext:
     progress: Optional[Callable[[str], None]] = None  # long-running criteria report here
 
     def __post_init__(self) -> None:
-        self._constants = {name: t for name, t in self.graph.tensors().items() if isinstance(t, gs.Constant)}
+        self._constants = constants_of(self.graph)
 
     def values(self, name: str) -> np.ndarray:
         return np.asarray(self._constants[name].values)

@@ -8,6 +8,7 @@ here, so the rest of the compiler never sees protobufs.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Optional, Sequence
@@ -173,7 +174,7 @@ def to_model(graph: gs.Graph, meta: ModelMeta, embed: bool = True) -> onnx.Model
         embed_external(model)
     # Intermediate shapes are the compiler's own inference (symbolic dims merged for analysis):
     # runtimes infer their own, and a merged dim written here could contradict them.
-    del model.graph.value_info[:]
+    strip_value_info(model.graph)
     del model.opset_import[:]
     model.opset_import.extend(meta.opset_imports)
     model.ir_version = choose_ir_version(meta)
@@ -189,6 +190,58 @@ def to_model(graph: gs.Graph, meta: ModelMeta, embed: bool = True) -> onnx.Model
         if output.name in meta.output_types:
             output.type.CopyFrom(meta.output_types[output.name])
     return model
+
+
+COPY_MARK = "__use"  # unshare_initializers names the k-th extra use of a shared weight NAME__usek
+_COPY = re.compile(rf"^(.+){COPY_MARK}\d+_*$")
+
+
+def copy_base(name: str) -> Optional[str]:
+    """The shared weight a per-use copy was made from (None for other names)."""
+    match = _COPY.match(name)
+    return match.group(1) if match else None
+
+
+def graphs_of(graph: gs.Graph) -> list[gs.Graph]:
+    """*graph* and every subgraph (If branches, Loop and Scan bodies) nested in it."""
+    return [graph, *graph.subgraphs(recursive=True)]
+
+
+def all_nodes(graph: gs.Graph) -> list[gs.Node]:
+    """Nodes of *graph* and of its subgraphs: a body's layers are analysed and rewritten like the graph's."""
+    return [node for g in graphs_of(graph) for node in g.nodes]
+
+
+def all_tensors(graph: gs.Graph) -> dict[str, gs.Tensor]:
+    """Tensors of *graph* and of its subgraphs by name (ONNX names are unique across scopes)."""
+    tensors: dict[str, gs.Tensor] = {}
+    for g in graphs_of(graph):
+        for name, tensor in g.tensors().items():
+            tensors.setdefault(name, tensor)
+    return tensors
+
+
+def constants_of(graph: gs.Graph) -> dict[str, gs.Constant]:
+    """Every constant of *graph* and its subgraphs by name (a branch's own weights are parameters too)."""
+    return {name: t for name, t in all_tensors(graph).items() if isinstance(t, gs.Constant)}
+
+
+def graph_protos(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    """*graph* and every subgraph proto nested in it."""
+    found, todo = [], [graph]
+    while todo:
+        g = todo.pop()
+        found.append(g)
+        for node in g.node:
+            for attribute in node.attribute:
+                todo += ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs)
+    return found
+
+
+def strip_value_info(graph: onnx.GraphProto) -> None:
+    """Drop the intermediate shapes of *graph* and its subgraphs (runtimes infer their own)."""
+    for g in graph_protos(graph):
+        del g.value_info[:]
 
 
 def is_const(tensor: gs.Tensor) -> bool:

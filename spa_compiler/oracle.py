@@ -12,10 +12,9 @@ from typing import Callable
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 
 from .analysis import CONSUMER
-from .ir import to_model
+from .ir import constants_of, to_model
 from .pipeline import Compiled, apply_plan, score_groups
 from .plan import Plan, PlanOptions, make_plan
 from .rewrite import kept_positions
@@ -45,7 +44,7 @@ def masked_consumers(analysis, plan: Plan, values: Callable[[str], np.ndarray]) 
 def masked_model(compiled: Compiled, plan: Plan) -> onnx.ModelProto:
     """The original model with the consumer-side slices of the removed atoms zeroed."""
     graph = compiled.graph.copy()
-    constants = {n: t for n, t in graph.tensors().items() if isinstance(t, gs.Constant)}
+    constants = constants_of(graph)
     for name, values in masked_consumers(compiled.analysis, plan, lambda n: constants[n].values).items():
         constants[name].values = values
     return to_model(graph, compiled.meta)

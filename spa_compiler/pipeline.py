@@ -22,7 +22,7 @@ from .cost import estimate_macs, totals
 from .criterion import Criterion
 from .errors import CompileError, ModelLoadError, NothingToPruneError, SpacError, UsageError
 from .importance import REDUCTIONS, ScoringContext
-from .ir import ModelMeta
+from .ir import ModelMeta, constants_of
 from .modelio import ModelLike, load_model
 from .normalize import normalize
 from .plan import Plan, PlanOptions, make_plan, search_ratio
@@ -92,7 +92,7 @@ def compile_model(source: ModelLike, prune_hidden: bool = False, head_dims: bool
 def check_param_sizes(graph: gs.Graph, analysis: DependencyAnalysis) -> None:
     """Every parameter of a prunable group has the group's width along its axis (a bias of the wrong
     length cannot run; without this it fails inside a criterion as an internal error)."""
-    constants = {name: t for name, t in graph.tensors().items() if isinstance(t, gs.Constant)}
+    constants = constants_of(graph)
     for group in analysis.prunable_groups:
         for param in group.params:
             shape = list(getattr(constants.get(param.tensor), "shape", None) or [])

@@ -17,8 +17,8 @@ from .errors import UsageError
 
 KINDS = ("normalize", "criterion")
 ENTRY_POINT_GROUP = "spa_compiler.passes"
-BUILTIN_MODULES = tuple(f"spa_compiler.passes.{name}" for name in ("normalize", "recurrent", "criteria", "obspa",
-                                                                     "calibrated"))
+BUILTIN_MODULES = tuple(f"spa_compiler.passes.{name}" for name in ("normalize", "recurrent", "quantized", "criteria",
+                                                                     "obspa", "calibrated"))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from .analysis import DependencyAnalysis, Space
 from .analysis.context import RewriteContext
 from .analysis.rules import rule_for
 from .errors import CompileError
-from .ir import ModelMeta, node_label
+from .ir import ModelMeta, all_nodes, constants_of, copy_base, node_label
 from .shapes import reinfer_shapes
 from .plan import Plan
 from .weights import release_pages
@@ -51,6 +51,27 @@ def kept_fraction(analysis: DependencyAnalysis, plan: Plan):
     return lambda name, axis: fractions.get((name, axis))
 
 
+def reshare_copies(graph: gs.Graph) -> int:
+    """Point the per-use copies of a shared weight (``unshare_initializers``) back at it where they are
+    still equal: an unrolled cell or a TimeDistributed layer keeps one weight, not one per step.
+
+    Only weights the main graph reads are shared back (a subgraph may read the outer scope, not the
+    reverse); returns the count.
+    """
+    main = {t.name: t for node in graph.nodes for t in node.inputs if isinstance(t, gs.Constant)}
+    count = 0
+    for node in all_nodes(graph):
+        for i, tensor in enumerate(node.inputs):
+            base = main.get(copy_base(tensor.name) or "") if isinstance(tensor, gs.Constant) else None
+            if base is None or base is tensor or tuple(base.shape) != tuple(tensor.shape):
+                continue
+            if np.asarray(base.values).dtype == np.asarray(tensor.values).dtype \
+                    and np.array_equal(np.asarray(base.values), np.asarray(tensor.values)):
+                node.inputs[i] = base
+                count += 1
+    return count
+
+
 def rewrite(graph: gs.Graph, meta: ModelMeta, analysis: DependencyAnalysis, plan: Plan,
             updates: Optional[dict[str, np.ndarray]] = None) -> tuple[gs.Graph, RewriteLog]:
     """Return a pruned copy of *graph* (the input graph is left untouched).
@@ -61,7 +82,7 @@ def rewrite(graph: gs.Graph, meta: ModelMeta, analysis: DependencyAnalysis, plan
     work = graph.copy()
     kept = kept_positions(analysis, plan)
     log = RewriteLog()
-    constants = {name: t for name, t in work.tensors().items() if isinstance(t, gs.Constant)}
+    constants = constants_of(work)
     for name, values in (updates or {}).items():
         if name not in constants:
             raise CompileError(f"compensated parameter {name} not found")
@@ -82,7 +103,7 @@ def rewrite(graph: gs.Graph, meta: ModelMeta, analysis: DependencyAnalysis, plan
         release_pages()  # the kept slices are new arrays; the mapped originals need not stay resident
     rx = RewriteContext(graph=work, facts=analysis.facts, kept_of=lambda name, axis: kept.get((name, axis)))
     touched_tensors = {name for name, _ in kept}
-    for node in list(work.nodes):
+    for node in all_nodes(work):
         names = {t.name for t in node.inputs if t is not None} | {t.name for t in node.outputs}
         if not names & touched_tensors:
             continue
@@ -94,5 +115,6 @@ def rewrite(graph: gs.Graph, meta: ModelMeta, analysis: DependencyAnalysis, plan
         except Exception as exc:  # noqa: BLE001
             raise CompileError(f"rewrite of {node_label(node)} failed: {exc}") from exc
     log.edits = rx.changed
+    reshare_copies(work)
     work.cleanup()
     return reinfer_shapes(work, meta), log

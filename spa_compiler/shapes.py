@@ -28,7 +28,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from . import inputspec
-from .ir import ModelMeta
+from .ir import ModelMeta, all_nodes, all_tensors, graph_protos, graphs_of
 
 Shapes = dict[str, tuple[list, int]]  # tensor name -> (dims, ONNX element type)
 
@@ -40,9 +40,10 @@ SHAPE_PRESERVING = ("GroupNormalization",)
 
 def reinfer_shapes(graph: gs.Graph, meta: ModelMeta) -> gs.Graph:
     """Forget intermediate shapes and infer them again (after a rewrite changed channel counts)."""
-    for tensor in graph.tensors().values():
-        if isinstance(tensor, gs.Variable) and tensor not in graph.outputs and tensor not in graph.inputs:
-            tensor.shape = None
+    for g in graphs_of(graph):  # a body's declared inputs and outputs are its owner rule's to rewrite
+        for tensor in g.tensors().values():
+            if isinstance(tensor, gs.Variable) and tensor not in g.outputs and tensor not in g.inputs:
+                tensor.shape = None
     with inputspec.active(meta.input_spec):
         infer_graph_shapes(graph, [], symbolic=True)
     return graph
@@ -61,7 +62,7 @@ def infer_graph_shapes(graph: gs.Graph, notes: list[str], symbolic: bool) -> Non
     except Exception as exc:  # noqa: BLE001
         notes.append(f"infer_shapes: failed ({str(exc).splitlines()[0][:160]}); exporter shapes kept")
         return
-    shapes = value_shapes(inferred)
+    shapes = carry_loop_shapes(graph, value_shapes(inferred))
     declared = {d for t in graph.inputs for d in (t.shape or []) if isinstance(d, str)}  # symbols, not unknowns
 
     def incomplete() -> bool:  # unknown dims, or tensors ONNX has no shape for (contrib ops it does not know)
@@ -71,17 +72,41 @@ def infer_graph_shapes(graph: gs.Graph, notes: list[str], symbolic: bool) -> Non
 
     if symbolic and incomplete():
         outputs = {t.name for t in graph.outputs}
-        shapes = complete(graph, shapes, outputs)
+        shapes = carry_loop_shapes(graph, complete(graph, shapes, outputs))
         if incomplete():  # only what is still unknown
             found = symbolic_shapes(inferred, notes)
             shapes.update({k: v for k, v in found.items()
                            if k not in shapes or (has_unknown(shapes[k][0]) and not has_unknown(v[0]))})
-    for name, tensor in graph.tensors().items():
+    for name, tensor in all_tensors(graph).items():
         if isinstance(tensor, gs.Variable) and name in shapes and tensor not in graph.inputs:
             dims, elem = shapes[name]
             tensor.shape = dims
             if tensor.dtype is None and elem:
                 tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+
+
+def carry_loop_shapes(graph: gs.Graph, shapes: Shapes) -> Shapes:
+    """*shapes* with the final values of Loop-carried tensors given their initial shape, where the body
+    returns that same shape (ONNX infers none: a carried value may change shape from one iteration to the next)."""
+    def dims_of(tensor: gs.Tensor):
+        if tensor.name in shapes:
+            return shapes[tensor.name]
+        if tensor.shape is not None:
+            return list(tensor.shape), 0
+        return None
+
+    for node in all_nodes(graph):
+        body = node.attrs.get("body")
+        if node.op != "Loop" or not isinstance(body, gs.Graph):
+            continue
+        for j, out in enumerate(node.outputs[:max(0, len(node.inputs) - 2)]):
+            initial = dims_of(node.inputs[2 + j])
+            returned = dims_of(body.outputs[1 + j]) if 1 + j < len(body.outputs) else None
+            if out.name in shapes and not has_unknown(shapes[out.name][0]):
+                continue
+            if initial and returned and not has_unknown(initial[0]) and list(initial[0]) == list(returned[0]):
+                shapes[out.name] = (list(initial[0]), initial[1] or returned[1])
+    return shapes
 
 
 def spec_of(graph: gs.Graph) -> inputspec.InputSpecs:
@@ -212,7 +237,9 @@ def onnx_infer(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def value_shapes(model: onnx.ModelProto) -> Shapes:
     shapes = {}
-    for vi in list(model.graph.value_info) + list(model.graph.output):
+    subgraphs = graph_protos(model.graph)[1:]  # bodies: their values and declared outputs
+    for vi in list(model.graph.value_info) + list(model.graph.output) + [
+            v for g in subgraphs for v in list(g.value_info) + list(g.output)]:
         if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
             dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                     for d in vi.type.tensor_type.shape.dim]
@@ -240,7 +267,7 @@ def symbolic_shapes(model: onnx.ModelProto, notes: Optional[list[str]] = None,
             return value_shapes(ContribShapeInference.infer_shapes(model, auto_merge=True))
     except _TimeUp:
         if notes is not None:
-            notes.append(f"infer_shapes: symbolic shape inference stopped after {seconds:g} s; "
+            notes.append(f"infer_shapes: symbolic shape inference stopped after {seconds:g} CPU-seconds; "
                          "dims it did not reach stay unknown")
         return {}
     except Exception:  # noqa: BLE001 - unsupported ops or no sympy: keep what ONNX inferred
@@ -253,7 +280,9 @@ class _TimeUp(Exception):
 
 @contextlib.contextmanager
 def _time_limit(seconds: float) -> Iterator[None]:
-    """Raise :class:`_TimeUp` in the block after *seconds* (a no-op outside the main thread)."""
+    """Raise :class:`_TimeUp` in the block after *seconds* of this process's CPU time (a no-op outside the
+    main thread).  CPU time, not wall time: on a loaded machine a wall-clock limit would stop inference
+    in one run and not the next, and the same command would give a different model."""
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
         yield
         return
@@ -261,13 +290,13 @@ def _time_limit(seconds: float) -> Iterator[None]:
     def expire(_signum, _frame):
         raise _TimeUp
 
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    previous = signal.signal(signal.SIGPROF, expire)
+    signal.setitimer(signal.ITIMER_PROF, seconds)
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, previous)
 
 
 @contextlib.contextmanager

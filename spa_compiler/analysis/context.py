@@ -7,7 +7,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..ir import const_values, static_shape
+from ..ir import all_tensors, const_values, static_shape
 
 
 @dataclass
@@ -79,7 +79,7 @@ class RewriteContext:
     def fresh_name(self, base: str) -> str:
         """A tensor name not used anywhere in the graph (shared constants get one copy per use)."""
         if not self._taken:
-            self._taken.update(self.graph.tensors().keys())
+            self._taken.update(all_tensors(self.graph).keys())
         name, k = f"{base}__spa", 1
         while name in self._taken:
             k += 1

@@ -16,11 +16,13 @@ import networkx as nx
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..ir import node_label
+from ..ir import all_nodes, all_tensors, node_label
 from .atoms import compute_atoms
 from .context import AnalysisContext, AnalysisFacts
 from .effects import CONSUMER, PRODUCER, Effect, ParamSlice, Space, Tie
-from .rules import SUBGRAPH_OPS, rule_for
+from .rules import rule_for
+from .rules.base import Port
+from .rules.control_flow import body_ports
 from .rules.quantized import through_dequantize
 
 
@@ -73,15 +75,13 @@ class DependencyAnalysis:
         return [g for g in self.groups if g.prunable]
 
 
-def _subgraph_names(graph: gs.Graph) -> set[str]:
-    """Names of outer tensors that subgraphs (If/Loop/Scan bodies) read implicitly."""
-    names: set[str] = set()
-    for node in graph.nodes:
-        for value in node.attrs.values():
-            if isinstance(value, gs.Graph):
-                for sub in value.nodes:
-                    names.update(t.name for t in sub.inputs if t is not None)
-    return names
+def _body_owners(graph: gs.Graph) -> dict[str, list[tuple[gs.Node, Port]]]:
+    """Each subgraph input and output, with the node owning the subgraph and the port its rule answers on."""
+    owners: dict[str, list[tuple[gs.Node, Port]]] = {}
+    for node in all_nodes(graph):
+        for tensor, port in body_ports(node):
+            owners.setdefault(tensor.name, []).append((node, port))
+    return owners
 
 
 def analyze(graph: gs.Graph, opset: int, prune_hidden: bool = False, head_dims: bool = False) -> DependencyAnalysis:
@@ -95,11 +95,12 @@ def analyze(graph: gs.Graph, opset: int, prune_hidden: bool = False, head_dims: 
     """
     cx = AnalysisContext(graph=graph, opset=opset, facts=AnalysisFacts(opset=opset), prune_hidden=prune_hidden,
                          head_dims=head_dims)
-    tensors = graph.tensors()
+    tensors = all_tensors(graph)  # subgraph bodies are analysed like the graph (rules/control_flow.py)
     graph_inputs = {t.name for t in graph.inputs}
     graph_outputs = {t.name for t in graph.outputs}
-    implicit = _subgraph_names(graph)
-    top_level = {id(node) for node in graph.nodes}
+    owners = _body_owners(graph)
+    nodes = all_nodes(graph)
+    analysed = {id(node) for node in nodes}
 
     space_graph = nx.Graph()
     sizes: dict[Space, int] = {}
@@ -131,7 +132,8 @@ def analyze(graph: gs.Graph, opset: int, prune_hidden: bool = False, head_dims: 
         for p in (q for p in effect.params for q in through_dequantize(p, tensors)):
             add_space(p.space)
             params.setdefault(p.space, []).append(p)
-        node_tensors = {t.name for t in node.inputs if t is not None} | {t.name for t in node.outputs}
+        node_tensors = ({t.name for t in node.inputs if t is not None} | {t.name for t in node.outputs}
+                        | {t.name for t, _ in body_ports(node)})
         for tie in effect.ties:
             for end in (tie.a, tie.b):
                 add_space(end)
@@ -146,9 +148,6 @@ def analyze(graph: gs.Graph, opset: int, prune_hidden: bool = False, head_dims: 
         if key in visited:
             return
         visited.add(key)
-        if node.op in SUBGRAPH_OPS:
-            apply(node, space, Effect(freeze=f"{node_label(node)} has subgraphs"))
-            return
         rule = rule_for(node)
         if rule is None:
             apply(node, space, Effect(freeze=f"{node_label(node)}: no rule for op {node.op}"
@@ -160,7 +159,7 @@ def analyze(graph: gs.Graph, opset: int, prune_hidden: bool = False, head_dims: 
             effect = Effect(freeze=f"{node_label(node)}: rule failed ({type(exc).__name__}: {exc})")
         apply(node, space, effect)
 
-    for node in graph.nodes:
+    for node in nodes:
         rule = rule_for(node)
         if rule is None:
             continue
@@ -185,15 +184,16 @@ def analyze(graph: gs.Graph, opset: int, prune_hidden: bool = False, head_dims: 
             reasons.setdefault(space, []).append(f"reaches graph output {name}")
         if name in graph_inputs:
             reasons.setdefault(space, []).append(f"reaches graph input {name}")
-        if name in implicit:
-            reasons.setdefault(space, []).append(f"tensor {name} is read inside a subgraph")
+        for owner, port in owners.get(name, []):  # a body's input or output: its node's rule couples it
+            visit(owner, space, port)
         for producer in tensor.inputs:
-            if id(producer) not in top_level:
+            if id(producer) not in analysed:
+                reasons.setdefault(space, []).append(f"tensor {name} comes from a node outside the graph")
                 continue
             visit(producer, space, ("out", producer.outputs.index(tensor)))
         for consumer in tensor.outputs:
-            if id(consumer) not in top_level:  # gs links outer tensors to nodes inside subgraphs
-                reasons.setdefault(space, []).append(f"tensor {name} is read inside a subgraph")
+            if id(consumer) not in analysed:
+                reasons.setdefault(space, []).append(f"tensor {name} is read by a node outside the graph")
                 continue
             for i, inp in enumerate(consumer.inputs):
                 if inp is tensor:

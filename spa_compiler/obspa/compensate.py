@@ -17,6 +17,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..analysis import CONSUMER, DependencyAnalysis, Group
+from ..ir import constants_of
 from .obs import DEFAULT_DAMPING, MAX_DAMPING, ConsumerLayer, damped_inverse, output_power, robust_inverse
 from ..plan import Plan
 from .statistics import LayerStats
@@ -42,7 +43,7 @@ class ObsContext:
     def __post_init__(self) -> None:
         self.fallbacks: dict[str, list[str]] = {}  # reason -> consumer layers left uncompensated for it
         self._nodes = {n.name: n for n in self.graph.nodes}
-        self._constants = {n: t for n, t in self.graph.tensors().items() if isinstance(t, gs.Constant)}
+        self._constants = constants_of(self.graph)
         self._entries: dict[int, list[LayerEntry]] = {}
 
     def entries(self, group: Group) -> list["LayerEntry"]:

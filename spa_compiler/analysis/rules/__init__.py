@@ -19,6 +19,7 @@ import onnx_graphsurgeon as gs
 
 from ..effects import NEUTRAL
 from .base import Neutral, Rule
+from .control_flow import CONTROL_FLOW_RULES
 from .elementwise import Elementwise, GroupNorm, LayerNorm, Normalization, Pad, Pool, Reduce, Resize, Softmax
 from .linear import Conv, ConvTranspose, Gemm, MatMul
 from .quantized import QUANTIZED_CONTRIB_RULES, QUANTIZED_RULES
@@ -78,12 +79,11 @@ RULES: dict[str, Rule] = {
     "Tile": Tile(),
     **RECURRENT_RULES,
     **QUANTIZED_RULES,
+    **CONTROL_FLOW_RULES,
 }
 
 # Rules of ops outside the default domain, by domain (onnxruntime's contrib ops).
 DOMAIN_RULES: dict[str, dict[str, Rule]] = {"com.microsoft": {**MICROSOFT_RULES, **QUANTIZED_CONTRIB_RULES}}
-
-SUBGRAPH_OPS = ("If", "Loop", "Scan")
 
 
 def rule_for(node: gs.Node) -> Optional[Rule]:

@@ -22,6 +22,9 @@
   cancels in OBS's energy-normalized costs), and compensated weights put back
   on ``B``'s integer grid with the same zero point (rounded, clipped to the
   type's range): :func:`requantize`.
+- ``MatMulNBits`` (block-wise 4-bit weights): whole output rows, and input
+  features in whole quantization blocks (see :class:`MatMulNBits`).
+- ``QLinearConcat``: a Concat of fixed-scale tensors (exact).
 """
 from __future__ import annotations
 
@@ -31,11 +34,13 @@ from typing import Optional
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ...ir import attr, const_shape, dequantized_constant, input_at, normalize_axes
-from ..effects import PASSIVE, PRODUCER, Effect, ParamSlice, frozen
+from ...ir import attr, const_shape, const_values, dequantized_constant, dims_product, input_at, normalize_axes
+from ..effects import CONSUMER, PASSIVE, PRODUCER, Effect, ParamSlice, Tie, frozen
+from ..maps import Block, identity
 from .base import Rule, axis_tie, param, space_of
 from .elementwise import Elementwise, Pool
 from .linear import Conv, Gemm, MatMul
+from .shapes import Concat
 
 
 def _per_axis(tensor) -> bool:
@@ -313,6 +318,125 @@ class QLinearBinary(Elementwise):
         return [(0, node.inputs[0]), (3, node.inputs[3])]
 
 
+class QLinearConcat(Concat):
+    """onnxruntime's QLinearConcat (Y_scale, Y_zero_point, then X_i, X_i_scale, X_i_zero_point per input)."""
+
+    def data(self, node):
+        return list(node.inputs[2::3])
+
+
+def unpack_nibbles(packed: np.ndarray, count: int) -> np.ndarray:
+    """4-bit codes packed two per byte along the last axis (low nibble first), the first *count* of them."""
+    codes = np.stack([packed & 15, packed >> 4], axis=-1).reshape(packed.shape[:-1] + (-1,))
+    return codes[..., :count].astype(np.uint8)
+
+
+def pack_nibbles(codes: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`unpack_nibbles` (an odd count padded with a zero code)."""
+    codes = np.asarray(codes, np.uint8)
+    if codes.shape[-1] % 2:
+        codes = np.concatenate([codes, np.zeros(codes.shape[:-1] + (1,), np.uint8)], axis=-1)
+    return (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
+
+
+class MatMulNBits(Rule):
+    """onnxruntime's MatMulNBits (A, B, scales, zero_points, g_idx, bias; attributes K, N, bits, block_size).
+
+    ``B`` is ``[N, k_blocks, blob]``: row ``n`` holds output feature ``n``'s weights, block ``j`` input
+    features ``j*block_size ...``, packed ``bits`` per code.  An output feature is a row of ``B``, of the
+    scales and zero points (made ``[N, k_blocks]`` by the ``matmul_nbits_2d_scales`` normalization) and of
+    the bias; input features go in whole blocks (a block map ties block ``j`` of ``B``'s axis 1 to its
+    ``block_size`` features), with the block's scales (a consumer slice: the oracle zeroes the scales, so
+    the masked weight is exactly 0 for any zero point).  Packed 4-bit zero points are re-packed by the
+    rewrite; ``N`` and ``K`` are rewritten.
+    """
+
+    B, SCALES, ZERO_POINTS, G_IDX, BIAS = 1, 2, 3, 4, 5
+
+    def _problem(self, node, cx) -> Optional[str]:
+        if const_shape(node.inputs[0]) is not None:
+            return "A is a constant"
+        for index in (self.B, self.SCALES, self.ZERO_POINTS, self.BIAS):
+            tensor = input_at(node, index)
+            if tensor is not None and not isinstance(tensor, gs.Constant):
+                return f"input {index} is computed at run time"
+        if input_at(node, self.G_IDX) is not None:
+            return "g_idx reorders the input features"
+        n, b, scales = int(attr(node, "N", 0)), const_shape(node.inputs[self.B]), const_shape(node.inputs[self.SCALES])
+        if b is None or len(b) != 3 or b[0] != n or scales is None or tuple(scales) != (n, b[1]):
+            return "B or scales not [N, k_blocks, ...] and [N, k_blocks] (matmul_nbits_2d_scales did not apply)"
+        return None
+
+    def seeds(self, node, cx):
+        rank = cx.rank(node.outputs[0])
+        return [space_of(node.outputs[0], rank - 1)] if rank and self._problem(node, cx) is None else []
+
+    def analyze(self, node, port, axis, cx):
+        problem = self._problem(node, cx)
+        if problem:
+            return frozen(f"{node.name} ({node.op}) {problem}")
+        a, y = node.inputs[0], node.outputs[0]
+        rank = cx.rank(y)
+        if rank is None or cx.rank(a) != rank:
+            return frozen(f"{node.name} ({node.op}) rank unknown")
+        if port == ("in", self.B) and axis == 1:
+            port, axis = ("in", 0), rank - 1  # B's block axis: the input features it reads
+        elif port[0] == "in" and port[1] != 0:
+            return frozen(f"{node.name} ({node.op}) weight reached as an activation")
+        if axis != rank - 1:
+            size = cx.dim(y, axis)
+            if size is None:
+                return frozen(f"{node.name} ({node.op}) size unknown")
+            return Effect(ties=[Tie(space_of(a, axis), space_of(y, axis), identity(size))])
+        if port[0] == "out":
+            params = [param(node, index, 0, PRODUCER, space_of(y, axis))
+                      for index in (self.B, self.SCALES, self.ZERO_POINTS, self.BIAS) if input_at(node, index) is not None]
+            return Effect(params=params)
+        return self._input_blocks(node, cx, space_of(a, axis))
+
+    def _input_blocks(self, node, cx, features) -> Effect:
+        """Input features in whole blocks: B's axis 1 and the scales' axis 1 are indexed by block."""
+        b = node.inputs[self.B]
+        k, block, bits = int(attr(node, "K", 0)), int(attr(node, "block_size", 0)), int(attr(node, "bits", 4))
+        k_blocks = b.shape[1]
+        if cx.dim(node.inputs[0], features[1]) != k or k != k_blocks * block:
+            return frozen(f"{node.name} ({node.op}) K={k} is not a whole number of blocks of {block}")
+        zero = input_at(node, self.ZERO_POINTS)
+        packed_zero = zero is not None and np.asarray(const_values(zero)).dtype == np.uint8
+        if packed_zero and bits not in (4, 8):
+            return frozen(f"{node.name} ({node.op}) {bits}-bit zero points packed across blocks")
+        blocks = space_of(b, 1)
+        effect = Effect(ties=[Tie(blocks, features, Block(k_blocks, k, outer=1, inner=block))],
+                        params=[param(node, self.B, 1, CONSUMER, blocks), param(node, self.SCALES, 1, CONSUMER, blocks)])
+        if zero is not None and not (packed_zero and bits == 4):
+            effect.params.append(param(node, self.ZERO_POINTS, 1, PASSIVE, blocks))  # one entry per block
+        return effect
+
+    def rewrite(self, node, rx):
+        a, y, b = node.inputs[0], node.outputs[0], node.inputs[self.B]
+        rows = rx.kept(y, len(y.shape) - 1) if y.shape is not None else None
+        features = rx.kept(a, len(a.shape) - 1) if a.shape is not None else None
+        blocks = rx.kept(b, 1)
+        if rows is not None:
+            node.attrs["N"] = int(len(rows))
+        if features is not None:
+            node.attrs["K"] = int(len(features))
+        zero = input_at(node, self.ZERO_POINTS)
+        if blocks is not None and zero is not None and int(attr(node, "bits", 4)) == 4:
+            values = np.asarray(const_values(zero))
+            if values.dtype == np.uint8:  # two blocks per byte: unpack, keep the blocks, pack again
+                codes = unpack_nibbles(values, 2 * values.shape[-1])
+                rx.replace_const(node, self.ZERO_POINTS, pack_nibbles(codes[..., blocks]))
+
+    def macs(self, node, shape_of):
+        out = shape_of(node.outputs[0])
+        return 0 if out is None else dims_product(out) * int(attr(node, "K", 0))
+
+    def kept_fractions(self, node, fraction):
+        out, x = node.outputs[0], node.inputs[0]
+        return (fraction(out.name, len(out.shape or [None]) - 1), fraction(x.name, len(x.shape or [None]) - 1))
+
+
 QUANTIZED_RULES = {
     "QuantizeLinear": QuantizeDequantize(),
     "DequantizeLinear": QuantizeDequantize(),
@@ -332,4 +456,6 @@ QUANTIZED_CONTRIB_RULES = {
     "QLinearAveragePool": Pool(),
     "QLinearSigmoid": Elementwise(data_inputs=1),
     "QLinearLeakyRelu": Elementwise(data_inputs=1),
+    "QLinearConcat": QLinearConcat(),
+    "MatMulNBits": MatMulNBits(),
 }

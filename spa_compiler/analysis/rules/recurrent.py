@@ -10,6 +10,9 @@ produce them.  Gate axes hold ``G`` blocks of ``hidden`` rows (LSTM iofc,
 GRU zrh, RNN one), so they are spaces of their own on the weight tensor,
 tied to the hidden space by a block map (unit ``c`` owns rows ``g*hidden+c``).
 
+Layouts: hidden units and input features are the last axis of every tensor in both layouts
+(batch-first ``layout=1`` only moves batch and time), so one rule serves both.
+
 Directions: ``Y`` is ``[seq, num_directions, batch, hidden]`` and the same
 unit index serves both directions, so one hidden unit of a bidirectional
 node is removed in both directions at once (the node keeps one
@@ -103,8 +106,6 @@ class Recurrent(Rule):
         problem = self._weights_constant(node)
         if problem:
             return frozen(f"{node.name} ({node.op}) {problem}")
-        if int(attr(node, "layout", 0)) != 0:
-            return frozen(f"{node.name} ({node.op}) batch-first layout has no rule yet")
         if port[0] == "in" and port[1] == X:
             if axis != (cx.rank(node.inputs[X]) or 0) - 1:
                 return frozen(f"{node.name} ({node.op}) mixes time steps and batch rows (axis {axis})")

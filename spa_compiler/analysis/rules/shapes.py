@@ -57,19 +57,26 @@ class SqueezeLike(Rule):
 class Concat(Rule):
     """Concat: offset map along its axis, identity (and equal sizes) on the others."""
 
+    def data(self, node: gs.Node) -> list[gs.Tensor]:
+        """The concatenated tensors (QLinearConcat interleaves them with scales and zero points)."""
+        return list(node.inputs)
+
     def _axis(self, node, cx):
         return normalize_axes([int(attr(node, "axis", 0))], cx.rank(node.outputs[0]) or 0)[0]
 
     def analyze(self, node, port, axis, cx):
         if cx.rank(node.outputs[0]) is None:
             return frozen(f"{node.name} ({node.op}) rank unknown")
+        data = self.data(node)
+        if port[0] == "in" and not any(t is node.inputs[port[1]] for t in data):
+            return frozen(f"{node.name} ({node.op}) scale or zero point reached")
         cat_axis = self._axis(node, cx)
         y = node.outputs[0]
         effect = Effect()
         if axis == cat_axis:
             offset = 0
             total = cx.dim(y, axis)
-            for i, tensor in enumerate(node.inputs):
+            for tensor in data:
                 size = cx.dim(tensor, axis)
                 if size is None or total is None:
                     return frozen(f"{node.name} ({node.op}) sizes unknown")
@@ -82,7 +89,7 @@ class Concat(Rule):
         size = cx.dim(y, axis)
         if size is None:
             return frozen(f"{node.name} ({node.op}) size unknown")
-        for tensor in node.inputs:
+        for tensor in data:
             if isinstance(tensor, gs.Constant):
                 return frozen(f"{node.name} ({node.op}) constant operand along a channel axis")
             effect.ties.append(Tie(space_of(tensor, axis), space_of(y, axis), identity(size)))
