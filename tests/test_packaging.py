@@ -42,7 +42,9 @@ def test_every_subpackage_is_listed_in_pyproject():
     """pyproject lists packages by hand (passes/ maps onto spa_compiler.passes): a new subpackage must be added."""
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     listed = set(config["packages"])
-    on_disk = {".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "spa_compiler").rglob("__init__.py")}
+    on_disk = {".".join(module.parent.relative_to(ROOT).parts) for module in (ROOT / "spa_compiler").rglob("*.py")}
+    missing_init = sorted(p for p in on_disk if not (ROOT / p.replace(".", "/") / "__init__.py").exists())
+    assert not missing_init, f"folders of modules without __init__.py (a non-editable install drops them): {missing_init}"
     assert on_disk <= listed, f"add to [tool.setuptools] packages: {sorted(on_disk - listed)}"
     for package, folder in config["package-dir"].items():
         assert (ROOT / folder / "__init__.py").exists() and package in listed
