@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -283,23 +285,45 @@ def staged_output(path: Union[str, os.PathLike]) -> Iterator[Stage]:
     out = Path(path)
     parent = out.parent if str(out.parent) else Path(".")
     remove_stale_stages(out)
-    stage = None
+    stage = folder = None
     try:
-        with tempfile.TemporaryDirectory(prefix=stage_prefix(out), dir=parent) as tmp:
-            stage = Stage(Path(tmp), Path(tmp) / out.name, out.name + ".data")
-            yield stage
-            try:
-                if stage.data_path.exists():
-                    os.replace(stage.data_path, parent / stage.data_name)
-                os.replace(stage.model_path, out)
-                for staged, final in stage.companions:
-                    os.replace(staged, final)
-            except OSError as exc:
-                raise UsageError(f"{out}: cannot write ({exc.strerror or exc})") from None
+        with _signals_held():  # the folder exists only once the finally below knows to remove it
+            folder = Path(tempfile.mkdtemp(prefix=stage_prefix(out), dir=parent))
+        stage = Stage(folder, folder / out.name, out.name + ".data")
+        yield stage
+        try:
+            if stage.data_path.exists():
+                os.replace(stage.data_path, parent / stage.data_name)
+            os.replace(stage.model_path, out)
+            for staged, final in stage.companions:
+                os.replace(staged, final)
+        except OSError as exc:
+            raise UsageError(f"{out}: cannot write ({exc.strerror or exc})") from None
     finally:
-        for staged, _final in stage.companions if stage is not None else ():
-            with suppress(OSError):
-                staged.unlink()
+        with _signals_held():  # a second kill must not stop the clean-up half way
+            for staged, _final in stage.companions if stage is not None else ():
+                with suppress(OSError):
+                    staged.unlink()
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT/SIGTERM wait until the block ends (then unwind as usual).
+
+    Why: a kill landing between ``mkdtemp`` and the code that would remove the
+    folder left a stage behind; the kill-while-writing test sends SIGTERM the
+    moment the folder appears, which is exactly that window.
+    """
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def write_proto(model: onnx.ModelProto, stage: Stage, external: bool = False) -> None:
