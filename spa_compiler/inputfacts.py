@@ -15,18 +15,6 @@ This module classifies every input:
 - ``mask``: integer/bool inputs named like an attention mask (ones, with a random padded tail);
 - ``int`` / ``bool`` / ``float`` otherwise (float layouts, images NCHW/NHWC and spectrograms, follow
   from the chosen dims: :mod:`.inputvalues`).
-
-**Scale of image inputs** (``scale``): data-free images have unit variance, the convention of inputs
-normalized by the package (ImageNet mean/std).  Some packages feed raw-range pixels instead (open-nsfw:
-BGR minus the mean, values about +-128) and nothing in the graph normalizes them; unit noise then sits
-100x below what the first layer was trained on, and its bias swamps everything after it.  The evidence is
-the first convolution when a BatchNorm was folded into it: on the training inputs the folded layer's
-output has per-channel std ``gamma`` and its bias is ``beta - gamma * mu / sigma``, of the same order.
-So ``rms(bias) / rms(std of the layer's output on unit 1/f² noise)`` estimates the inputs' scale
-(open-nsfw: 54, the std of its BGR-minus-mean pixels is about 60; the ViT trained here on normalized
-digits: 0.3).  A bias-to-output ratio says no more than an order of magnitude, so the noise is scaled
-only when the estimate is at least ``SCALE_EVIDENCE`` away from 1; a convolution without bias (BatchNorm
-kept, whose statistics then normalize the noise anyway) leaves the scale at 1.
 """
 from __future__ import annotations
 
@@ -44,9 +32,6 @@ INDEX_PRESERVING = {"Cast", "Identity", "Squeeze", "Unsqueeze", "Reshape", "Flat
 INTEGER_TYPES = {np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
                                        np.uint64)}
 MASK_NAMES = ("mask",)
-SCALE_EVIDENCE = 8.0  # an input scale is adopted only this far from unit variance (see the module docstring)
-VALUE_PRESERVING = ("Transpose", "Identity")  # between an image input and its first convolution
-PROBE_SIDE = 48  # side of the 1/f² probe images the first convolution is run on
 
 
 @dataclass(frozen=True)
@@ -55,7 +40,6 @@ class InputFacts:
 
     kind: str
     high: Optional[int] = None
-    scale: float = 1.0  # float inputs: std of the values (see the module docstring)
 
 
 def is_integer(dtype) -> bool:
@@ -128,49 +112,7 @@ def classify(tensor: gs.Variable) -> InputFacts:
         high = _index_bound(tensor)
         if high:
             return InputFacts(IDS, high)
-    if kind == FLOAT:
-        return InputFacts(kind, scale=input_scale(tensor))
     return InputFacts(kind)
-
-
-def _first_conv(tensor: gs.Variable) -> Optional[gs.Node]:
-    """The 2-D convolution that alone reads *tensor*, through layout-only ops (an NHWC input's Transpose)."""
-    current = tensor
-    for _ in range(4):
-        if len(current.outputs) != 1:
-            return None
-        node = current.outputs[0]
-        if node.op in VALUE_PRESERVING and node.outputs:
-            current = node.outputs[0]
-            continue
-        weight = node.inputs[1] if node.op == "Conv" and len(node.inputs) > 2 else None
-        if isinstance(weight, gs.Constant) and isinstance(node.inputs[2], gs.Constant) and len(weight.shape) == 4 \
-                and int(node.attrs.get("group", 1)) == 1:
-            return node
-        return None
-    return None
-
-
-def input_scale(tensor: gs.Variable) -> float:
-    """The std of an image input's real values, where the first convolution's folded bias says (else 1)."""
-    from .inputvalues import pink_images
-
-    conv = _first_conv(tensor)
-    if conv is None:
-        return 1.0
-    weight = np.asarray(conv.inputs[1].values, dtype=np.float64)
-    bias = np.asarray(conv.inputs[2].values, dtype=np.float64)
-    out, channels, kh, kw = weight.shape
-    if not np.isfinite(bias).all() or not np.any(bias) or max(kh, kw) >= PROBE_SIDE:
-        return 1.0
-    probe = pink_images((2, channels, PROBE_SIDE, PROBE_SIDE), np.random.default_rng(0))
-    patches = np.lib.stride_tricks.sliding_window_view(probe, (kh, kw), axis=(2, 3))
-    rows = patches.transpose(0, 2, 3, 1, 4, 5).reshape(-1, channels * kh * kw)
-    spread = float(np.sqrt(np.mean((rows @ weight.reshape(out, -1).T).var(axis=0))))
-    if not spread > 0:
-        return 1.0
-    scale = float(np.sqrt(np.mean(bias ** 2))) / spread
-    return scale if (scale >= SCALE_EVIDENCE or scale <= 1 / SCALE_EVIDENCE) and np.isfinite(scale) else 1.0
 
 
 def input_facts(graph: gs.Graph) -> dict[str, InputFacts]:

@@ -69,17 +69,16 @@ class InputSpec:
     roles: tuple[Optional[str], ...]  # per axis: BATCH, SPATIAL, SEQUENCE for symbolic dims, None for static
     high: int = INT_HIGH
     kind: str = FLOAT  # inputfacts kind: ids, mask, int, bool, float
-    scale: float = 1.0  # std of float values (inputfacts.input_scale)
 
     def feed(self, rng: np.random.Generator, noise: str = "white") -> np.ndarray:
         """Seeded values at the chosen dims, drawn for the input's kind (:func:`inputvalues.draw`)."""
-        return inputvalues.draw(self.kind, self.dims, self.dtype, self.high, rng, noise, self.scale)
+        return inputvalues.draw(self.kind, self.dims, self.dtype, self.high, rng, noise)
 
     def with_facts(self, facts: Optional[InputFacts]) -> "InputSpec":
         """This input with the kind (and ids' table size) the graph shows."""
         if facts is None:
             return self
-        return replace(self, kind=facts.kind, high=facts.high or INT_HIGH, scale=facts.scale)
+        return replace(self, kind=facts.kind, high=facts.high or INT_HIGH)
 
 
 @dataclass(frozen=True)
@@ -164,7 +163,7 @@ class InputSpecs:
 
     def facts(self) -> dict[str, InputFacts]:
         """Each input's kind and ids' bound, to carry over to a spec chosen again (another session)."""
-        return {s.name: InputFacts(s.kind, s.high, s.scale) for s in self.inputs}
+        return {s.name: InputFacts(s.kind, s.high) for s in self.inputs}
 
     def samples_per_run(self, samples: int) -> tuple["InputSpecs", int]:
         """A spec holding *samples* samples in one run where it can, and how many it holds.

@@ -75,9 +75,8 @@ def floats(shape: tuple[int, ...], dtype, rng: np.random.Generator, noise: str =
 
 
 def draw(kind: str, shape: tuple[int, ...], dtype, high: int, rng: np.random.Generator,
-         noise: str = "auto", scale: float = 1.0) -> np.ndarray:
-    """Seeded values of one input of *kind* (``high``: exclusive bound of ids and other integers; *scale*:
-    std of floats, from :func:`inputfacts.input_scale`)."""
+         noise: str = "auto") -> np.ndarray:
+    """Seeded values of one input of *kind* (``high``: exclusive bound of ids and other integers)."""
     dtype = np.dtype(dtype)
     if kind == MASK:
         return padded_masks(shape, dtype, rng)
@@ -85,5 +84,4 @@ def draw(kind: str, shape: tuple[int, ...], dtype, high: int, rng: np.random.Gen
         return rng.random(shape) > 0.5
     if kind == IDS or not np.issubdtype(dtype, np.floating):
         return rng.integers(0, high, size=shape).astype(dtype)
-    values = floats(shape, dtype, rng, noise)
-    return values if scale == 1.0 else (values * scale).astype(dtype)
+    return floats(shape, dtype, rng, noise)
