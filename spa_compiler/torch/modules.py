@@ -1,0 +1,266 @@
+"""Module attributes after a cut: each layer type's sizes follow its sliced tensors.
+
+Each adapter reads the new tensor shapes (and, where the shape alone is
+ambiguous, the kept indices) and sets the attributes the layer's
+``forward`` and ``extra_repr`` use.  ``nn.MultiheadAttention`` cannot run
+with an attention width other than its embedding width, so a cut instance
+becomes a :class:`PrunedMultiheadAttention` (same parameters and state
+dict, its own forward).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import CompileError
+from .apply import Cut
+
+
+def _conv(module: nn.Module, cuts: dict[str, Cut]) -> None:
+    """Conv/ConvTranspose: channel counts from the weight; groups from which channels went."""
+    weight = module.weight
+    old = cuts["weight"].slot.shape if "weight" in cuts else tuple(weight.shape)
+    groups = module.groups
+    if groups > 1:
+        if weight.shape[1] == old[1]:  # whole groups removed: per-group widths unchanged
+            per_group = old[0] // groups
+            if weight.shape[0] % per_group:
+                raise CompileError(f"torch: {type(module).__name__} keeps {weight.shape[0]} of {old[0]} channels, "
+                                   f"not whole groups of {per_group}")
+            groups = weight.shape[0] // per_group
+    module.groups = groups
+    if module.transposed:  # weight (in, out / groups, *kernel)
+        module.in_channels, module.out_channels = weight.shape[0], weight.shape[1] * groups
+    else:  # weight (out, in / groups, *kernel)
+        module.out_channels, module.in_channels = weight.shape[0], weight.shape[1] * groups
+
+
+def _linear(module: nn.Module, cuts: dict[str, Cut]) -> None:
+    module.out_features, module.in_features = module.weight.shape
+
+
+def _norm_features(module: nn.Module, cuts: dict[str, Cut]) -> None:
+    """BatchNorm/InstanceNorm: num_features from any per-channel tensor."""
+    for name in ("weight", "running_mean"):
+        tensor = getattr(module, name, None)
+        if tensor is not None:
+            module.num_features = tensor.shape[0]
+            return
+
+
+def _group_norm(module: nn.Module, cuts: dict[str, Cut]) -> None:
+    """GroupNorm: whole groups removed (fewer groups) or every group narrowed alike (same groups)."""
+    cut = cuts.get("weight") or cuts.get("bias")
+    old_channels = cut.slot.shape[0]
+    per_group = old_channels // module.num_groups
+    kept = cut.keep[0] if cut.keep[0] is not None else np.arange(old_channels)
+    counts = np.bincount(kept // per_group, minlength=module.num_groups)
+    present = counts[counts > 0]
+    if (present == per_group).all():
+        module.num_groups = len(present)
+    elif len(present) != module.num_groups or (present != present[0]).any():
+        raise CompileError(f"torch: GroupNorm keeps uneven channel counts per group ({counts.tolist()})")
+    module.num_channels = len(kept)
+
+
+def _layer_norm(module: nn.Module, cuts: dict[str, Cut]) -> None:
+    tensor = module.weight if module.weight is not None else module.bias
+    module.normalized_shape = tuple(tensor.shape)
+
+
+def _embedding(module: nn.Module, cuts: dict[str, Cut]) -> None:
+    module.num_embeddings, module.embedding_dim = module.weight.shape
+
+
+def _prelu(module: nn.Module, cuts: dict[str, Cut]) -> None:
+    module.num_parameters = module.weight.numel()
+
+
+def _attention_width(cut: Optional[Cut], part: int, width: int, head_dim: int, heads: int) -> tuple[int, int]:
+    """(heads, head dim) of one of q/k/v (rows [part*width, (part+1)*width) of in_proj_weight) after the cut."""
+    kept = np.arange(part * width, (part + 1) * width) if cut is None or cut.keep[0] is None else cut.keep[0]
+    local = kept[(kept >= part * width) & (kept < (part + 1) * width)] - part * width
+    counts = np.bincount(local // head_dim, minlength=heads)
+    present = counts[counts > 0]
+    if (present == head_dim).all():
+        return len(present), head_dim
+    if len(present) == heads and (present == present[0]).all():
+        return heads, int(present[0])
+    raise CompileError(f"torch: MultiheadAttention keeps uneven widths per head ({counts.tolist()})")
+
+
+def _multihead_attention(module: nn.MultiheadAttention, cuts: dict[str, Cut]) -> None:
+    """Heads, head widths and embedding width from the sliced projections; the pruned forward from now on."""
+    if not hasattr(module, "_spac_scale"):
+        module._spac_scale = 1.0 / math.sqrt(module.head_dim)  # the graph keeps the original scaling
+        module._spac_widths = (module.embed_dim, module.kdim if not module._qkv_same_embed_dim else module.embed_dim,
+                               module.embed_dim)
+    heads, head_dim = module.num_heads, module.head_dim
+    if module._qkv_same_embed_dim:
+        width = module._spac_widths[0]
+        cut = cuts.get("in_proj_weight")
+        shapes = [_attention_width(cut, part, width, head_dim, heads) for part in range(3)]
+        embed = module.in_proj_weight.shape[1]
+        module.kdim = module.vdim = embed
+    else:
+        shapes = [(heads, getattr(module, f"{p}_proj_weight").shape[0] // heads) for p in "qkv"]
+        embed = module.q_proj_weight.shape[1]
+        module.kdim, module.vdim = module.k_proj_weight.shape[1], module.v_proj_weight.shape[1]
+    if len({h for h, _ in shapes}) != 1:
+        raise CompileError(f"torch: MultiheadAttention q/k/v keep different head counts ({shapes})")
+    module.num_heads = shapes[0][0]
+    module.head_dim = shapes[0][1]
+    module._spac_widths = tuple(h * d for h, d in shapes)
+    module.embed_dim = embed
+    module.__class__ = PrunedMultiheadAttention
+
+
+def _fused_qkv_attention(module: nn.Module, cuts: dict[str, Cut]) -> None:
+    """timm's ``Attention`` (one ``qkv`` Linear, ``num_heads``, ``head_dim``, ``attn_dim``): heads from qkv's rows.
+
+    Its forward reshapes with these attributes and keeps its ``scale`` attribute, so head pruning only needs
+    them; a narrower head would change the fused path's default scaling, which is refused.
+    """
+    heads, head_dim = module.num_heads, module.head_dim
+    width = heads * head_dim
+    shapes = [_attention_width(cuts.get("qkv.weight"), part, width, head_dim, heads) for part in range(3)]
+    if len(set(shapes)) != 1 or shapes[0][1] != head_dim:
+        raise CompileError(f"torch: {type(module).__name__} keeps {shapes} (heads, head dim) for q/k/v; only whole "
+                           "heads can be removed from it")
+    module.num_heads = shapes[0][0]
+    if hasattr(module, "attn_dim"):
+        module.attn_dim = module.num_heads * head_dim
+
+
+def _is_fused_qkv_attention(module: nn.Module) -> bool:
+    return (type(module).__module__.startswith("timm.") and isinstance(getattr(module, "qkv", None), nn.Linear)
+            and isinstance(getattr(module, "num_heads", None), int) and isinstance(getattr(module, "head_dim", None), int))
+
+
+class PrunedMultiheadAttention(nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` whose attention width (heads x head dim) may differ from its embedding width.
+
+    Same parameters, buffers and state-dict keys; the forward is the textbook
+    one (projections, scaled dot product with the original scaling, masks,
+    dropout on the weights, output projection).
+    """
+
+    _spac_scale: float
+    _spac_widths: tuple[int, int, int]
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        batched = query.dim() == 3
+        if not batched:
+            query, key, value = (t.unsqueeze(1) for t in (query, key, value))
+            key_padding_mask = key_padding_mask.unsqueeze(0) if key_padding_mask is not None else None
+        elif self.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        target, batch = query.shape[0], query.shape[1]
+        wq, wk, wv = (self.in_proj_weight.split(list(self._spac_widths)) if self._qkv_same_embed_dim
+                      else (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight))
+        bq = bk = bv = None
+        if self.in_proj_bias is not None:
+            bq, bk, bv = self.in_proj_bias.split(list(self._spac_widths))
+        q, k, v = F.linear(query, wq, bq), F.linear(key, wk, bk), F.linear(value, wv, bv)
+        if self.bias_k is not None:
+            k = torch.cat([k, self.bias_k.repeat(1, batch, 1)])
+            v = torch.cat([v, self.bias_v.repeat(1, batch, 1)])
+            attn_mask = F.pad(attn_mask, (0, 1)) if attn_mask is not None else None
+            key_padding_mask = F.pad(key_padding_mask, (0, 1)) if key_padding_mask is not None else None
+        heads = self.num_heads
+        q, k, v = (t.reshape(t.shape[0], batch * heads, t.shape[2] // heads).transpose(0, 1) for t in (q, k, v))
+        if self.add_zero_attn:
+            k = torch.cat([k, k.new_zeros(k.shape[0], 1, k.shape[2])], dim=1)
+            v = torch.cat([v, v.new_zeros(v.shape[0], 1, v.shape[2])], dim=1)
+            attn_mask = F.pad(attn_mask, (0, 1)) if attn_mask is not None else None
+            key_padding_mask = F.pad(key_padding_mask, (0, 1)) if key_padding_mask is not None else None
+        source = k.shape[1]
+        scores = torch.bmm(q * self._spac_scale, k.transpose(1, 2))
+        mask = _additive_mask(attn_mask, key_padding_mask, is_causal, target, source, batch, heads, scores)
+        if mask is not None:
+            scores = scores + mask
+        weights = torch.softmax(scores, dim=-1)
+        if self.training and self.dropout > 0:
+            weights = F.dropout(weights, p=self.dropout)
+        out = torch.bmm(weights, v).transpose(0, 1).reshape(target, batch, self._spac_widths[2])
+        out = self.out_proj(out)
+        if not batched:
+            out = out.squeeze(1)
+        elif self.batch_first:
+            out = out.transpose(0, 1)
+        if not need_weights:
+            return out, None
+        weights = weights.view(batch, heads, target, source)
+        weights = weights.mean(dim=1) if average_attn_weights else weights
+        return out, (weights if batched else weights.squeeze(0))
+
+
+def _additive_mask(attn_mask, key_padding_mask, is_causal, target, source, batch, heads, like):
+    """One float mask (batch*heads, target, source) or broadcastable, from nn.MultiheadAttention's mask forms."""
+    def additive(mask):
+        if mask.dtype == torch.bool:
+            return torch.zeros(mask.shape, dtype=like.dtype, device=like.device).masked_fill(mask, float("-inf"))
+        return mask.to(like.dtype)
+
+    total = None
+    if attn_mask is None and is_causal:
+        attn_mask = torch.ones(target, source, dtype=torch.bool, device=like.device).triu(1)
+    if attn_mask is not None:
+        total = additive(attn_mask)
+        total = total.unsqueeze(0) if total.dim() == 2 else total
+    if key_padding_mask is not None:
+        padding = additive(key_padding_mask).view(batch, 1, 1, source).expand(batch, heads, 1, source)
+        padding = padding.reshape(batch * heads, 1, source)
+        total = padding if total is None else total + padding
+    return total
+
+
+ADAPTERS: list[tuple[type, Callable[[nn.Module, dict[str, Cut]], None]]] = [
+    (nn.modules.conv._ConvNd, _conv),
+    (nn.Linear, _linear),
+    (nn.modules.batchnorm._BatchNorm, _norm_features),
+    (nn.modules.instancenorm._InstanceNorm, _norm_features),
+    (nn.GroupNorm, _group_norm),
+    (nn.LayerNorm, _layer_norm),
+    (nn.Embedding, _embedding),
+    (nn.PReLU, _prelu),
+    (nn.MultiheadAttention, _multihead_attention),
+]
+
+
+def update_attributes(root: nn.Module, cuts: dict[str, Cut]) -> list[str]:
+    """Set the attributes of every module owning a cut tensor; the module types with no adapter, by path."""
+    by_module: dict[str, dict[str, Cut]] = {}
+    for cut in cuts.values():
+        by_module.setdefault(cut.slot.module, {})[cut.slot.attr] = cut
+    for path, module in root.named_modules():  # an attention whose only cut is in its out_proj changes too
+        if isinstance(module, nn.MultiheadAttention) and _child(path, "out_proj") in by_module:
+            by_module.setdefault(path, {})
+    unknown = []
+    for path, module in root.named_modules():  # attention modules owning no tensor, sized by their qkv child
+        qkv = by_module.get(_child(path, "qkv"), {})
+        if _is_fused_qkv_attention(module) and "weight" in qkv:
+            _fused_qkv_attention(module, {"qkv.weight": qkv["weight"]})
+    for path, module_cuts in sorted(by_module.items()):
+        module = root.get_submodule(path)
+        adapter = next((fn for kind, fn in ADAPTERS if isinstance(module, kind)), None)
+        if adapter is None:
+            unknown.append(f"{path or '<root>'} ({type(module).__name__})")
+        else:
+            adapter(module, module_cuts)
+    for module in root.modules():
+        if isinstance(module, nn.TransformerEncoderLayer) and isinstance(module.self_attn, PrunedMultiheadAttention):
+            # the inference fast path calls a fused kernel with embed_dim and num_heads, bypassing our forward;
+            # this attribute only selects that path (0 = never)
+            module.activation_relu_or_gelu = 0
+    return unknown
+
+
+def _child(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name

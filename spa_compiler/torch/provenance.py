@@ -1,0 +1,83 @@
+"""Which module tensor elements every constant of the normalized graph holds, and which groups that leaves prunable.
+
+The marker-valued graph is normalized exactly like the real one (same
+structure, same names), so its constants decode to provenance for the real
+graph's constants of the same name.  A provenance is trusted only where the
+real constant equals the module values it names: a constant computed from
+weights in ``forward`` (or folded by normalization) fails that check and its
+groups are frozen, as are groups whose parameters share module elements with
+another use (tied weights), since one module tensor cannot be cut two ways.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..analysis import DependencyAnalysis
+from ..plan import Plan
+from ..rewrite import kept_positions
+from .markers import TensorTable
+
+Provenance = dict[str, np.ndarray]  # constant name -> global element index per element (the constant's shape)
+
+
+def constants(graph: gs.Graph) -> dict[str, gs.Constant]:
+    return {name: t for name, t in graph.tensors().items() if isinstance(t, gs.Constant)}
+
+
+def decode_graph(graph: gs.Graph, table: TensorTable) -> Provenance:
+    """Provenance of every constant of the marker-valued *graph* that consists of markers only."""
+    found = {}
+    for name, const in constants(graph).items():
+        index = table.decode(const.values)
+        if index is not None:
+            found[name] = index
+    return found
+
+
+def confirmed(marked: Provenance, real_graph: gs.Graph, flat: np.ndarray) -> Provenance:
+    """The provenances whose real constant (same name) holds exactly the module values they name."""
+    real = constants(real_graph)
+    kept = {}
+    for name, index in marked.items():
+        const = real.get(name)
+        if const is None or tuple(const.shape) != index.shape:
+            continue
+        if np.array_equal(np.asarray(const.values), flat[index], equal_nan=True):
+            kept[name] = index
+    return kept
+
+
+def shared_constants(provenance: Provenance, total: int) -> set[str]:
+    """Constants holding a module element that another constant (or another position) holds too."""
+    if not provenance:
+        return set()
+    counts = np.bincount(np.concatenate([index.ravel() for index in provenance.values()]), minlength=total)
+    return {name for name, index in provenance.items() if (counts[index] > 1).any()}
+
+
+def unmappable_groups(analysis: DependencyAnalysis, provenance: Provenance, table: TensorTable) -> dict[int, str]:
+    """Prunable group id -> why its cut cannot be applied to the module (those groups are frozen)."""
+    shared = shared_constants(provenance, table.total)
+    reasons = {}
+    for group in analysis.prunable_groups:
+        for param in group.params:
+            if param.tensor not in provenance:
+                reasons[group.id] = (f"torch: {param.tensor} of {param.node} ({param.op}) is not a module parameter "
+                                     "or buffer (computed in forward?)")
+                break
+            if param.tensor in shared:
+                owner = table.slot_of(int(provenance[param.tensor].flat[0])).name
+                reasons[group.id] = f"torch: {param.tensor} of {param.node} shares {owner} with another use"
+                break
+    return reasons
+
+
+def after_rewrite(analysis: DependencyAnalysis, plan: Plan, provenance: Provenance) -> Provenance:
+    """The provenance of the pruned graph's constants: each sliced as the rewrite slices it."""
+    kept = kept_positions(analysis, plan)
+    pruned = dict(provenance)
+    for gid in plan.removed:
+        for param in analysis.groups[gid].params:
+            pruned[param.tensor] = np.take(pruned[param.tensor], kept[param.space], axis=param.axis)
+    return pruned

@@ -1,0 +1,139 @@
+"""``spa_compiler.torch.prune``: plan on the module's ONNX export with the ordinary driver, cut the module itself.
+
+Steps: export a marker-valued copy (markers.py) and rebuild it with the real
+weights (export.py); check the export computes what the module computes;
+normalize the marker graph for provenance; run :func:`spa_compiler.api.prune_with`
+on the real graph, freezing the groups whose constants do not map onto the
+module (provenance.py); cut the module's tensors as the rewrite cut the
+graph's and copy changed values back (apply.py); set the layers' attributes
+(modules.py); check the pruned module against the pruned ONNX model.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import onnx
+import torch
+
+from ..api import PruneResult, prune_with
+from ..errors import CompileError
+from ..options import PruneOptions
+from ..pipeline import compile_model
+from ..plan import Plan
+from ..runtime import run
+from .apply import apply_cuts, changed_values, find_cuts
+from .criteria import CURRENT, TORCH_CRITERIA, compute_saliency
+from .hazards import channel_slicing_groups
+from .export import as_tuple, export_marked, flat_outputs, input_names, one_sample, with_real_values
+from .markers import TensorTable
+from .modules import update_attributes
+from .provenance import after_rewrite, confirmed, decode_graph, unmappable_groups
+
+# Relative output error above which the export (dense) or the pruned module (after) is said not to match the graph.
+MATCH_TOLERANCE = 1e-4
+
+
+@dataclass
+class TorchPruneResult:
+    """The pruned module, the pruned ONNX model, and the driver's result and report (with a ``torch`` entry)."""
+
+    module: torch.nn.Module
+    model: onnx.ModelProto
+    plan: Plan
+    report: dict
+    onnx_result: PruneResult = field(repr=False)
+
+
+def prune(module: torch.nn.Module, example_inputs, *, inplace: bool = True, batch: Optional[tuple] = None,
+          loss_fn: Optional[Callable] = None, progress: Optional[Callable[[str], None]] = None,
+          **options) -> TorchPruneResult:
+    """Prune *module* (float32) with any ``spa_compiler.prune`` option; ``example_inputs``: a tensor or a tuple.
+
+    batch: ``(inputs, targets)`` for the gradient criteria (``snip``, ``taylor``, ``grasp``, ``crop``; see
+    criteria.py), with ``loss_fn(outputs, targets)`` (cross-entropy by default), computed in eval mode.
+
+    inplace: cut the user's module itself (default; its parameters are replaced by new, smaller
+    ``nn.Parameter`` objects, so build the optimizer after pruning), else a deep copy.  The module is
+    exported in eval mode at the example inputs' shapes (batch 1: the first sample, see ``one_sample``), so
+    ``result.model`` takes batch 1; the module's training mode is restored afterwards.
+    """
+    opts = PruneOptions(**options)
+    say = progress or (lambda _msg: None)
+    inputs = one_sample(as_tuple(example_inputs))
+    target = module if inplace else copy.deepcopy(module)
+    was_training = target.training
+    target.eval()
+    try:
+        saliency = None
+        if opts.criterion in TORCH_CRITERIA:
+            say(f"computing {opts.criterion} saliency on the batch")
+            saliency = compute_saliency(target, TensorTable(target), opts.criterion, batch, loss_fn)
+        token = CURRENT.set(saliency)
+        try:
+            return _prune(target, inputs, opts, say, saliency)
+        finally:
+            CURRENT.reset(token)
+    finally:
+        target.train(was_training)
+
+
+def _prune(module: torch.nn.Module, inputs: tuple, opts: PruneOptions, say, saliency) -> TorchPruneResult:
+    table = TensorTable(module)
+    flat = table.flat_values(module)
+    say("exporting the module to ONNX")
+    marked = export_marked(table, module, inputs)
+    real = with_real_values(marked, table, flat)
+    export_error = _mismatch(module, inputs, real)
+    if export_error > MATCH_TOLERANCE:
+        raise CompileError(f"torch: the ONNX export of {type(module).__name__} does not compute what the module "
+                           f"computes (relative error {export_error:.3g})")
+    say("normalizing the marker-valued export for provenance")
+    marked_graph = compile_model(marked, prune_hidden=opts.prune_hidden, head_dims=opts.prune_head_dims).graph
+    provenance: dict = {}
+    frozen: dict[int, str] = {}
+
+    def freeze(compiled) -> dict[int, str]:
+        provenance.update(confirmed(decode_graph(marked_graph, table), compiled.graph, flat))
+        frozen.update(channel_slicing_groups(compiled.graph, compiled.analysis))
+        frozen.update(unmappable_groups(compiled.analysis, provenance, table))
+        if saliency is not None:
+            saliency.provenance = provenance
+        return frozen
+
+    result = prune_with(real, opts, say, freeze=freeze)
+    say("cutting the module like the graph")
+    after = after_rewrite(result.compiled.analysis, result.plan, provenance)
+    cuts = find_cuts(table, provenance, after)
+    apply_cuts(module, table, cuts, changed_values(result.model, after, flat))
+    unknown = update_attributes(module, cuts)
+    pruned_error = _mismatch(module, inputs, result.model)
+    report = dict(result.report)
+    report["torch"] = {"tensors_cut": len(cuts), "frozen": {str(k): v for k, v in sorted(frozen.items())},
+                       "modules_without_adapter": unknown, "export_error": export_error,
+                       "module_vs_onnx_error": pruned_error}
+    if pruned_error > MATCH_TOLERANCE:
+        warnings.warn(f"spa_compiler.torch: the pruned module differs from the pruned ONNX model (relative error "
+                      f"{pruned_error:.3g}); modules without an adapter: {', '.join(unknown) or 'none'}",
+                      stacklevel=3)
+    return TorchPruneResult(module, result.model, result.plan, report, result)
+
+
+def _mismatch(module: torch.nn.Module, inputs: tuple, model: onnx.ModelProto) -> float:
+    """Largest relative L2 error between the module's outputs (eval) and the ONNX model's on *inputs*."""
+    with torch.no_grad():
+        expected = [t.detach().cpu().numpy() for t in flat_outputs(module(*inputs))]
+    feeds = {name: t.detach().cpu().numpy() for name, t in zip(input_names(inputs), inputs)}
+    got = run(model, feeds)
+    if len(got) != len(expected):
+        return float("inf")
+    worst = 0.0
+    for a, b in zip(expected, got):
+        if a.shape != b.shape:
+            return float("inf")
+        scale = float(np.linalg.norm(a)) or 1.0
+        worst = max(worst, float(np.linalg.norm(a.astype(np.float64) - b)) / scale)
+    return worst
