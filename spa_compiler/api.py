@@ -26,6 +26,7 @@ from .pipeline import (Compiled, bn_free_conv_warning, choose_hessian_source, co
                        consumer_nodes, load_calib, plan_pruning, require_prunable, score_groups)
 from .options import PruneOptions
 from .plan import Plan, PlanOptions
+from .ranking import measured_ranking
 from .rewrite import rewrite
 from .runtime import check_checker, check_pruned
 from .shapes import concrete_shapes
@@ -56,8 +57,8 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
 
     ratio: fraction of each group's channels removed (or of all channels with
     ``global_ranking``; None lets the criterion choose: local, or for obspa, whose energy-normalized
-    costs compare across layers, global unless the per-group plan measures a lower output error on the
-    measurement inputs, see ``_measured_ranking``); target_macs: instead of a ratio, prune until the MACs
+    costs compare across layers, global unless the per-group or the sensitivity-allocated plan measures a
+    clearly lower output error on the measurement inputs, see :mod:`ranking`); target_macs: instead of a ratio, prune until the MACs
     are at most this fraction of the original; max_error: instead of a ratio, prune as much as possible
     while the outputs' relative L2 error on the measurement inputs stays at most this (with target_macs:
     the MACs target is the goal, never beyond this error; see :mod:`budget`); prune_hidden: also prune a
@@ -149,7 +150,8 @@ def prune_with(model: ModelLike, opts: PruneOptions, progress: Optional[Callable
         if not plan.removed and ratio > 0 and target_macs is None:
             raise UsageError(f"{compiled.source}: ratio {ratio} removes no channel (groups too small or excluded)")
         if opts.global_ranking is None and options.global_ranking and measurement is not None:
-            plan, options, ranking = _measured_ranking(compiled, scores, opts, plan, measurement, updates_for, say)
+            plan, options, ranking = measured_ranking(compiled, scores, opts, plan, measurement, updates_for, say,
+                                                      progress)
     expected = {t.name: [d if isinstance(d, int) and d > 0 else None for d in (t.shape or [])]
                 for t in compiled.graph.outputs}
     staging = staged_output(output) if output is not None else nullcontext()
@@ -218,39 +220,6 @@ def prune_with(model: ModelLike, opts: PruneOptions, progress: Optional[Callable
         with staged_output(report_path) as stage:
             stage.model_path.write_bytes(_report_bytes(report, report_path))
     return PruneResult(pruned, plan, report, compiled, scores)
-
-
-# The per-group plan replaces the global one only when it is clearly better: at most this fraction of the global
-# plan's measured error (data-free errors are a noisy proxy: on the digits CNN at MACs x0.5 they favoured
-# per-group 0.282 vs 0.309 where test accuracy favours global 0.898 vs 0.856), and no more MACs kept (estimates
-# differ slightly between the two plans).
-RANKING_ERROR_MARGIN = 0.8
-RANKING_MACS_SLACK = 0.005
-
-
-def _measured_ranking(compiled: Compiled, scores, opts: PruneOptions, global_plan: Plan, measurement,
-                      updates_for, say) -> tuple[Plan, PlanOptions, dict]:
-    """Global or per-group ranking, whichever measures the lower output error (when the user chose neither).
-
-    Why: a criterion that prefers global ranking (OBSPA's energy-normalized costs) is right on some models
-    and badly wrong on others (real BN-free taggers: 0.2-0.8 of the task kept globally, 0.92-0.98 per group;
-    docs/realmodels.md), and no op-mix rule separates them.  Both plans are measured on the measurement
-    inputs in one masked run each; the per-group plan wins only with a clearly lower error and no more MACs kept.
-    """
-    local_options = opts.plan_options(global_ranking=False)
-    local_plan = plan_pruning(compiled, scores, local_options, opts.target_macs)
-    global_options = opts.plan_options()
-    if not local_plan.removed:
-        return global_plan, global_options, {"chosen": "global", "why": "per-group ranking removes nothing"}
-    say("measuring global and per-group ranking on the measurement inputs")
-    judge = MaxErrorSearch(compiled, scores, global_options, measurement, float("inf"), opts.target_macs,
-                           updates_for)
-    errors = {"global": judge.error(global_plan), "local": judge.error(local_plan)}
-    macs = {"global": judge.macs_fraction(global_plan), "local": judge.macs_fraction(local_plan)}
-    local_wins = errors["local"] < RANKING_ERROR_MARGIN * errors["global"] and \
-        macs["local"] <= macs["global"] + RANKING_MACS_SLACK
-    info = {"chosen": "local" if local_wins else "global", "errors": errors, "macs": macs}
-    return (local_plan, local_options, info) if local_wins else (global_plan, global_options, info)
 
 
 def _within_max_error(search: MaxErrorSearch, target_macs: Optional[float], say) -> Plan:

@@ -41,9 +41,16 @@ from .plan import Plan, PlanOptions, candidate_groups, plan_from_ratios
 from .progress import step
 from .rewrite import kept_fraction
 from .runtime import session
+from .shapes import concrete_shapes
 
 PROBE_RATIOS = (1 / 64, 1 / 32, 1 / 16, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
+# A MACs target needs no finer steps than these (``--max-error`` probes the small ratios too: a sensitive
+# layer may afford only 1/64 of its channels within a tight limit).
+TARGET_PROBE_RATIOS = (1 / 16, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
 PROBE_SAMPLES = 8  # probes run on the first measurement batches only; the bisection uses all of them
+
+TARGET_MACS_SLACK = 0.005  # the MACs estimate of a plan that meets a target to within rounding
+REFINE_STEPS = 8  # bisections of the last increment's ratio towards the MACs target
 
 Updates = Optional[dict[str, np.ndarray]]
 
@@ -118,6 +125,8 @@ class MaxErrorSearch:
     target_macs: Optional[float] = None
     updates_for: Callable[[Plan], Updates] = lambda plan: None
     progress: Optional[Callable[[str], None]] = None
+    probe_ratios: tuple[float, ...] = PROBE_RATIOS
+    compensate_probes: bool = True  # False: probes measure plain removal (OBSPA's solves cost far more than a run)
     probes: dict[int, list[Probe]] = field(default_factory=dict)
     evaluations: int = 0
     _order: list[tuple[int, float]] = field(default_factory=list)
@@ -125,7 +134,9 @@ class MaxErrorSearch:
     _runner: Optional[MaskedRunner] = None
 
     def __post_init__(self) -> None:
-        self.dense_macs = max(totals(self.compiled.graph)[1], 1)
+        # the shapes of the input spec, as the MACs target's own plan and the report count them
+        self._shapes = concrete_shapes(self.compiled.graph, self.compiled.spec)
+        self.dense_macs = max(totals(self.compiled.graph, self._shapes)[1], 1)
         self.groups = [g for g in candidate_groups(self.compiled.analysis, self.options, Plan())
                        if g.id in self.scores]
         try:
@@ -138,7 +149,8 @@ class MaxErrorSearch:
         return plan_from_ratios(self.compiled.analysis, self.scores, ratios, self.options)
 
     def macs_fraction(self, plan: Plan) -> float:
-        return estimate_macs(self.compiled.graph, kept_fraction(self.compiled.analysis, plan)) / self.dense_macs
+        kept = kept_fraction(self.compiled.analysis, plan)
+        return estimate_macs(self.compiled.graph, kept, self._shapes) / self.dense_macs
 
     def error(self, plan: Plan, probe: bool = False) -> float:
         """Measured relative output error of *plan* (masked when exact, else rewritten)."""
@@ -147,7 +159,7 @@ class MaxErrorSearch:
         if probe:
             keep = max(1, -(-PROBE_SAMPLES // max(1, len(next(iter(batches[0].values()))))))
             reference, batches = Reference(reference.names, reference.outputs[:keep]), batches[:keep]
-        updates = self.updates_for(plan)
+        updates = self.updates_for(plan) if self.compensate_probes or not probe else None
         analysis = self.compiled.analysis
         exact = all(analysis.groups[gid].exact for gid in plan.removed)
         if self._runner is not None and (exact or probe):
@@ -161,7 +173,7 @@ class MaxErrorSearch:
     def probe(self) -> None:
         """Each group alone at increasing ratios, until its error alone exceeds the limit."""
         cap = self.options.max_group_ratio
-        ratios = [r for r in PROBE_RATIOS if r < cap] + [cap]
+        ratios = [r for r in self.probe_ratios if r < cap] + [cap]
         for done, group in enumerate(self.groups, 1):
             points, last = [], None
             for ratio in ratios:
@@ -187,11 +199,14 @@ class MaxErrorSearch:
         increments.sort(key=lambda inc: (-inc[0], inc[1]))
         self._order = [(gid, ratio) for _, gid, ratio in increments]
 
-    def plan_at(self, budget: int) -> Plan:
+    def ratios_at(self, budget: int) -> dict[int, float]:
         ratios: dict[int, float] = {}
         for gid, ratio in self._order[:budget]:
             ratios[gid] = ratio
-        return self.plan_for(ratios)
+        return ratios
+
+    def plan_at(self, budget: int) -> Plan:
+        return self.plan_for(self.ratios_at(budget))
 
     def search(self) -> Plan:
         """The largest budget whose plan measures at most the limit (and, with a MACs target, no further)."""
@@ -206,6 +221,40 @@ class MaxErrorSearch:
 
         self._budget = hi if hi and within(hi) else _last_true(0, hi, within)
         return self.plan_at(self._budget)
+
+    def meet_target(self) -> Optional[Plan]:
+        """The sensitivity allocation's smallest plan meeting the MACs target, or None when it cannot.
+
+        No error bisection: the MACs target is the goal and the limit only stops each group's probes (a
+        group alone above it is no part of a plan the caller would keep).  None when the increments the
+        probes found do not reach the target.
+        """
+        self.probe()
+        self.allocate()
+        self._budget = self._first_meeting_target(len(self._order))
+        plan = self._last_step_to_target(self._budget)
+        return plan if self.macs_fraction(plan) <= self.target_macs + TARGET_MACS_SLACK else None
+
+    def _last_step_to_target(self, budget: int) -> Plan:
+        """The plan at *budget* with its last increment cut back to just meet the MACs target.
+
+        Increments are whole probe steps (a group from 1/4 to 3/8 of its channels): with few groups one step
+        can overshoot the target by far more MACs than needed, so the step's ratio is bisected.
+        """
+        plan = self.plan_at(budget)
+        if budget == 0 or self.macs_fraction(plan) > self.target_macs:
+            return plan
+        gid, high = self._order[budget - 1]
+        ratios = self.ratios_at(budget - 1)
+        low = ratios.get(gid, 0.0)
+        for _ in range(REFINE_STEPS):
+            mid = (low + high) / 2
+            trial = self.plan_for({**ratios, gid: mid})
+            if self.macs_fraction(trial) <= self.target_macs:
+                high, plan = mid, trial
+            else:
+                low = mid
+        return plan
 
     def _first_meeting_target(self, hi: int) -> int:
         """The smallest budget whose estimated MACs meet the target (all of them when none does)."""

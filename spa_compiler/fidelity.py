@@ -10,7 +10,8 @@ Per float output it reports the relative L2 error ``||y - y0|| / ||y0||``
 over all samples, the mean per-sample cosine (of all samples as one vector
 where a sample is one number), and where an output looks like
 class scores (rank 2 or 3, last axis > 1) the top-1 agreement along the last
-axis (per position for sequence taggers).  The dense outputs are computed
+axis (per position for sequence taggers); per integer output (class ids computed in the graph) the fraction
+of entries that changed, which the error :func:`relative_error` takes into account.  The dense outputs are computed
 once and kept (small: a few batches); sessions open model files directly so
 large weights stay out of Python, and only one session is alive at a time.
 """
@@ -169,8 +170,8 @@ class _Accumulator:
 
     def add(self, ref: np.ndarray, got: np.ndarray) -> None:
         self.floating = np.issubdtype(ref.dtype, np.floating)
-        if not self.floating:
-            self.agree += int(np.sum(ref == got))
+        if not self.floating:  # a different shape (a variable-length output) counts as every entry changed
+            self.agree += int(np.sum(ref == got)) if ref.shape == got.shape else 0
             self.positions += int(ref.size)
             return
         a, b = ref.astype(np.float64), got.astype(np.float64)
@@ -223,11 +224,13 @@ def compare(reference: Reference, outputs: Iterable[list[np.ndarray]]) -> dict:
     per_output = {name: a.result() for name, a in acc.items()}
     floats = [r for r in per_output.values() if r["kind"] == "float"]
     tops = [r["top1"] for r in floats if "top1" in r]
+    integers = [1.0 - r["equal"] for r in per_output.values() if r["kind"] == "integer"]
     return {"outputs": per_output,
             "rel_error": None if any(r["rel_error"] is None for r in floats) else
             max((r["rel_error"] for r in floats), default=0.0),
             "cosine": min((r["cosine"] for r in floats), default=1.0),
             "top1": min(tops) if tops else None,
+            "mismatch": max(integers) if integers else None,
             "finite": all(r["finite"] for r in floats)}
 
 
@@ -244,8 +247,12 @@ def measure(pruned, measurement: Measurement) -> dict:
 
 
 def relative_error(fidelity: dict) -> float:
-    """The number ``--max-error`` bounds: the worst float output's relative L2 error (inf if non-finite)."""
-    return fidelity["rel_error"] if fidelity["rel_error"] is not None else float("inf")
+    """The number ``--max-error`` bounds: the worst float output's relative L2 error (inf if non-finite), or
+    the largest fraction of changed entries of an integer output (class ids a model computes itself: a
+    tagger whose only output is ``ArgMax`` of its scores) when that is larger."""
+    if fidelity["rel_error"] is None:
+        return float("inf")
+    return max(fidelity["rel_error"], fidelity.get("mismatch") or 0.0)
 
 
 def collapse_warning(fidelity: dict) -> Optional[str]:

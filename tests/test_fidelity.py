@@ -100,6 +100,12 @@ def test_compare_metrics_on_known_arrays():
     assert "non-finite" in fidelity.collapse_warning(broken)
     ints = fidelity.compare(fidelity.Reference(["ids"], [[np.array([1, 2, 3])]]), [[np.array([1, 0, 3])]])
     assert ints["outputs"]["ids"] == {"kind": "integer", "equal": pytest.approx(2 / 3)}
+    # a model whose only output is class ids (ArgMax inside the graph): the changed fraction is its error, so
+    # --max-error and the measured ranking are not blind to it
+    assert ints["mismatch"] == pytest.approx(1 / 3) and fidelity.relative_error(ints) == pytest.approx(1 / 3)
+    shorter = fidelity.compare(fidelity.Reference(["ids"], [[np.array([1, 2, 3])]]), [[np.array([1, 2])]])
+    assert fidelity.relative_error(shorter) == 1.0  # a variable-length output of another length: all changed
+    assert fidelity.relative_error(same) == 0 and same["mismatch"] is None
 
 
 def test_one_number_per_sample_outputs_get_the_cosine_of_all_samples():

@@ -133,8 +133,11 @@ def test_progress_bar_draws_only_when_enabled():
 
 def test_obspa_ranks_globally_by_default_and_meets_a_macs_target():
     model = builders.residual()
+    unmeasured = spa_compiler.prune(model, criterion="obspa", target_macs=0.5, hessian="bn", verify=False)
+    assert unmeasured.report["global"] is True and unmeasured.report["ranking"] is None
     result = spa_compiler.prune(model, criterion="obspa", target_macs=0.5, hessian="bn")
-    assert result.report["global"] is True
+    chosen = result.report["ranking"]["chosen"]  # measured: global unless another plan is clearly better
+    assert result.report["global"] is (chosen == "global")
     assert result.report["macs"]["after"] <= 0.5 * result.report["macs"]["before"]
     assert spa_compiler.prune(model, criterion="obspa", ratio=0.3, global_ranking=False).report["global"] is False
     assert spa_compiler.prune(model, criterion="l2", ratio=0.3).report["global"] is False

@@ -1,0 +1,62 @@
+"""Measured allocation across layers (spa_compiler.ranking): the plan whose outputs move least at the budget."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+import spa_compiler
+from models.builders import Net
+from spa_compiler import fidelity
+from spa_compiler.budget import TARGET_PROBE_RATIOS, MaxErrorSearch
+from spa_compiler.pipeline import compile_model, plan_pruning, score_groups
+from spa_compiler.plan import PlanOptions
+
+
+def _one_sensitive_branch() -> onnx.ModelProto:
+    """Two parallel branches of equal cost added together: branch A's conv pair is scaled up 30x, branch B's
+    down 30x, so A's channels carry the output and B's barely reach it.  Per-layer costs (a weight norm, OBSPA's
+    cost normalized by its consumer's output energy) see two alike branches; only measuring the outputs tells
+    them apart."""
+    net = Net("one_sensitive_branch", in_ch=4, hw=8)
+    ends = []
+    for _ in range(2):
+        ends.append(net.conv(net.act(net.conv("x", 12)), 8))
+    model = net.model([net.gemm(net.flatten(net.gap(net.act(net.binary("Add", *ends)))), 5)])
+    weights = {t.name: t for t in model.graph.initializer}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    for conv, scale in ((convs[1], 30.0), (convs[3], 1 / 30)):  # the second conv of each branch
+        for name in conv.input[1:]:
+            weights[name].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weights[name]) * np.float32(scale),
+                                                           name))
+    return model
+
+
+def test_sensitivity_plan_meets_the_macs_target_and_spares_the_sensitive_layer():
+    model = _one_sensitive_branch()
+    compiled = compile_model(model)
+    scores = score_groups(compiled, "l2")
+    options = PlanOptions(ratio=0.5)
+    measurement = fidelity.measure_dense(model)
+    search = MaxErrorSearch(compiled, scores, options, measurement, 1.0, 0.7, probe_ratios=TARGET_PROBE_RATIOS)
+    plan = search.meet_target()
+    assert plan is not None and search.macs_fraction(plan) <= 0.7
+    uniform = plan_pruning(compiled, scores, options, 0.7)
+    sizes = {gid: len(removed) for gid, removed in plan.removed.items()}
+    assert search.error(plan) < 0.5 * search.error(uniform)
+    assert max(sizes.values()) > 2 * min(sizes.get(gid, 0) for gid in uniform.removed)  # unequal, by measurement
+
+
+def test_default_obspa_keeps_the_plan_that_measures_best():
+    """No --global/--local: the driver measures global, per-group and sensitivity plans and keeps the best."""
+    model = _one_sensitive_branch()
+    chosen = spa_compiler.prune(model, criterion="obspa", target_macs=0.7)
+    ranking = chosen.report["ranking"]
+    assert set(ranking["errors"]) == {"global", "local", "sensitivity"}
+    assert ranking["chosen"] == "sensitivity"
+    assert ranking["errors"]["sensitivity"] < 0.8 * ranking["errors"]["global"]
+    forced_global = spa_compiler.prune(model, criterion="obspa", target_macs=0.7, global_ranking=True)
+    assert forced_global.report["ranking"] is None
+    assert chosen.report["fidelity"]["rel_error"] < forced_global.report["fidelity"]["rel_error"]
+    assert chosen.report["macs"]["after"] <= 0.7 * chosen.report["macs"]["before"]
+    assert np.isfinite(chosen.report["fidelity"]["rel_error"])
