@@ -285,11 +285,9 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
     with active(spec):  # noise at the input spec's dims (the dims verification and the cost model use)
         for feeds in _batches(sess, source, calib, samples, batch, seed, noise, spec):
             values = dict(zip(names, sess.run(None, feeds)))
-            count = len(next(iter(feeds.values())))
-            for node in consumers:
-                add_batch(stats, node, values[wanted[node.name]], rng,
-                          ROWS_PER_SAMPLE * count)
-            seen += count
+            for node in consumers:  # rows per run in proportion to the samples a run stands for (8192 at 64)
+                add_batch(stats, node, values[wanted[node.name]], rng, ROWS_PER_SAMPLE * batch)
+            seen += len(next(iter(feeds.values())))
             step(progress, min(seen, total), total, f"statistics ({source})")
     return stats
 
