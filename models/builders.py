@@ -347,6 +347,27 @@ def demo_cnn(seed: int = 0) -> onnx.ModelProto:
     return net.model(_head(net, x, classes=10))
 
 
+def resnet50(hw: int = 224, seed: int = 0, blocks: tuple[int, ...] = (3, 4, 6, 3), width: int = 64,
+             classes: int = 1000) -> onnx.ModelProto:
+    """A torchvision-shaped ResNet-50 (v1.5 bottlenecks, BatchNorm kept) with seeded random weights.
+
+    For cost benchmarks where torch is not installed: the layer shapes, and so the statistics and OBS
+    work, are those of the real network; *blocks* and *width* give smaller variants for tests.
+    """
+    net = Net("resnet50", in_ch=3, hw=hw, seed=seed)
+    x = net.maxpool(_cbr(net, "x", width, k=7, stride=2))
+    for stage, count in enumerate(blocks):
+        mid = width * 2 ** stage
+        for b in range(count):
+            stride = 2 if stage > 0 and b == 0 else 1
+            y = _cbr(net, _cbr(net, x, mid, k=1), mid, stride=stride)
+            y = net.bn(net.conv(y, mid * 4, k=1, bias=False))
+            if b == 0:
+                x = net.bn(net.conv(x, mid * 4, k=1, bias=False, stride=stride))
+            x = net.act(net.binary("Add", x, y))
+    return net.model(_head(net, x, classes=classes))
+
+
 if __name__ == "__main__":
     import os
 

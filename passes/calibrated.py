@@ -47,4 +47,4 @@ class WandaCriterion(_ConsumerStatistic):
     """Wanda: sum over outputs of |W| times the input's RMS, per channel (weights and activations)."""
 
     def per_column(self, layer, stats):
-        return np.abs(layer.w).sum(axis=0) * np.sqrt(np.maximum(np.diag(stats.h), 0.0))
+        return np.abs(layer.w).sum(axis=0) * np.sqrt(np.maximum(stats.hessian().diag(), 0.0))

@@ -16,7 +16,7 @@ import numpy as np
 from spa_compiler.analysis import Group
 from spa_compiler.obspa.compensate import ObsContext
 from spa_compiler.importance import ScoringContext
-from spa_compiler.obspa.obs import block_cost, block_costs_uniform, remove_block
+from spa_compiler.obspa.greedy import ConsumerState
 from spa_compiler.registry import register
 
 from .criteria import Criterion, L2Criterion
@@ -39,11 +39,8 @@ class ObspaCriterion(Criterion):
         entries = obs.entries(group)
         if not entries:
             return L2Criterion(self.reduce).score(ctx, group)
-        state = []
-        for entry in entries:
-            layer = entry.layer
-            atom_cols = [layer.columns(p) for p in _positions_by_atom(group.atom_of[layer.param.space], group.n_atoms)]
-            state.append([layer.w.copy(), entry.hinv.copy(), atom_cols, layer.energy(entry.h)])
+        state = [ConsumerState(entry, _positions_by_atom(group.atom_of[entry.layer.param.space], group.n_atoms))
+                 for entry in entries]
         n = group.n_atoms
         alive = np.ones(n, dtype=bool)
         scores = np.full(n, np.inf)
@@ -53,18 +50,14 @@ class ObspaCriterion(Criterion):
         removed = 0
         while removed < budget:
             candidates = np.flatnonzero(alive)
-            costs = np.zeros(len(candidates))
-            for w, hinv, atom_cols, energy in state:
-                costs += _costs(w, hinv, [atom_cols[a] for a in candidates]) / energy
+            costs = sum(consumer.costs(candidates) for consumer in state)
             take = np.argsort(costs, kind="stable")[: min(step, budget - removed)]
             for index in take:
                 total += float(costs[index])
                 scores[candidates[index]] = total
             alive[candidates[take]] = False
-            for entry in state:  # one joint downdate per step: equal to removing the atoms one by one
-                cols = np.concatenate([entry[2][a] for a in candidates[take]])
-                if len(cols):
-                    entry[0], entry[1] = remove_block(entry[0], entry[1], cols)
+            for consumer in state:  # one joint downdate per step: equal to removing the atoms one by one
+                consumer.remove(candidates[take])
             removed += len(take)
         finite = scores[np.isfinite(scores)]
         scores[~np.isfinite(scores)] = (finite.max() if len(finite) else 0.0) * 2 + 1.0
@@ -76,11 +69,3 @@ def _positions_by_atom(atom_of: np.ndarray, n_atoms: int) -> list[np.ndarray]:
     order = np.argsort(atom_of, kind="stable")
     return np.split(order, np.cumsum(np.bincount(atom_of, minlength=n_atoms))[:-1])
 
-
-def _costs(w: np.ndarray, hinv: np.ndarray, blocks: list[np.ndarray]) -> np.ndarray:
-    sizes = {len(b) for b in blocks}
-    if sizes == {0}:
-        return np.zeros(len(blocks))
-    if len(sizes) == 1:
-        return block_costs_uniform(w, hinv, np.stack(blocks))
-    return np.array([block_cost(w, hinv, b) if len(b) else 0.0 for b in blocks])

@@ -135,8 +135,17 @@ def prune_with(model: ModelLike, opts: PruneOptions, progress: Optional[Callable
 
     context = (obs or ObsContext(compiled.graph, compiled.analysis, {}, opts.damping)) if compensating else None
 
+    compensated: dict = {}  # the last plans' updates: the ranking choice measures the plan it then writes
+
     def updates_for(plan: Plan):
-        return compensation(context, plan) if context is not None else None
+        if context is None:
+            return None
+        key = tuple((gid, atoms.tobytes()) for gid, atoms in sorted(plan.removed.items()))
+        if key not in compensated:
+            if len(compensated) >= 2:
+                compensated.pop(next(iter(compensated)))
+            compensated[key] = compensation(context, plan)
+        return compensated[key]
 
     search, ranking = None, None
     speed = SpeedCheck(opts, compiled, input_path or model, say) if opts.latency_target or opts.check_speed else None

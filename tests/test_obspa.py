@@ -13,7 +13,12 @@ import spa_compiler
 from models import builders
 from spa_compiler.cli import main
 from spa_compiler.errors import UsageError
-from spa_compiler.obspa.obs import block_cost, damped_inverse, remove_block
+import onnx_graphsurgeon as gs
+
+from spa_compiler.obspa.compensate import LayerEntry
+from spa_compiler.obspa.greedy import ConsumerState
+from spa_compiler.obspa.obs import ConsumerLayer, KroneckerHessian, compensate_units
+from spa_compiler.obspa.statistics import LayerStats
 from spa_compiler.runtime import session
 
 TRAINED = Path(__file__).resolve().parent.parent / "models" / "trained"
@@ -50,32 +55,55 @@ def test_compensation_equals_least_squares_optimum():
     np.testing.assert_allclose(w2_new, optimum.T, rtol=1e-3, atol=1e-4)
 
 
+def _gemm_entry(w: np.ndarray, h: np.ndarray, damping: float) -> LayerEntry:
+    layer = ConsumerLayer(gs.Node("Gemm", name="fc"), None, w.shape, w, 1)
+    return LayerEntry(layer, LayerStats(h, np.zeros(len(h)), np.zeros(len(h)), 1), damping)
+
+
 def test_obs_block_update_matches_the_formula():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(200, 8))
     h = x.T @ x / 200
     w = rng.normal(size=(4, 8))
-    hinv = damped_inverse(h, 0.0)
+    entry = _gemm_entry(w, h, 0.0)
     cols = np.array([2, 5])
-    w1, _ = remove_block(w, hinv, cols)
+    w1 = compensate_units(w, KroneckerHessian.exact(h), entry.hinv, cols)
     kept = np.setdiff1d(np.arange(8), cols)
     optimum, *_ = np.linalg.lstsq(x[:, kept], x @ w.T, rcond=None)
     np.testing.assert_allclose(w1[:, kept], optimum.T, atol=1e-8)
+    np.testing.assert_array_equal(w1[:, cols], 0.0)
     err = np.sum((x @ w.T - x @ w1.T) ** 2) / 200
-    assert block_cost(w, hinv, cols) == pytest.approx(0.5 * err, rel=1e-6)
+    state = ConsumerState(entry, [cols])  # one atom of two columns
+    assert state.costs(np.array([0]))[0] * state.energy == pytest.approx(0.5 * err, rel=1e-6)
 
 
-def test_joint_removal_of_blocks_equals_removing_them_one_by_one():
-    """OBSPA removes the atoms of one greedy step with one downdate; that must equal sequential removal."""
+@pytest.mark.parametrize("keep_weights", [True, False])
+def test_joint_removal_of_blocks_equals_removing_them_one_by_one(keep_weights):
+    """OBSPA removes the atoms of one greedy step with one downdate; that must equal sequential removal,
+    whether the greedy keeps a consumer's weights or its Gram matrix."""
     rng = np.random.default_rng(3)
     x = rng.normal(size=(300, 12))
     w = rng.normal(size=(5, 12))
-    hinv = damped_inverse(x.T @ x / 300, 0.01)
-    first, second = np.array([1, 2, 3]), np.array([7, 8, 9])
-    w_seq, hinv_seq = remove_block(*remove_block(w, hinv, first), second)
-    w_joint, hinv_joint = remove_block(w, hinv, np.concatenate([first, second]))
-    np.testing.assert_allclose(w_joint, w_seq, atol=1e-10)
-    np.testing.assert_allclose(hinv_joint, hinv_seq, atol=1e-10)
+    entry = _gemm_entry(w, x.T @ x / 300, 0.01)
+    atoms = [np.array([i]) for i in range(12)]
+
+    def state():
+        s = ConsumerState(entry, atoms)
+        s.w, s.gram = (entry.hessian.split(w).copy(), None) if keep_weights else (None, w.T @ w)
+        return s
+
+    seq, joint = state(), state()
+    seq.remove(np.array([1, 2, 3]))
+    seq.remove(np.array([7, 8, 9]))
+    joint.remove(np.array([1, 2, 3, 7, 8, 9]))
+    np.testing.assert_allclose(joint.hinv, seq.hinv, atol=1e-10)
+    rest = np.array([0, 4, 5, 6, 10, 11])
+    np.testing.assert_allclose(joint.costs(rest), seq.costs(rest), rtol=1e-9)
+    # and the costs after removal are those of the compensated weights
+    w1 = compensate_units(w, entry.hessian, entry.hinv, np.array([1, 2, 3, 7, 8, 9]))
+    g1 = w1.T @ w1
+    expected = 0.5 * np.diag(g1)[rest] / np.diag(joint.hinv) / joint.energy
+    np.testing.assert_allclose(joint.costs(rest), expected, rtol=1e-9)
 
 
 def test_removing_an_exactly_zero_channel_costs_nothing_and_changes_nothing():

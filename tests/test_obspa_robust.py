@@ -16,7 +16,7 @@ import spa_compiler
 from spa_compiler.obspa.compensate import WORSE_THAN_NONE, LayerEntry, ObsContext, output_error
 from spa_compiler.inputfacts import input_facts
 from spa_compiler.inputspec import for_model
-from spa_compiler.obspa.obs import MAX_DAMPING, ConsumerLayer, robust_inverse
+from spa_compiler.obspa.obs import MAX_DAMPING, ConsumerLayer, KroneckerHessian, robust_inverse
 from spa_compiler.obspa.statistics import LayerStats
 
 
@@ -93,7 +93,8 @@ def test_compensation_never_worse_than_plain_removal():
     entry, context = _entry(np.array([[1.0, 1.0]]), h, np.zeros(2))
     w1 = entry.compensated(np.array([0]))
     assert w1[0, 1] > 1.5 and not context.fallbacks
-    assert output_error(np.array([[1.0, 1.0]]) - w1, h) < output_error(np.array([[1.0, 0.0]]), h)
+    exact, zero = KroneckerHessian.exact(h), np.zeros(2)
+    assert output_error(np.array([[1.0, 1.0]]) - w1, exact, zero) < output_error(np.array([[1.0, 0.0]]), exact, zero)
 
 
 def test_no_non_finite_weight_from_overflowing_statistics(tmp_path):

@@ -36,16 +36,21 @@ def _hwm_mb():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+def _cpu():
+    import resource
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 base = _hwm_mb()
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), _cpu()
 exec(sys.argv[1])
-print("@@RESULT@@" + json.dumps({"seconds": time.perf_counter() - t0, "peak_rss_mb": _hwm_mb(),
-      "start_rss_mb": base, **globals().get("extra", {})}))
+print("@@RESULT@@" + json.dumps({"seconds": time.perf_counter() - t0, "cpu_seconds": _cpu() - c0,
+      "peak_rss_mb": _hwm_mb(), "start_rss_mb": base, **globals().get("extra", {})}))
 '''
 
 
 def measure(code: str, python: str = sys.executable, timeout: int = 1800) -> dict:
-    """Run *code* in a fresh interpreter; return its wall seconds, peak RSS and any ``extra`` dict it sets."""
+    """Run *code* in a fresh interpreter; return its wall and CPU seconds (all its threads), peak RSS and any
+    ``extra`` dict it sets."""
     proc = subprocess.run([python, "-c", MEASURE, code], capture_output=True, text=True, timeout=timeout,
                           cwd=str(ROOT), env={**os.environ, "PYTHONPATH": str(ROOT)})
     for line in proc.stdout.splitlines():

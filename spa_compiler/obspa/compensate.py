@@ -18,9 +18,10 @@ import onnx_graphsurgeon as gs
 
 from ..analysis import CONSUMER, DependencyAnalysis, Group
 from ..ir import constants_of
-from .obs import DEFAULT_DAMPING, MAX_DAMPING, ConsumerLayer, damped_inverse, output_power, robust_inverse
+from .obs import (DEFAULT_DAMPING, MAX_DAMPING, ConsumerLayer, KroneckerHessian, compensate_units, damped_inverse,
+                  robust_inverse)
 from ..plan import Plan
-from .statistics import LayerStats
+from .statistics import ChannelStats, LayerStats
 
 VAR_RATIO_BOUNDS = (1e-3, 1e3)
 # why a consumer was left uncompensated (the report's warnings say so, with the layers)
@@ -37,7 +38,7 @@ class ObsContext:
 
     graph: gs.Graph
     analysis: DependencyAnalysis
-    stats: dict[str, LayerStats] = field(default_factory=dict)
+    stats: dict[str, LayerStats | ChannelStats] = field(default_factory=dict)
     damping: float = DEFAULT_DAMPING
 
     def __post_init__(self) -> None:
@@ -60,13 +61,13 @@ class ObsContext:
                 if layer is None:
                     continue
                 stats = self.stats.get(node.name) if layer.measured else None
-                if stats is not None and stats.h.shape[0] != layer.w.shape[1]:
+                if stats is not None and stats.features != layer.w.shape[1]:
                     stats = None
-                if stats is not None and not (np.all(np.isfinite(stats.h)) and np.all(np.isfinite(stats.mean))):
+                if stats is not None and not (stats.hessian().finite() and np.all(np.isfinite(stats.mean))):
                     self.fall_back(NONFINITE_STATS, node.name)
                     stats = None
                 if stats is not None:
-                    dead = np.diag(stats.h) <= 0
+                    dead = stats.hessian().diag() <= 0
                     layer.w[:, dead] = 0.0  # inputs that are always zero contribute nothing: their weights cost nothing
                 out.append(LayerEntry(layer, stats, self.damping, self))
             self._entries[group.id] = out
@@ -102,32 +103,40 @@ class LayerEntry:
     """One consumer layer with its input statistics: H and mean (identity and zero without statistics)."""
 
     layer: ConsumerLayer
-    stats: Optional[LayerStats]
+    stats: Optional[LayerStats | ChannelStats]
     damping: float
     context: Optional[ObsContext] = None
     _hinv: Optional[np.ndarray] = None
 
     @property
-    def h(self) -> np.ndarray:
-        return self.stats.h if self.stats is not None else np.eye(self.layer.w.shape[1])
+    def hessian(self) -> KroneckerHessian:
+        """H, exact or at channel granularity; the identity (per position and tap) without statistics."""
+        if self.stats is not None:
+            return self.stats.hessian()
+        k = self.layer.cols_per_position
+        return KroneckerHessian.identity(self.layer.w.shape[1] // k, k)
 
     @property
     def mean(self) -> np.ndarray:
         return self.stats.mean if self.stats is not None else np.zeros(self.layer.w.shape[1])
 
+    def units(self, positions: np.ndarray) -> np.ndarray:
+        """The units of :attr:`hessian` (and of :attr:`hinv`) that removing *positions* removes."""
+        return self.layer.units(positions, self.hessian)
+
     @property
     def hinv(self) -> np.ndarray:
-        """The damped inverse of H, computed once (do not modify it in place).
+        """The damped inverse of H's units matrix, computed once (do not modify it in place).
 
         Damping is raised where H is ill-conditioned (:func:`obs.robust_inverse`); where no finite
         inverse exists the layer keeps no statistics (identity: magnitude, no compensation).
         """
         if self._hinv is None:
-            hinv, self.damping = robust_inverse(self.h, self.damping)
+            hinv, self.damping = robust_inverse(self.hessian.units, self.damping)
             if hinv is None:
                 self._note(NO_INVERSE)
                 self.stats = None
-                hinv = np.eye(self.layer.w.shape[1])
+                hinv = self.hessian.units  # the identity
             self._hinv = hinv
         return self._hinv
 
@@ -135,30 +144,29 @@ class LayerEntry:
         if self.context is not None:
             self.context.fall_back(reason, self.layer.node.name)
 
-    def compensated(self, cols: np.ndarray) -> np.ndarray:
-        """W with *cols* removed and the rest re-solved, never worse than plain removal and always finite.
+    def compensated(self, positions: np.ndarray) -> np.ndarray:
+        """W with *positions* removed and the rest re-solved, never worse than plain removal and always finite.
 
         A non-finite result is retried with damping x10 up to ``MAX_DAMPING``, then given up; a result
         whose output error on the measured statistics exceeds plain removal's is given up too.  Giving up
         means plain removal (the columns zeroed, the others untouched), recorded for the report.
         """
-        w0, hinv, damping = self.layer.w, self.hinv, self.damping
+        w0, hinv, damping, hessian = self.layer.w, self.hinv, self.damping, self.hessian
+        units = self.units(positions)
         removed = w0.copy()
-        removed[:, cols] = 0.0
+        removed[:, self.layer.columns(positions)] = 0.0
         while True:
-            w1 = w0 - w0[:, cols] @ np.linalg.solve(hinv[np.ix_(cols, cols)], hinv[cols, :])
-            w1[:, cols] = 0.0
+            w1 = compensate_units(w0, hessian, hinv, units)
             if np.all(np.isfinite(w1)):
                 break
             if damping >= MAX_DAMPING:
                 self._note(NONFINITE_COMPENSATION)
                 return removed
             damping = min(MAX_DAMPING, damping * 10)
-            hinv = damped_inverse(self.h, damping)
+            hinv = damped_inverse(hessian.units, damping)
         w1 = self.layer.representable(w1)  # integer weights: judged as they will be stored
-        if self.stats is not None:
-            covariance = self.h - np.outer(self.mean, self.mean)  # the mean shift is folded downstream
-            if output_error(w0 - w1, covariance) > output_error(w0 - removed, covariance) * (1 + 1e-9):
+        if self.stats is not None:  # the mean shift is folded downstream: compare output covariances
+            if output_error(w0 - w1, hessian, self.mean) > output_error(w0 - removed, hessian, self.mean) * (1 + 1e-9):
                 self._note(WORSE_THAN_NONE)
                 return removed
         return w1
@@ -176,8 +184,8 @@ def compensate(ctx: ObsContext, plan: Plan, fold_batchnorm: bool = True) -> dict
             positions = np.flatnonzero(gone[group.atom_of[layer.param.space]])
             if not len(positions):
                 continue
-            w0, w1 = layer.w, entry.compensated(layer.columns(positions))
-            h, mean = entry.h, entry.mean
+            w0, w1 = layer.w, entry.compensated(positions)
+            h, mean = entry.hessian, entry.mean
             updates[layer.param.tensor] = layer.weight_values(w1)
             bn = ctx.next_batchnorm(layer.node) if fold_batchnorm else None
             if bn is not None:
@@ -190,13 +198,15 @@ def compensate(ctx: ObsContext, plan: Plan, fold_batchnorm: bool = True) -> dict
     return updates
 
 
-def output_error(delta: np.ndarray, covariance: np.ndarray) -> float:
-    """``tr(delta C delta^T)``: the output error energy of a weight change on inputs with covariance C."""
-    used = np.flatnonzero(np.any(delta != 0, axis=0))
+def output_error(delta: np.ndarray, hessian: KroneckerHessian, mean: np.ndarray) -> float:
+    """``tr(delta C delta^T)``, C = H - m m^T: the output error energy of a weight change on inputs with
+    second moment H and mean m (the part the mean fold downstream cannot take back)."""
+    used = np.flatnonzero(np.any(hessian.split(delta) != 0, axis=(0, 2)))  # plain removal: a few units only
     if not len(used):
         return 0.0
-    d = delta[:, used]
-    return float(np.sum((d @ covariance[np.ix_(used, used)]) * d))
+    delta = hessian.split(delta)[:, used, :].reshape(len(delta), -1)
+    mean = hessian.split(mean[None, :])[0, used, :].reshape(-1)
+    return float(np.sum(hessian.restricted(used).power(delta)) - np.sum((delta @ mean) ** 2))
 
 
 def _fold_into_bias(ctx: ObsContext, layer, w0, w1, mean, updates) -> None:
@@ -219,8 +229,8 @@ def _fold_into_batchnorm(ctx: ObsContext, bn: gs.Node, w0, w1, h, mean, updates)
     if running_mean.shape[0] != w0.shape[0]:
         return
     mu0, mu1 = w0 @ mean, w1 @ mean
-    var0 = output_power(w0, h) - mu0 ** 2
-    var1 = output_power(w1, h) - mu1 ** 2
+    var0 = h.power(w0) - mu0 ** 2
+    var1 = h.power(w1) - mu1 ** 2
     ratio = np.where(var0 > 1e-12, var1 / np.maximum(var0, 1e-12), 1.0)
     ratio = np.clip(ratio, *VAR_RATIO_BOUNDS)
     updates[mean_name] = running_mean - (mu0 - mu1)

@@ -3,7 +3,9 @@
 OBSPA needs, for every boundary layer that reads a prunable group, the
 second moment of its inputs (im2col patches for a Conv).  They come from
 running the graph in onnxruntime with those inputs exposed as outputs,
-streamed over batches in float64, on one of these *sources*:
+streamed over batches whose exposed bytes are bounded (float32 products
+summed in float64; Conv layers with many im2col features at channel
+granularity, :class:`ChannelStats`), on one of these *sources*:
 
 - ``bnstat``: N(0,1) inputs with every BatchNormalization normalizing by the
   batch's own statistics, so activations sit on BN's beta and gamma (no data);
@@ -28,10 +30,13 @@ from ..analysis.rules import rule_for
 from ..errors import UsageError
 from ..ir import to_model
 from ..progress import step
+from .obs import KroneckerHessian
 
 SOURCES = ("bnstat", "bn", "weights", "synthetic", "calib", "identity")
 CLOSED_FORM = ("bn", "weights")
-MAX_ROWS_PER_BATCH = 8192  # im2col rows kept per batch and layer (a seeded subsample beyond)
+ROWS_PER_SAMPLE = 128  # im2col rows kept per sample and layer (a seeded subsample beyond)
+EXPOSED_BYTES = 256 << 20  # consumer inputs one statistics run hands back at once (their sum bounds the memory)
+MIN_BATCH = 8  # bnstat normalizes by each run's own batch statistics: not from fewer samples than this
 
 
 @dataclass
@@ -47,26 +52,143 @@ class LayerStats:
     def empty(cls, features: int) -> "LayerStats":
         return cls(np.zeros((features, features)), np.zeros(features), np.zeros(features), 0)
 
+    @property
+    def features(self) -> int:
+        return len(self.mean)
+
+    def hessian(self) -> KroneckerHessian:
+        return KroneckerHessian.exact(self.h)
+
     def add(self, x: np.ndarray) -> None:
-        x = np.asarray(x, dtype=np.float64)
         n = self.rows + len(x)
         keep = self.rows / n
         with np.errstate(over="ignore", invalid="ignore"):  # overflowing activations: judged downstream
-            self.h = self.h * keep + (x.T @ x) / n
+            self.h = self.h * keep + _second_moment(x) / n
+        x = np.asarray(x, dtype=np.float64)
         self.mean = self.mean * keep + x.sum(axis=0) / n
         self.abs_mean = self.abs_mean * keep + np.abs(x).sum(axis=0) / n
         self.rows = n
 
 
-def feature_rows(node: gs.Node, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+@dataclass
+class ChannelStats:
+    """Statistics of a large Conv layer at channel granularity: ``H ~ channel (x) taps`` (structured OBS).
+
+    The exact im2col second moment of a 3x3 conv reading 512 channels is 4608 x 4608: streaming it
+    costs ~170 GFLOP per batch of 8192 rows and its inverse and OBS downdates dominate a ResNet-50
+    run.  Here ``channel`` is the C x C second moment of the input per pixel and ``tap_moment`` the
+    kh*kw second moment of a patch's taps averaged over channels; :meth:`hessian` makes the Kronecker
+    factors of the covariance (or of the raw moment) from them, means per channel, the same at every tap.
+    """
+
+    channel: np.ndarray       # (C, C) E[x_c x_d] over pixels
+    tap_moment: np.ndarray    # (k, k) E[x_c,p x_c,q] over patches, averaged over channels
+    channel_mean: np.ndarray  # (C,)
+    channel_abs_mean: np.ndarray
+    k: int
+    rows: int
+    tap_rows: int = 0
+
+    @classmethod
+    def empty(cls, channels: int, k: int) -> "ChannelStats":
+        return cls(np.zeros((channels, channels)), np.zeros((k, k)), np.zeros(channels), np.zeros(channels), k, 0)
+
+    @property
+    def features(self) -> int:
+        return len(self.channel_mean) * self.k
+
+    @property
+    def mean(self) -> np.ndarray:
+        return np.repeat(self.channel_mean, self.k)
+
+    @property
+    def abs_mean(self) -> np.ndarray:
+        return np.repeat(self.channel_abs_mean, self.k)
+
+    def hessian(self) -> KroneckerHessian:
+        """``covariance (x) taps + m m^T``, the mean kept apart (see :class:`KroneckerHessian`); taps
+        normalized by the mean channel variance, so ``tr(H)`` is kept.  A channel of constant value
+        keeps a tiny variance: removing it costs (almost) nothing once its mean is folded, where
+        the damped inverse would treat a zero as an independent unit-variance input."""
+        channel = self.channel - np.outer(self.channel_mean, self.channel_mean)
+        variance = np.diag(channel)
+        scale = float(np.mean(np.maximum(variance, 0.0)))
+        channel[np.diag_indices_from(channel)] = np.maximum(variance, 1e-9 * scale)
+        taps = self.tap_moment - float(np.mean(self.channel_mean ** 2))
+        taps = taps / scale if scale > 0 else np.eye(self.k)
+        return KroneckerHessian(channel, taps, self.mean)
+
+    def add(self, pixels: np.ndarray, patches: np.ndarray) -> None:
+        """*pixels*: (rows, C) input values per position; *patches*: (rows', C * k) im2col rows."""
+        n = self.rows + len(pixels)
+        keep = self.rows / n
+        with np.errstate(over="ignore", invalid="ignore"):
+            self.channel = self.channel * keep + _second_moment(pixels) / n
+            per_channel = patches.reshape(-1, self.k)  # (rows' * C, k): every channel's patch is a sample
+            m = self.tap_rows + len(per_channel)
+            self.tap_moment = self.tap_moment * (self.tap_rows / m) + _second_moment(per_channel) / m
+        pixels = np.asarray(pixels, dtype=np.float64)
+        self.channel_mean = self.channel_mean * keep + pixels.sum(axis=0) / n
+        self.channel_abs_mean = self.channel_abs_mean * keep + np.abs(pixels).sum(axis=0) / n
+        self.rows, self.tap_rows = n, m
+
+
+def _second_moment(x: np.ndarray) -> np.ndarray:
+    """``x^T x`` in float64 from a float32 product (half the time of a float64 GEMM; the sum over a few
+    thousand rows loses ~1e-6 relative, far below OBS's damping)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return (x.T @ x).astype(np.float64)
+
+
+DENSE_FEATURES = 4096  # Conv layers with more im2col features get channel-granularity statistics (a 3x3 conv
+# reading 512 channels: 4608); below it the exact second moment, whose costs the global ranking was measured with
+TAP_ROWS = 1024        # patches per batch for a ChannelStats' tap correlation
+
+
+def channel_granular(node: gs.Node, x: np.ndarray) -> Optional[int]:
+    """Taps per channel where *node*'s statistics are kept at channel granularity, else None."""
+    rule = rule_for(node)
+    k = rule.columns_per_channel(node) if rule is not None and node.op == "Conv" else None
+    if k is None or k < 2 or x.ndim not in (3, 4) or x.shape[1] * k <= DENSE_FEATURES:
+        return None
+    return k
+
+
+def add_batch(stats: dict, node: gs.Node, x: np.ndarray, rng: np.random.Generator, limit: int) -> None:
+    """Stream one batch of *node*'s input *x* (at most *limit* rows of it) into ``stats[node.name]``."""
+    k = channel_granular(node, x)
+    if k is None:
+        rows = feature_rows(node, x, rng, limit)
+        stats.setdefault(node.name, LayerStats.empty(rows.shape[1])).add(rows)
+        return
+    channels = x.shape[1]
+    pixels = np.moveaxis(x, 1, -1).reshape(-1, channels)
+    if len(pixels) > limit:
+        pixels = pixels[rng.choice(len(pixels), limit, replace=False)]
+    patches = rule_for(node).feature_rows(node, x, TAP_ROWS, rng)
+    stats.setdefault(node.name, ChannelStats.empty(channels, k)).add(pixels, patches)
+
+
+def feature_rows(node: gs.Node, x: np.ndarray, rng: np.random.Generator, limit: int) -> np.ndarray:
     """The rows a layer multiplies by its weight (its rule's layout: im2col patches for Conv), subsampled."""
     rule = rule_for(node)
     if rule is None or not rule.is_consumer_layer(node):
         raise ValueError(f"no feature rows for {node.op}")
-    rows = rule.feature_rows(node, x)
-    if len(rows) > MAX_ROWS_PER_BATCH:
-        rows = rows[rng.choice(len(rows), MAX_ROWS_PER_BATCH, replace=False)]
+    rows = rule.feature_rows(node, x, limit, rng)
+    if len(rows) > limit:
+        rows = rows[rng.choice(len(rows), limit, replace=False)]
     return rows
+
+
+def memory_batch(compiled, tensors: list[str], batch: int) -> int:
+    """Samples per statistics run so that the exposed *tensors* stay within ``EXPOSED_BYTES`` (at least
+    ``MIN_BATCH``): onnxruntime hands every consumer input of a run back at once, 36 MB per 224x224
+    sample on a ResNet-50, 2.3 GB at the default batch of 64."""
+    from ..shapes import concrete_shapes
+
+    shapes = concrete_shapes(compiled.graph, compiled.spec)  # at the input spec: one sample (or its batch)
+    per_sample = sum(4 * int(np.prod(shapes[name])) for name in tensors if shapes.get(name))
+    return batch if per_sample == 0 else max(MIN_BATCH, min(batch, EXPOSED_BYTES // per_sample))
 
 
 def batch_stat_graph(graph: gs.Graph, opset: int) -> gs.Graph:
@@ -159,12 +281,12 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
     spec = compiled.meta.input_spec
     if spec is not None and source != "calib":
         batch = min(batch, spec.statistics_batch(batch))  # large images: fewer per run, same memory
+    batch = memory_batch(compiled, outputs, batch)
     with active(spec):  # noise at the input spec's dims (the dims verification and the cost model use)
         for feeds in _batches(sess, source, calib, samples, batch, seed, noise, spec):
             values = dict(zip(names, sess.run(None, feeds)))
-            for node in consumers:
-                rows = feature_rows(node, values[wanted[node.name]], rng)
-                stats.setdefault(node.name, LayerStats.empty(rows.shape[1])).add(rows)
+            for node in consumers:  # rows per run in proportion to the samples a run stands for (8192 at 64)
+                add_batch(stats, node, values[wanted[node.name]], rng, ROWS_PER_SAMPLE * batch)
             seen += len(next(iter(feeds.values())))
             step(progress, min(seen, total), total, f"statistics ({source})")
     return stats

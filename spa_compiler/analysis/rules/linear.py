@@ -48,8 +48,13 @@ class Compensable(Weighted):
     def is_consumer_layer(self, node: gs.Node) -> bool:
         return True
 
-    def feature_rows(self, node: gs.Node, x: np.ndarray) -> np.ndarray:
-        """The rows the layer multiplies by its weight, from its input activation *x*."""
+    def feature_rows(self, node: gs.Node, x: np.ndarray, count: Optional[int] = None,
+                     rng: Optional[np.random.Generator] = None) -> np.ndarray:
+        """The rows the layer multiplies by its weight, from its input activation *x*.
+
+        With *count*, at most that many rows drawn by *rng* (layers whose rows are views need not
+        draw them before; Conv gathers only the drawn patches).
+        """
         raise NotImplementedError
 
     def columns_per_channel(self, node: gs.Node) -> Optional[int]:
@@ -140,8 +145,8 @@ class Conv(Compensable):
     def layer_macs(self, node, out, x, w):
         return dims_product(out[:1]) * dims_product(out[1:]) * dims_product(w[1:])
 
-    def feature_rows(self, node, x):
-        return _im2col(node, x)
+    def feature_rows(self, node, x, count=None, rng=None):
+        return _im2col(node, x, count, rng)
 
     def columns_per_channel(self, node):
         return int(np.prod(const_values(node.inputs[1]).shape[2:]))
@@ -231,7 +236,7 @@ class Gemm(Compensable):
         k = x[0] if node.attrs.get("transA", 0) and x else (x[-1] if x else 1)
         return dims_product(out) * (k or 1)
 
-    def feature_rows(self, node, x):
+    def feature_rows(self, node, x, count=None, rng=None):
         return x.T if node.attrs.get("transA", 0) else x
 
     def columns_per_channel(self, node):
@@ -255,7 +260,7 @@ class MatMul(Compensable):
     def layer_macs(self, node, out, x, w):
         return 0 if x is None else dims_product(out) * (x[-1] or 1)
 
-    def feature_rows(self, node, x):
+    def feature_rows(self, node, x, count=None, rng=None):
         return x.reshape(-1, x.shape[-1])
 
     def weight_matrix(self, node, axis, values):
@@ -359,8 +364,14 @@ def _matrix_of(axis: int, values: np.ndarray) -> Optional[tuple[np.ndarray, int]
     return np.array(values if axis == 1 else values.T), 1
 
 
-def _im2col(node: gs.Node, x: np.ndarray) -> np.ndarray:
-    """Patches of a 2-D (or 1-D) Conv input as rows of ``C * kh * kw`` features, channel-major."""
+def _im2col(node: gs.Node, x: np.ndarray, count: Optional[int] = None,
+            rng: Optional[np.random.Generator] = None) -> np.ndarray:
+    """Patches of a 2-D (or 1-D) Conv input as rows of ``C * kh * kw`` features, channel-major.
+
+    With *count*, only that many output positions (drawn by *rng* without replacement) are gathered:
+    a statistics run needs a few thousand rows, and the full patch matrix of an early ResNet layer at
+    224x224 is hundreds of MB per batch.
+    """
     w = const_values(node.inputs[1])
     kernel = list(w.shape[2:])
     if x.ndim == 3:
@@ -381,6 +392,14 @@ def _im2col(node: gs.Node, x: np.ndarray) -> np.ndarray:
     dh, dw = dilations
     out_h = (height - (kh - 1) * dh - 1) // strides[0] + 1
     out_w = (width - (kw - 1) * dw - 1) // strides[1] + 1
+    if count is not None and count < n * out_h * out_w:
+        pick = (rng or np.random.default_rng(0)).choice(n * out_h * out_w, count, replace=False)
+        b, rest = np.divmod(pick, out_h * out_w)
+        oy, ox = np.divmod(rest, out_w)
+        ys = oy[:, None, None] * strides[0] + np.arange(kh)[None, :, None] * dh   # (m, kh, 1)
+        xs = ox[:, None, None] * strides[1] + np.arange(kw)[None, None, :] * dw   # (m, 1, kw)
+        patches = x[b[:, None, None], :, ys, xs]                                   # (m, kh, kw, c)
+        return patches.transpose(0, 3, 1, 2).reshape(count, c * kh * kw)
     cols = np.empty((n, c, kh, kw, out_h, out_w), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):

@@ -178,7 +178,7 @@ class Recurrent(Rule):
     def statistics_input(self, node):
         return node.inputs[X]
 
-    def feature_rows(self, node, x):
+    def feature_rows(self, node, x, count=None, rng=None):
         return x.reshape(-1, x.shape[-1])
 
     def columns_per_channel(self, node):
