@@ -19,6 +19,7 @@ from .errors import ModelLoadError, UsageError
 from .finite import check_input_weights, guard_written_model, guard_written_weights
 from .ir import to_model
 from .jsonout import to_json
+from .latency.driver import SpeedCheck
 from .modelio import (EXTERNAL_DATA_THRESHOLD, ModelLike, check_input_file, check_output_path, check_written_files,
                       staged_output, uses_external_data, write_graph, write_proto)
 from .pipeline import (Compiled, bn_free_conv_warning, choose_hessian_source, compile_model,
@@ -48,7 +49,8 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
           prune_hidden: bool = False, prune_head_dims: bool = False, hessian: Optional[str] = None, calib=None, samples: int = 256,
           damping: float = 0.01, compensate: Optional[bool] = None, recalibrate_bn: bool = False, noise: str = "auto",
           max_error: Optional[float] = None, output: Optional[str] = None, force: bool = False,
-          report_path: Optional[str] = None, input_shapes=None,
+          report_path: Optional[str] = None, input_shapes=None, target_speedup: Optional[float] = None,
+          target_latency: Optional[float] = None, provider: str = "cpu", threads: int = 0, check_speed: bool = False,
           progress: Optional[Callable[[str], None]] = None) -> PruneResult:
     """Prune whole channels of *model* (a path or an ``onnx.ModelProto``).
 
@@ -61,7 +63,11 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
     the MACs target is the goal, never beyond this error; see :mod:`budget`); prune_hidden: also prune a
     transformer's residual-stream width (inexact through LayerNorm, opt-in); input_shapes: dims of the
     inputs (``{"images": (1, 3, 320, 320)}``) that shape inference, MACs, statistics and verification use
-    (chosen where not given; the dense model must run at them).  With *output*, the model is
+    (chosen where not given; the dense model must run at them); target_speedup / target_latency (ms):
+    instead of a ratio, plan widths and budget on measured latency tables for *provider* ('cpu', 'cuda',
+    'auto') with *threads*, then benchmark dense vs pruned and replan while short (report: ``speed``; see
+    :mod:`spa_compiler.latency`); check_speed: benchmark any plan and warn when it is slower than dense.
+    With *output*, the model is
     written atomically after verification, together with the JSON report at *report_path*
     (both or neither).  Raises :class:`SpacError`
     subclasses with one-line messages.
@@ -71,7 +77,8 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
                            seed=seed, verify=verify, prune_hidden=prune_hidden, prune_head_dims=prune_head_dims,
                            hessian=hessian, calib=calib, samples=samples, damping=damping, compensate=compensate,
                            recalibrate_bn=recalibrate_bn, noise=noise, max_error=max_error, output=output, force=force,
-                           report_path=report_path, input_shapes=input_shapes)
+                           report_path=report_path, input_shapes=input_shapes, target_speedup=target_speedup,
+                           target_latency=target_latency, provider=provider, threads=threads, check_speed=check_speed)
     return prune_with(model, options, progress)
 
 
@@ -131,7 +138,10 @@ def prune_with(model: ModelLike, opts: PruneOptions, progress: Optional[Callable
         return compensation(context, plan) if context is not None else None
 
     search, ranking = None, None
-    if max_error is not None:
+    speed = SpeedCheck(opts, compiled, input_path or model, say) if opts.latency_target or opts.check_speed else None
+    if opts.latency_target:
+        plan = speed.plan_for_target(scores, options)
+    elif max_error is not None:
         search = MaxErrorSearch(compiled, scores, options, measurement, max_error, target_macs, updates_for, progress)
         plan = _within_max_error(search, target_macs, say)
     else:
@@ -179,8 +189,13 @@ def prune_with(model: ModelLike, opts: PruneOptions, progress: Optional[Callable
             verification = _verify(target, compiled, expected) if verify else check_checker(target)
             fid = fidelity.measure(target, measurement) if measurement is not None else None
             smaller = search.back_off(fidelity.relative_error(fid)) if search is not None else None
+            if smaller is None and speed is not None:
+                smaller = speed.after(target, plan)
             if smaller is None:
                 break
+            if search is None:
+                plan = smaller
+                continue
             say(f"measured {fidelity.relative_error(fid):.4f} > --max-error {max_error}: backing off")
             plan = smaller
         collapse = fidelity.collapse_warning(fid) if fid is not None else None
@@ -190,6 +205,9 @@ def prune_with(model: ModelLike, opts: PruneOptions, progress: Optional[Callable
                       inputs=compiled.dense.describe() if compiled.dense else {"input_shapes": compiled.spec.describe()})
         if search is not None:
             report["max_error"] = search.report(fidelity.relative_error(fid))
+        if speed is not None:
+            report["speed"], speed_warnings = speed.report()
+            report["warnings"] += speed_warnings
         report["seconds"] = {"analyze": round(t1 - t0, 3), "prune": round(t2 - t1, 3),
                              "total": round(time.perf_counter() - t0, 3)}
         if stage is not None:

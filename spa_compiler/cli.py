@@ -151,6 +151,15 @@ def main() -> None:
 @click.option("--max-error", type=float, default=None,
               help="Prune as much as possible while the outputs' relative L2 error on the measurement inputs "
                    "stays at most this (with --target-macs: the target, but never beyond this error).")
+@click.option("--target-speedup", type=float, default=None,
+              help="Instead of a ratio: plan on measured latency tables until the model runs S times faster, "
+                   "then benchmark dense vs pruned (and replan while short).")
+@click.option("--target-latency", type=float, default=None, help="As --target-speedup, for a latency in ms.")
+@click.option("--provider", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
+              help="Where latency is planned and measured (--target-*, --check-speed).")
+@click.option("--threads", type=int, default=0, show_default=True,
+              help="Intra-op threads for latency tables and benchmarks (0 = onnxruntime default).")
+@click.option("--check-speed", is_flag=True, help="Benchmark dense vs pruned; warn when the pruned model is slower.")
 @click.option("--reduce", type=click.Choice(["sum", "mean", "max"]), default="sum", show_default=True,
               help="How scores of coupled parameter slices combine.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -180,7 +189,7 @@ def main() -> None:
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @handled
 def prune(model, output, ratio, criterion, global_ranking, max_group_ratio, round_to, exclude, target_macs,
-          max_error, reduce, seed, prune_hidden, prune_head_dims, calib, hessian, noise, samples, damping, compensate,
+          max_error, target_speedup, target_latency, provider, threads, check_speed, reduce, seed, prune_hidden, prune_head_dims, calib, hessian, noise, samples, damping, compensate,
           recalibrate_bn, no_verify, input_shapes, force, report_path, as_json, quiet, show_progress, debug):
     """Prune MODEL and write a smaller ONNX model."""
     from .api import prune_with
@@ -195,7 +204,9 @@ def prune(model, output, ratio, criterion, global_ranking, max_group_ratio, roun
                            prune_head_dims=prune_head_dims, calib=calib, hessian=hessian, noise=noise,
                            samples=samples, damping=damping, compensate=compensate, recalibrate_bn=recalibrate_bn,
                            max_error=max_error, output=output, force=force, report_path=report_path,
-                           input_shapes=input_shapes)  # validated here, before any work
+                           input_shapes=input_shapes, target_speedup=target_speedup,
+                           target_latency=target_latency, provider=provider, threads=threads,
+                           check_speed=check_speed)  # validated here, before any work
     progress = for_terminal(show_progress, quiet=as_json or quiet)
     result = prune_with(model, options, progress)
     report = result.report
@@ -224,6 +235,10 @@ def prune(model, output, ratio, criterion, global_ranking, max_group_ratio, roun
     if report.get("max_error"):
         click.echo(f"max error {report['max_error']['limit']}: measured {report['max_error']['measured']:.4f} "
                    f"after {report['max_error']['evaluations']} evaluations")
+    if report.get("speed"):
+        sp = report["speed"]
+        click.echo(f"latency {sp['dense_ms']:.3f} -> {sp['pruned_ms']:.3f} ms (speedup {sp['speedup']:.2f}x) on "
+                   f"{sp['provider']}, inputs {sp['input_shapes']}")
     click.echo(f"wrote {output}")
 
 
@@ -295,11 +310,13 @@ def inspect(model, input_shapes, as_json, debug):
 @click.option("--runs", type=int, default=30, show_default=True)
 @click.option("--warmup", type=int, default=5, show_default=True)
 @click.option("--threads", type=int, default=0, show_default=True, help="Intra-op threads (0 = onnxruntime default).")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: CUDA when onnxruntime-gpu runs on a device here, else CPU; cuda: that or a one-line error.")
 @input_shape_option
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--debug", is_flag=True)
 @handled
-def bench(model_a, model_b, batch, runs, warmup, threads, input_shapes, as_json, debug):
+def bench(model_a, model_b, batch, runs, warmup, threads, provider, input_shapes, as_json, debug):
     """Latency of A and B on the same provider and threads; prints B/A next to the MACs ratio."""
     from .cost import totals
     from .modelio import load_model
@@ -310,11 +327,14 @@ def bench(model_a, model_b, batch, runs, warmup, threads, input_shapes, as_json,
 
     if batch < 1 or runs < 1 or warmup < 0:
         raise UsageError("--batch and --runs must be >= 1, --warmup >= 0")
+    from .latency.providers import providers_for
+
+    providers = providers_for(provider)  # before loading anything: CUDA asked for and absent is one line
     a, b = load_model(model_a), load_model(model_b)
     spec = bench_spec(a, model_a, input_shapes, batch)
     try:  # paths, not protos: onnxruntime resolves external data next to each model
         ta, tb, provider = bench_pair(model_a, model_b, batch=batch, warmup=warmup, runs=runs, threads=threads,
-                                      spec=spec)
+                                      spec=spec, providers=providers)
     except Exception as exc:  # noqa: BLE001
         raise UsageError(f"cannot run the models in onnxruntime: {first_line(exc)}") from None
     graph_a, graph_b = normalize(a, spec=spec).graph, normalize(b, spec=spec).graph

@@ -51,6 +51,11 @@ class PruneOptions:
     report_path: Optional[str] = None
     # {"images": (1, 3, 320, 320)}, or the CLI's ["images:1x3x320x320"] (parsed to the dict); see inputspec
     input_shapes: Any = None
+    target_speedup: Optional[float] = None  # plan for measured latency (see spa_compiler/latency/)
+    target_latency: Optional[float] = None  # milliseconds, at the input spec
+    provider: str = "cpu"  # where latency is planned and measured: cpu, cuda, auto
+    threads: int = 0  # intra-op threads of the latency tables and benchmarks (0: onnxruntime's default)
+    check_speed: bool = False  # benchmark dense vs pruned after pruning; say so when pruned is slower
     criterion_pass: registry.PassInfo = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -94,8 +99,39 @@ class PruneOptions:
             raise UsageError("the calib Hessian source needs --calib inputs")
         if self.recalibrate_bn and self.calib is None:
             raise UsageError("--recalibrate-bn needs --calib inputs")
+        self._validate_speed()
         if not all(isinstance(pattern, str) for pattern in self.exclude):
             raise UsageError(f"--exclude takes name patterns (strings), got {list(self.exclude)!r}")
+
+    def _validate_speed(self) -> None:
+        """Latency targets: one target at a time, positive, a provider that exists (CUDA: usable here)."""
+        from .latency.providers import PROVIDER_CHOICES, providers_for
+
+        if self.target_speedup is not None:
+            _number("--target-speedup", self.target_speedup)
+            if not self.target_speedup > 1.0:
+                raise UsageError(f"--target-speedup must be > 1, got {self.target_speedup}")
+        if self.target_latency is not None:
+            _number("--target-latency", self.target_latency)
+            if not self.target_latency > 0:
+                raise UsageError(f"--target-latency must be > 0 ms, got {self.target_latency}")
+        targets = [flag for flag, value in (("--target-speedup", self.target_speedup),
+                                            ("--target-latency", self.target_latency),
+                                            ("--target-macs", self.target_macs), ("--max-error", self.max_error))
+                   if value is not None]
+        if self.latency_target and len(targets) > 1:
+            raise UsageError(f"choose one target: {' and '.join(targets)} were both given")
+        _integer("--threads", self.threads)
+        if self.threads < 0:
+            raise UsageError(f"--threads must be >= 0, got {self.threads}")
+        if self.provider not in PROVIDER_CHOICES:
+            raise UsageError(f"unknown provider {self.provider!r} (use one of {', '.join(PROVIDER_CHOICES)})")
+        if self.provider == "cuda":
+            providers_for(self.provider)  # one line now, before the model is read, when CUDA cannot run
+
+    @property
+    def latency_target(self) -> bool:
+        return self.target_speedup is not None or self.target_latency is not None
 
     @property
     def contract(self) -> type[Criterion]:

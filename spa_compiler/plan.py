@@ -119,11 +119,17 @@ def _remove_lowest(plan: Plan, groups: list[Group], scores: dict[int, np.ndarray
         if n_remove <= 0:
             continue
         order = np.argsort(scores[group.id], kind="stable")
-        removed = _keep_every_space(group, order[:n_remove], scores[group.id], options.max_group_ratio)
-        removed = round_every_space(group, removed, scores[group.id], options.round_to)
+        removed = capped_and_rounded(group, order[:n_remove], scores[group.id], options.max_group_ratio,
+                                     options.round_to)
         if len(removed):
             plan.removed[group.id] = removed
     return plan
+
+
+def capped_and_rounded(group: Group, removed: np.ndarray, scores: np.ndarray, max_ratio: float,
+                       round_to: int) -> np.ndarray:
+    """*removed* with the best atoms given back until every tensor keeps its share and a multiple of *round_to*."""
+    return round_every_space(group, _keep_every_space(group, removed, scores, max_ratio), scores, round_to)
 
 
 def _keep_every_space(group: Group, removed: np.ndarray, scores: np.ndarray, max_ratio: float) -> np.ndarray:

@@ -6,7 +6,6 @@ machine without a GPU prints nothing alarming.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -188,15 +187,10 @@ def summarize(samples_ms: Sequence[float]) -> Timing:
 
 
 def time_session(sess, feeds, warmup: int = 5, runs: int = 30) -> list[float]:
-    """Milliseconds of *runs* runs after *warmup* untimed ones."""
-    for _ in range(warmup):
-        sess.run(None, feeds)
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        sess.run(None, feeds)
-        samples.append((time.perf_counter() - start) * 1000)
-    return samples
+    """Milliseconds of *runs* runs after *warmup* untimed ones (on CUDA: IOBinding, synced each run)."""
+    from .latency.providers import runner, time_runs
+
+    return time_runs(runner(sess, feeds), warmup, runs)
 
 
 def bench_pair(a: onnx.ModelProto, b: onnx.ModelProto, batch: int = 1, warmup: int = 5, runs: int = 30,

@@ -35,7 +35,7 @@ Shapes = dict[str, tuple[list, int]]  # tensor name -> (dims, ONNX element type)
 LIGHT_CONSTANT_LIMIT = 4096
 SYMBOLIC_SECONDS = 20.0
 # Ops whose output has their first input's shape, but for which ONNX defines no shape inference.
-SHAPE_PRESERVING = ("GroupNormalization",)
+SHAPE_PRESERVING = ("GroupNormalization", "QLinearSigmoid", "QLinearLeakyRelu")
 
 
 def reinfer_shapes(graph: gs.Graph, meta: ModelMeta) -> gs.Graph:

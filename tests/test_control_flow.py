@@ -1,6 +1,8 @@
 """Control flow (If/Loop/Scan): layers inside subgraphs prune under the mask oracle, on every branch taken."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -13,7 +15,9 @@ from spa_compiler.plan import PlanOptions, make_plan
 from spa_compiler.runtime import session
 
 # Inputs that take every branch: If conditions are mean(x) > 0 and, nested, max(x) < 2.
-BRANCH_FEEDS = {"positive small": (0.1, 1.0), "positive large": (2.5, 3.0), "negative": (-1.0, -0.1)}
+BRANCH_FEEDS = ((0.1, 1.0), (2.5, 3.0), (-1.0, -0.1))  # positive small, positive large, negative
+TORCH_EXPORTS = Path(__file__).resolve().parent.parent / "models" / "frameworks" / "torch_control_flow"
+TORCH_FEEDS = ((0.1, 1.0), (-10.0, -5.0))  # torch_if: mean(relu(stem(x))) 0.06 (else) and 1.9 (then)
 
 
 def _feeds(sess, low: float, high: float, seed: int) -> dict[str, np.ndarray]:
@@ -32,10 +36,10 @@ def _pruned_and_masked(model: onnx.ModelProto, seed: int):
     return compiled, plan, pruned, masked_model(compiled, plan)
 
 
-def _max_relative_error(pruned, masked, seed: int) -> float:
+def _max_relative_error(pruned, masked, seed: int, ranges=BRANCH_FEEDS) -> float:
     got, want = session(pruned), session(masked)
     worst = 0.0
-    for low, high in BRANCH_FEEDS.values():
+    for low, high in ranges:
         feeds = _feeds(want, low, high, seed)
         for a, b in zip(want.run(None, feeds), got.run(None, feeds)):
             worst = max(worst, float(np.abs(a - b).max()) / max(float(np.abs(a).max()), 1e-12))
@@ -115,3 +119,23 @@ def test_elementwise_branches_on_a_constant_condition_prune():
     compiled, plan, pruned, masked = _pruned_and_masked(model, seed=0)
     assert plan.n_removed > 0
     assert _max_relative_error(pruned, masked, 0) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["torch_if", "torch_loop"])
+def test_torchscript_if_and_loop_exports_prune_exactly(name):
+    """torch.jit.script exports (models/export_torch_control_flow.py): weights of both branches (outer
+    initializers) and of the loop body prune; the stem feeding the If stays whole (the condition averages it)."""
+    model = onnx.load(str(TORCH_EXPORTS / f"{name}.onnx"))
+    compiled, plan, pruned, masked = _pruned_and_masked(model, seed=0)
+    pruned_weights = {p.tensor for gid in plan.removed for p in compiled.analysis.groups[gid].params}
+    assert {"if": {"a.weight", "b.weight"}, "loop": {"body.weight"}}[name.split("_")[1]] <= pruned_weights
+    onnx.checker.check_model(pruned, full_check=True)
+    assert _max_relative_error(pruned, masked, 0, TORCH_FEEDS) < 1e-5
+
+
+def test_the_torch_if_feeds_take_both_branches():
+    model = onnx.load(str(TORCH_EXPORTS / "torch_if.onnx"))
+    cond = next(n.input[0] for n in model.graph.node if n.op_type == "If")
+    model.graph.output.append(onnx.helper.make_tensor_value_info(cond, onnx.TensorProto.BOOL, None))
+    sess = session(model)
+    assert {bool(sess.run(None, _feeds(sess, low, high, 0))[1]) for low, high in TORCH_FEEDS} == {True, False}

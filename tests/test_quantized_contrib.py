@@ -100,3 +100,14 @@ def test_batch_first_lstm_prunes_hidden_units_exactly():
         assert np.abs(got.run(None, feeds)[0] - want.run(None, feeds)[0]).max() < 1e-5
         lstm = _nodes(pruned, "LSTM")[0]
         assert next(a.i for a in lstm.attribute if a.name == "hidden_size") < 6
+
+
+def test_qlinear_sigmoid_shapes_come_from_onnx_inference_when_symbolic_inference_gives_up():
+    """ONNX infers no shape for the contrib QLinearSigmoid; it is carried through it (shapes.SHAPE_PRESERVING),
+    so it no longer freezes its group where onnxruntime's symbolic inference stops elsewhere (here at Mish,
+    which opset 17 does not define: the group stays frozen by the QLinearLeakyRelu after it)."""
+    compiled = compile_model(sequence.quantize_static(builders.RULE_MODELS["activations"](), qdq=False))
+    reasons = [r for g in compiled.analysis.groups for r in g.frozen]
+    assert not any("QLinearSigmoid" in r for r in reasons), reasons
+    sigmoid = next(n for n in compiled.graph.nodes if n.op == "QLinearSigmoid")
+    assert sigmoid.outputs[0].shape is not None

@@ -59,7 +59,7 @@ class ObsContext:
                 layer = None if node is None else ConsumerLayer.of(node, param, self._constants[param.tensor].values)
                 if layer is None:
                     continue
-                stats = self.stats.get(node.name)
+                stats = self.stats.get(node.name) if layer.measured else None
                 if stats is not None and stats.h.shape[0] != layer.w.shape[1]:
                     stats = None
                 if stats is not None and not (np.all(np.isfinite(stats.h)) and np.all(np.isfinite(stats.mean))):
@@ -155,6 +155,7 @@ class LayerEntry:
                 return removed
             damping = min(MAX_DAMPING, damping * 10)
             hinv = damped_inverse(self.h, damping)
+        w1 = self.layer.representable(w1)  # integer weights: judged as they will be stored
         if self.stats is not None:
             covariance = self.h - np.outer(self.mean, self.mean)  # the mean shift is folded downstream
             if output_error(w0 - w1, covariance) > output_error(w0 - removed, covariance) * (1 + 1e-9):
@@ -200,9 +201,9 @@ def output_error(delta: np.ndarray, covariance: np.ndarray) -> float:
 
 def _fold_into_bias(ctx: ObsContext, layer, w0, w1, mean, updates) -> None:
     """Keep the layer's output mean: ``b += (W0 - W1) E[x]`` (the removed inputs' mean contribution)."""
-    bias_index = 2
+    bias_index = layer.bias_input()
     node = layer.node
-    if len(node.inputs) <= bias_index or not isinstance(node.inputs[bias_index], gs.Constant):
+    if bias_index is None or len(node.inputs) <= bias_index or not isinstance(node.inputs[bias_index], gs.Constant):
         return
     name = node.inputs[bias_index].name
     bias = ctx.constant(name).astype(np.float64)

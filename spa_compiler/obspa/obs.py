@@ -124,7 +124,7 @@ class ConsumerLayer:
     def of(cls, node: gs.Node, param: ParamSlice, values: np.ndarray) -> Optional["ConsumerLayer"]:
         values = np.asarray(values, dtype=np.float64)
         rule = rule_for(node)
-        view = rule.weight_matrix(node, param.axis, values) if rule is not None and rule.is_consumer_layer(node) \
+        view = rule.consumer_matrix(node, param, values) if rule is not None and rule.is_consumer_layer(node) \
             else None
         if view is None:
             return None
@@ -139,6 +139,19 @@ class ConsumerLayer:
     def weight_values(self, w: np.ndarray) -> np.ndarray:
         """A (out x features) matrix back in the initializer's layout."""
         return rule_for(self.node).weight_values(self.node, self.param, w, self.shape)
+
+    def representable(self, w: np.ndarray) -> np.ndarray:
+        """*w* as the layer can store it (integer weights: on their grid), still as an (out x features) matrix."""
+        return rule_for(self.node).representable(self.node, self.param, w)
+
+    @property
+    def measured(self) -> bool:
+        """Whether the node's statistics describe this slice's inputs (a recurrence's R: no, identity)."""
+        return rule_for(self.node).measures(self.node, self.param)
+
+    def bias_input(self):
+        """Input position of the bias the removed inputs' mean is folded into (None: the layer has none)."""
+        return rule_for(self.node).bias_input(self.node)
 
     def energy(self, h: np.ndarray) -> float:
         """tr(W H W^T): the layer's output energy, so costs compare across layers."""

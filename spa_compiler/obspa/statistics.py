@@ -141,7 +141,7 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
         return stats
     graph = batch_stat_graph(compiled.graph, compiled.meta.opset) if source == "bnstat" else compiled.graph.copy()
     tensors = graph.tensors()
-    wanted = {node.name: node.inputs[0].name for node in consumers}
+    wanted = {node.name: rule_for(node).statistics_input(node).name for node in consumers}  # int8: before quantizing
     outputs = list(dict.fromkeys(wanted.values()))
     for name in outputs:
         tensor = tensors[name]

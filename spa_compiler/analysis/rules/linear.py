@@ -65,11 +65,34 @@ class Compensable(Weighted):
         """An (out x features) matrix back in the initializer's layout (*shape*); *param* the consumer slice."""
         return w if param.axis == 1 else w.T
 
+    def consumer_matrix(self, node: gs.Node, param, values: np.ndarray) -> Optional[tuple[np.ndarray, int]]:
+        """:meth:`weight_matrix` of the consumer slice *param* (layers with several weights pick theirs)."""
+        return self.weight_matrix(node, param.axis, values)
+
+    def measures(self, node: gs.Node, param) -> bool:
+        """Whether the statistics of :meth:`statistics_input` are those of this consumer slice's inputs."""
+        return True
+
+    def statistics_input(self, node: gs.Node) -> gs.Tensor:
+        """The activation the weight multiplies, as a float tensor: what OBSPA's statistics are taken on."""
+        return node.inputs[0]
+
+    def bias_input(self, node: gs.Node) -> Optional[int]:
+        """Input position of a bias that can take the removed inputs' mean contribution (None: no bias)."""
+        return None
+
+    def representable(self, node: gs.Node, param, w: np.ndarray) -> np.ndarray:
+        """The (out x features) matrix *w* as the layer can store it (quantized layers: on their integer grid)."""
+        return w
+
 
 class Conv(Compensable):
     """Conv: a boundary for group == 1; grouped/depthwise convs tie input and output group-wise."""
 
     WEIGHT, BIAS = 1, 2  # input positions (QLinearConv keeps them elsewhere; ConvInteger has no bias)
+
+    def bias_input(self, node):
+        return self.BIAS
 
     def _weight(self, node) -> Optional[np.ndarray]:
         return const_shape(node.inputs[self.WEIGHT]) if len(node.inputs) > self.WEIGHT else None
@@ -167,6 +190,9 @@ class Gemm(Compensable):
     """Gemm with a constant B: a boundary between A's features and the output features."""
 
     WEIGHT, BIAS = 1, 2  # input positions of B and C (QGemm keeps them elsewhere)
+
+    def bias_input(self, node):
+        return self.BIAS
 
     def seeds(self, node, cx):
         ok = const_shape(node.inputs[self.WEIGHT]) is not None and not attr(node, "transA", 0)

@@ -15,6 +15,13 @@
   per-column ``b_zero_point`` goes with ``B``'s output columns.  Its oracle
   masking zeroes ``B``'s input rows, which is exact for symmetric
   (zero-point 0) weights, what onnxruntime's quantizer writes.
+- OBSPA on ``MatMulInteger`` (after ``DynamicQuantizeLinear``, as onnxruntime's
+  dynamic quantizer writes it): statistics of the float activation before its
+  quantization, costs on ``B - b_zero_point`` (rows weighted by a per-column
+  ``b_scale`` where the dequantizing ``Mul`` shows one; a per-tensor scale
+  cancels in OBS's energy-normalized costs), and compensated weights put back
+  on ``B``'s integer grid with the same zero point (rounded, clipped to the
+  type's range): :func:`requantize`.
 - ``MatMulNBits`` (block-wise 4-bit weights): whole output rows, and input
   features in whole quantization blocks (see :class:`MatMulNBits`).
 - ``QLinearConcat``: a Concat of fixed-scale tensors (exact).
@@ -22,11 +29,10 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Optional
 
 import numpy as np
 import onnx_graphsurgeon as gs
-
-from typing import Optional
 
 from ...ir import attr, const_shape, const_values, dequantized_constant, dims_product, input_at, normalize_axes
 from ..effects import CONSUMER, PASSIVE, PRODUCER, Effect, ParamSlice, Tie, frozen
@@ -111,10 +117,68 @@ class DynamicQuantizeLinear(Rule):
         return effect
 
 
+def integer_range(dtype) -> tuple[int, int]:
+    info = np.iinfo(np.dtype(dtype))
+    return int(info.min), int(info.max)
+
+
+def requantize(w: np.ndarray, zero: np.ndarray, dtype) -> np.ndarray:
+    """Float weights in zero-point space (``q - zero``) back on the integer grid: rounded, clipped to *dtype*."""
+    low, high = integer_range(dtype)
+    return np.clip(np.rint(w) + zero, low, high) - zero
+
+
+def _constant_values(tensor) -> Optional[np.ndarray]:
+    return np.asarray(tensor.values) if isinstance(tensor, gs.Constant) else None
+
+
 class MatMulInteger(MatMul):
     """``(A - a_zero_point) @ (B - b_zero_point)`` with a constant 2-D ``B``: a boundary like MatMul."""
 
-    is_consumer_layer = Rule.is_consumer_layer  # OBSPA leaves it alone
+    def is_consumer_layer(self, node):
+        """OBSPA handles it where A is a DynamicQuantizeLinear of a float activation (statistics on that)."""
+        a = node.inputs[0]
+        return self._supported(node) is None and len(a.inputs) == 1 and a.inputs[0].op == "DynamicQuantizeLinear" \
+            and isinstance(node.inputs[1], gs.Constant)
+
+    def statistics_input(self, node):
+        return node.inputs[0].inputs[0].inputs[0]
+
+    def _zero(self, node) -> np.ndarray:
+        zero = input_at(node, 3)
+        return np.zeros(1) if zero is None else np.asarray(zero.values, dtype=np.float64).reshape(-1)
+
+    def _row_scale(self, node, columns: int) -> np.ndarray:
+        """B's per-column scale from the dequantizing ``Cast -> Mul(a_scale * b_scale)``, else ones."""
+        readers = node.outputs[0].outputs
+        cast = readers[0] if len(readers) == 1 and readers[0].op == "Cast" else None
+        mul = cast.outputs[0].outputs[0] if cast is not None and len(cast.outputs[0].outputs) == 1 else None
+        if mul is None or mul.op != "Mul":
+            return np.ones(columns)
+        for factor in mul.inputs:
+            producer = factor.inputs[0] if not isinstance(factor, gs.Constant) and len(factor.inputs) == 1 else None
+            if producer is not None and producer.op == "Mul":
+                for operand in producer.inputs:
+                    values = _constant_values(operand)
+                    if values is not None and values.size == columns and np.all(values > 0):
+                        return values.astype(np.float64).reshape(-1)
+        return np.ones(columns)
+
+    def weight_matrix(self, node, axis, values):
+        if axis != 0 or values.ndim != 2:
+            return None
+        w = (np.asarray(values, dtype=np.float64) - self._zero(node)[None, :]).T  # (out, in)
+        return w * self._row_scale(node, w.shape[0])[:, None], 1
+
+    def representable(self, node, param, w):
+        scale = self._row_scale(node, w.shape[0])[:, None]
+        zero = np.broadcast_to(self._zero(node), (w.shape[0],))[:, None]
+        return requantize(w / scale, zero, node.inputs[1].values.dtype) * scale
+
+    def weight_values(self, node, param, w, shape):
+        zero = np.broadcast_to(self._zero(node), (w.shape[0],))[:, None]
+        q = np.rint(self.representable(node, param, w) / self._row_scale(node, w.shape[0])[:, None]) + zero
+        return q.T.reshape(shape).astype(node.inputs[1].values.dtype)
 
     def seeds(self, node, cx):
         return super().seeds(node, cx) if self._supported(node) is None else []
@@ -162,12 +226,40 @@ class QLinearConv(Conv):
 
 class ConvInteger(Conv):
     """ConvInteger (x, w, x_zero_point, w_zero_point): Conv on integers, after a DynamicQuantizeLinear;
-    a per-channel w_zero_point goes with the output channels."""
+    a per-channel w_zero_point goes with the output channels.  OBSPA: as MatMulInteger (statistics before
+    the quantization, compensation back on w's grid with its zero point; per-tensor scale assumed)."""
 
     macs = Rule.macs  # the cost model does not count it
-    is_consumer_layer = Rule.is_consumer_layer  # OBSPA leaves it alone
 
     WEIGHT, BIAS = 1, None
+
+    def is_consumer_layer(self, node):
+        x = node.inputs[0]
+        zero = input_at(node, 3)
+        return len(x.inputs) == 1 and x.inputs[0].op == "DynamicQuantizeLinear" and isinstance(node.inputs[1], gs.Constant) \
+            and (zero is None or isinstance(zero, gs.Constant)) and int(attr(node, "group", 1)) == 1
+
+    def statistics_input(self, node):
+        return node.inputs[0].inputs[0].inputs[0]
+
+    def _zero(self, node, out: int) -> np.ndarray:
+        zero = input_at(node, 3)
+        values = np.zeros(1) if zero is None else np.asarray(zero.values, dtype=np.float64).reshape(-1)
+        return np.broadcast_to(values, (out,))[:, None]
+
+    def weight_matrix(self, node, axis, values):
+        view = super().weight_matrix(node, axis, np.asarray(values, dtype=np.float64))
+        if view is None:
+            return None
+        w, k = view
+        return w - self._zero(node, w.shape[0]), k
+
+    def representable(self, node, param, w):
+        return requantize(w, self._zero(node, w.shape[0]), node.inputs[1].values.dtype)
+
+    def weight_values(self, node, param, w, shape):
+        q = np.rint(self.representable(node, param, w) + self._zero(node, w.shape[0]))
+        return q.reshape(shape).astype(node.inputs[1].values.dtype)
 
     def analyze(self, node, port, axis, cx):
         zero = input_at(node, 2)

@@ -24,12 +24,23 @@ DynamicQuantizeLSTM stores ``W`` as ``[dirs, input, 4*hidden]`` and ``R`` as
 (``[dirs]``) or per-channel (``[dirs, 4*hidden]``) scales and zero points,
 and quantizes ``X`` and ``h`` per tensor at run time: removing a unit or an
 input feature can move those ranges, so its groups are inexact.
+
+OBSPA compensates DynamicQuantizeLSTM's input weights ``W``: its statistics
+are those of the float ``X`` it quantizes, the weight seen as a
+``(dirs*4*hidden) x input`` matrix of dequantized values (per-direction or
+per-channel scales and zero points applied), and compensated weights go back
+on the integer grid with the same scale and zero point.  The recurrent
+weights ``R`` read the hidden state, which itself depends on ``R``: no fixed
+input distribution to solve against, so they count in a unit's cost with
+identity statistics (normalized magnitude) and are cut without compensation
+(float LSTM/GRU/RNN layers are left to magnitude).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from ...ir import attr, const_shape, input_at
@@ -158,6 +169,66 @@ class Recurrent(Rule):
         space = space_of(tensor, 1)
         effect.ties.append(Tie(anchor, space, Block(hidden, blocks * hidden, outer=blocks)))
         effect.params.append(param(node, index, 1, PRODUCER, space))
+
+    # OBSPA on DynamicQuantizeLSTM's input weights W (see the module docstring)
+    def is_consumer_layer(self, node):
+        return self.cell.quantized and isinstance(node.inputs[W], gs.Constant) and all(
+            isinstance(input_at(node, i), gs.Constant) for i in QUANT_PARAMS[:2])
+
+    def statistics_input(self, node):
+        return node.inputs[X]
+
+    def feature_rows(self, node, x):
+        return x.reshape(-1, x.shape[-1])
+
+    def columns_per_channel(self, node):
+        return None
+
+    def bias_input(self, node):
+        return None  # the removed inputs' mean could go into B's input gates; not done: the guard uses E[x x^T]
+
+    def measures(self, node, param):
+        """Statistics (of X) are W's; R's consumer slice counts with identity statistics (magnitude)."""
+        return param.input_index == W
+
+    def _quantization(self, node, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """W's (or R's) scale and zero point as ``[dirs, 1, gates*hidden or 1]`` (per tensor or per channel)."""
+        dirs = node.inputs[index].shape[0]
+        first = QUANT_PARAMS[0] if index == W else QUANT_PARAMS[2]
+        scale, zero = (np.asarray(input_at(node, i).values, dtype=np.float64).reshape(dirs, 1, -1)
+                       for i in (first, first + 1))
+        return scale, zero
+
+    def consumer_matrix(self, node, param, values):
+        """W or R (``[dirs, input or hidden, gates*hidden]``) as a dequantized ``(dirs*gates*hidden) x input`` matrix.
+
+        R is scored with identity statistics (its normalized magnitude: the recurrence reads hidden
+        units too) so that a unit's cost counts every reader; with identity statistics its
+        compensation is plain removal.
+        """
+        if not self.is_consumer_layer(node) or param.input_index not in (W, R) or values.ndim != 3 \
+                or not all(isinstance(input_at(node, i), gs.Constant) for i in QUANT_PARAMS):
+            return None
+        scale, zero = self._quantization(node, param.input_index)
+        w = (np.asarray(values, dtype=np.float64) - zero) * scale  # [dirs, input, gates*hidden]
+        return w.transpose(0, 2, 1).reshape(-1, values.shape[1]), 1
+
+    def _grid(self, node, param, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """*w* ((dirs*gates*hidden) x input) as integers in zero-point space, with scale and zero point."""
+        from .quantized import requantize
+
+        scale, zero = self._quantization(node, param.input_index)
+        tensor = node.inputs[param.input_index]
+        layout = w.reshape(tensor.shape[0], -1, w.shape[1]).transpose(0, 2, 1)  # [dirs, input, gates*hidden]
+        return requantize(layout / scale, zero, tensor.values.dtype), scale, zero
+
+    def representable(self, node, param, w):
+        q, scale, _ = self._grid(node, param, w)
+        return (q * scale).transpose(0, 2, 1).reshape(w.shape)
+
+    def weight_values(self, node, param, w, shape):
+        q, _, zero = self._grid(node, param, w)
+        return np.rint(q + zero).reshape(shape).astype(node.inputs[param.input_index].values.dtype)
 
     def rewrite(self, node, rx):
         for tensor in self._outputs(node):
