@@ -271,3 +271,26 @@ def test_transformer_encoder_layers_after_head_pruning():
     assert layer.self_attn.num_heads == 2 and layer.linear1.out_features == 64
     assert module_vs_onnx(module, (x,), result.model) < 1e-4
     train_step(module, (x,))
+
+
+class Mixer(nn.Module):
+    """A module type with no adapter owning a matrix: its forward might read widths nobody updates."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Parameter(torch.randn(10, 12) * 0.3)
+
+    def forward(self, x):
+        return x @ self.proj
+
+
+def test_tensors_of_modules_without_adapter_are_not_cut():
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 10), nn.ReLU(), Mixer(), nn.ReLU(),
+                           nn.Linear(12, 3))
+    x = torch.randn(1, 4)
+    result = spt.prune(module, x, ratio=0.5)
+    reasons = list(result.report["torch"]["frozen"].values())
+    assert len(reasons) == 2 and all("4.proj [10, 12] belongs to Mixer, which has no adapter" in r for r in reasons)
+    assert module[4].proj.shape == (10, 12) and module[0].out_features == 4
+    assert module_vs_onnx(module, (x,), result.model) < 1e-4

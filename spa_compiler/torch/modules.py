@@ -234,6 +234,10 @@ ADAPTERS: list[tuple[type, Callable[[nn.Module, dict[str, Cut]], None]]] = [
 ]
 
 
+def has_adapter(module: nn.Module) -> bool:
+    return any(isinstance(module, kind) for kind, _ in ADAPTERS)
+
+
 def update_attributes(root: nn.Module, cuts: dict[str, Cut]) -> list[str]:
     """Set the attributes of every module owning a cut tensor; the module types with no adapter, by path."""
     by_module: dict[str, dict[str, Cut]] = {}

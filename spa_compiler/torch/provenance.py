@@ -56,21 +56,35 @@ def shared_constants(provenance: Provenance, total: int) -> set[str]:
     return {name for name, index in provenance.items() if (counts[index] > 1).any()}
 
 
-def unmappable_groups(analysis: DependencyAnalysis, provenance: Provenance, table: TensorTable) -> dict[int, str]:
-    """Prunable group id -> why its cut cannot be applied to the module (those groups are frozen)."""
+def unmappable_groups(analysis: DependencyAnalysis, provenance: Provenance, table: TensorTable,
+                      unadapted: dict[str, str]) -> dict[int, str]:
+    """Prunable group id -> why its cut cannot be applied to the module (those groups are frozen).
+
+    *unadapted*: module tensor name -> owner type, for tensors whose owner has no attribute adapter; such a
+    tensor may only be cut when it is vector-like (one axis longer than 1: a layer scale, a bias), since
+    its module's forward may read widths or head counts from attributes nobody updates.
+    """
     shared = shared_constants(provenance, table.total)
     reasons = {}
     for group in analysis.prunable_groups:
         for param in group.params:
-            if param.tensor not in provenance:
-                reasons[group.id] = (f"torch: {param.tensor} of {param.node} ({param.op}) is not a module parameter "
-                                     "or buffer (computed in forward?)")
-                break
-            if param.tensor in shared:
-                owner = table.slot_of(int(provenance[param.tensor].flat[0])).name
-                reasons[group.id] = f"torch: {param.tensor} of {param.node} shares {owner} with another use"
+            why = _why_not(param, provenance, shared, table, unadapted)
+            if why:
+                reasons[group.id] = why
                 break
     return reasons
+
+
+def _why_not(param, provenance: Provenance, shared: set[str], table: TensorTable, unadapted: dict[str, str]):
+    if param.tensor not in provenance:
+        return f"torch: {param.tensor} of {param.node} ({param.op}) is not a module parameter or buffer " \
+               "(computed in forward?)"
+    slot = table.slot_of(int(provenance[param.tensor].flat[0]))
+    if param.tensor in shared:
+        return f"torch: {param.tensor} of {param.node} shares {slot.name} with another use"
+    if slot.name in unadapted and sum(n > 1 for n in slot.shape) > 1:
+        return f"torch: {slot.name} {list(slot.shape)} belongs to {unadapted[slot.name]}, which has no adapter"
+    return None
 
 
 def after_rewrite(analysis: DependencyAnalysis, plan: Plan, provenance: Provenance) -> Provenance:
