@@ -160,7 +160,13 @@ def prune_with(model: ModelLike, opts: PruneOptions, progress: Optional[Callable
             raise UsageError(f"{compiled.source}: ratio {ratio} removes no channel (groups too small or excluded)")
         if opts.global_ranking is None and options.global_ranking and measurement is not None:
             plan, options, ranking = measured_ranking(compiled, scores, opts, plan, measurement, updates_for, say,
-                                                      progress)
+                                                      progress, compensating=context is not None)
+            if context is not None and not ranking["compensated"]:
+                context, compensating = None, False
+                chosen = ranking["chosen"]
+                warnings = warnings + [f"compensation raised the measured output error ({chosen} plan: "
+                                       f"{ranking['errors'][chosen]:.3g} compensated, "
+                                       f"{ranking['plain_errors'][chosen]:.3g} without): written without it"]
     expected = {t.name: [d if isinstance(d, int) and d > 0 else None for d in (t.shape or [])]
                 for t in compiled.graph.outputs}
     staging = staged_output(output) if output is not None else nullcontext()

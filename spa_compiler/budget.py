@@ -152,14 +152,15 @@ class MaxErrorSearch:
         kept = kept_fraction(self.compiled.analysis, plan)
         return estimate_macs(self.compiled.graph, kept, self._shapes) / self.dense_macs
 
-    def error(self, plan: Plan, probe: bool = False) -> float:
-        """Measured relative output error of *plan* (masked when exact, else rewritten)."""
+    def error(self, plan: Plan, probe: bool = False, plain: bool = False) -> float:
+        """Measured relative output error of *plan* (masked when exact, else rewritten); *plain*: without
+        compensation, whatever the search's setting."""
         self.evaluations += 1
         reference, batches = self.measurement.reference, self.measurement.inputs.batches
         if probe:
             keep = max(1, -(-PROBE_SAMPLES // max(1, len(next(iter(batches[0].values()))))))
             reference, batches = Reference(reference.names, reference.outputs[:keep]), batches[:keep]
-        updates = self.updates_for(plan) if self.compensate_probes or not probe else None
+        updates = None if plain or (probe and not self.compensate_probes) else self.updates_for(plan)
         analysis = self.compiled.analysis
         exact = all(analysis.groups[gid].exact for gid in plan.removed)
         if self._runner is not None and (exact or probe):
