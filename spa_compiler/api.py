@@ -26,7 +26,7 @@ from .pipeline import (Compiled, bn_free_conv_warning, choose_hessian_source, co
                        consumer_nodes, load_calib, plan_pruning, require_prunable, score_groups)
 from .options import PruneOptions
 from .plan import Plan, PlanOptions
-from .ranking import measured_ranking
+from .ranking import CANDIDATES as RANKING_CANDIDATES, measured_ranking
 from .rewrite import rewrite
 from .runtime import check_checker, check_pruned
 from .shapes import concrete_shapes
@@ -135,14 +135,16 @@ def prune_with(model: ModelLike, opts: PruneOptions, progress: Optional[Callable
 
     context = (obs or ObsContext(compiled.graph, compiled.analysis, {}, opts.damping)) if compensating else None
 
-    compensated: dict = {}  # the last plans' updates: the ranking choice measures the plan it then writes
+    # The last plans' updates: the ranking measures up to RANKING_CANDIDATES plans compensated and then writes
+    # one of them, whose compensation (the costly part on large models) must not be solved twice.
+    compensated: dict = {}
 
     def updates_for(plan: Plan):
         if context is None:
             return None
         key = tuple((gid, atoms.tobytes()) for gid, atoms in sorted(plan.removed.items()))
         if key not in compensated:
-            if len(compensated) >= 2:
+            if len(compensated) >= RANKING_CANDIDATES:
                 compensated.pop(next(iter(compensated)))
             compensated[key] = compensation(context, plan)
         return compensated[key]

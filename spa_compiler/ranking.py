@@ -33,6 +33,7 @@ from .plan import Plan, PlanOptions
 # boundaries), and no more MACs kept (estimates differ slightly between plans).
 ERROR_MARGIN = 0.9
 MACS_SLACK = 0.005
+CANDIDATES = 3  # global, per-group and sensitivity-allocated plans
 STOP_CAP = 1.0  # no group is probed past a relative output error of 1 (its outputs are gone)
 
 
