@@ -33,14 +33,13 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .cost import estimate_macs, totals
-from .fidelity import Measurement, Reference, compare, relative_error, run_batches
+from .fidelity import Measurement, Reference, compare, relative_error, run_batches, session_measuring
 from .ir import all_nodes, constants_of, to_model
 from .oracle import masked_consumers
 from .pipeline import Compiled, apply_plan
 from .plan import Plan, PlanOptions, candidate_groups, plan_from_ratios
 from .progress import step
 from .rewrite import kept_fraction
-from .runtime import session
 from .shapes import concrete_shapes
 
 PROBE_RATIOS = (1 / 64, 1 / 32, 1 / 16, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
@@ -63,7 +62,7 @@ class MaskedRunner:
     tensor the session does not take as an input (the caller then rewrites).
     """
 
-    def __init__(self, compiled: Compiled, names: set[str]) -> None:
+    def __init__(self, compiled: Compiled, names: set[str], measured: list[str]) -> None:
         graph = compiled.graph.copy()
         constants = {n: t for n, t in constants_of(graph).items() if n in names}
         self.base = {n: np.asarray(t.values) for n, t in constants.items()}
@@ -73,7 +72,7 @@ class MaskedRunner:
                 if tensor is not None and tensor.name in inputs:
                     node.inputs[i] = inputs[tensor.name]
         graph.inputs.extend(inputs.values())
-        self.session = session(to_model(graph, compiled.meta))
+        self.session, self.measured = session_measuring(to_model(graph, compiled.meta), measured)
 
     def error(self, analysis, plan: Plan, updates: Updates, reference: Reference, batches) -> Optional[float]:
         if any(name not in self.base for name in (updates or {})):
@@ -82,6 +81,7 @@ class MaskedRunner:
         fed = {**current, **masked_consumers(analysis, plan, current.__getitem__)}
         if any(name not in self.base for name in fed):
             return None
+        reference = reference.only(self.measured)
         runs = run_batches(self.session, reference.names, ({**feeds, **fed} for feeds in batches))
         return relative_error(compare(reference, runs))
 
@@ -140,7 +140,8 @@ class MaxErrorSearch:
         self.groups = [g for g in candidate_groups(self.compiled.analysis, self.options, Plan())
                        if g.id in self.scores]
         try:
-            self._runner = MaskedRunner(self.compiled, _updatable(self.compiled, self.groups))
+            self._runner = MaskedRunner(self.compiled, _updatable(self.compiled, self.groups),
+                                        self.measurement.reference.names)
         except Exception:  # noqa: BLE001 - a runtime that refuses weights as inputs: every probe rewrites
             self._runner = None
 
@@ -168,7 +169,9 @@ class MaxErrorSearch:
             if masked is not None:
                 return masked
         model, _, _ = apply_plan(self.compiled, plan, updates)
-        return relative_error(compare(reference, run_batches(session(model), reference.names, batches)))
+        sess, names = session_measuring(model, reference.names)
+        reference = reference.only(names)
+        return relative_error(compare(reference, run_batches(sess, names, batches)))
 
     # -- the search --------------------------------------------------------------------------------
     def probe(self) -> None:
