@@ -33,14 +33,13 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .cost import MacsEstimator, node_macs, totals
-from .fidelity import Measurement, Reference, compare, relative_error, run_batches
+from .fidelity import Measurement, Reference, compare, relative_error, run_batches, session_measuring
 from .ir import all_nodes, constants_of, to_model
 from .oracle import masked_consumers
 from .pipeline import Compiled, apply_plan
 from .plan import Plan, PlanOptions, candidate_groups, plan_from_ratios
 from .progress import step
 from .rewrite import kept_fraction
-from .runtime import session
 from .shapes import concrete_shapes
 from .suffix import SuffixRunner
 
@@ -66,7 +65,7 @@ class MaskedRunner:
     (:mod:`suffix`: a probe of one group skips the dense prefix; same outputs).
     """
 
-    def __init__(self, compiled: Compiled, names: set[str]) -> None:
+    def __init__(self, compiled: Compiled, names: set[str], measured: list[str]) -> None:
         graph = compiled.graph.copy()
         constants = {n: t for n, t in constants_of(graph).items() if n in names}
         self.base = {n: np.asarray(t.values) for n, t in constants.items()}
@@ -76,7 +75,7 @@ class MaskedRunner:
                 if tensor is not None and tensor.name in inputs:
                     node.inputs[i] = inputs[tensor.name]
         graph.inputs.extend(inputs.values())
-        self.session = session(to_model(graph, compiled.meta))
+        self.session, self.measured = session_measuring(to_model(graph, compiled.meta), measured)
         self._graph, self._compiled = graph, compiled
         self._suffix: Optional[SuffixRunner] = None
         self._cutting = True  # False once onnxruntime refused a cut graph: every run whole
@@ -90,6 +89,7 @@ class MaskedRunner:
         if any(name not in self.base for name in changed):
             return None
         fed = {**current, **changed}
+        reference = reference.only(self.measured)
         runs = self._from_change(changed, fed, reference, batches) if from_change else None
         if runs is None:
             runs = run_batches(self.session, reference.names, ({**feeds, **fed} for feeds in batches))
@@ -168,7 +168,8 @@ class MaxErrorSearch:
         self.groups = [g for g in candidate_groups(self.compiled.analysis, self.options, Plan())
                        if g.id in self.scores]
         try:
-            self._runner = MaskedRunner(self.compiled, _updatable(self.compiled, self.groups))
+            self._runner = MaskedRunner(self.compiled, _updatable(self.compiled, self.groups),
+                                        self.measurement.reference.names)
         except Exception:  # noqa: BLE001 - a runtime that refuses weights as inputs: every probe rewrites
             self._runner = None
 
@@ -196,7 +197,9 @@ class MaxErrorSearch:
             if masked is not None:
                 return masked
         model, _, _ = apply_plan(self.compiled, plan, updates)
-        return relative_error(compare(reference, run_batches(session(model), reference.names, batches)))
+        sess, names = session_measuring(model, reference.names)
+        reference = reference.only(names)
+        return relative_error(compare(reference, run_batches(sess, names, batches)))
 
     # -- the search --------------------------------------------------------------------------------
     def probe(self) -> None:

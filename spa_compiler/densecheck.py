@@ -74,12 +74,15 @@ def dense_runner(model: onnx.ModelProto, source: Union[str, Path, onnx.ModelProt
     *measure* (seed, noise): also record the dense outputs on the fidelity
     measurement inputs (:func:`fidelity.measurement_inputs`) in the same session.
     """
+    from .scoretaps import score_tensors
+
     metadata = {p.key: p.value for p in model.metadata_props}
     inputs = inputspec.declared_inputs(model)
-    return lambda facts=None: _check_dense(inputs, metadata, source, given, facts, measure)
+    taps = score_tensors(model) if measure is not None else []
+    return lambda facts=None: _check_dense(inputs, metadata, source, given, facts, measure, taps)
 
 
-def _check_dense(inputs, metadata: dict, source, given, facts=None, measure=None) -> DenseRun:
+def _check_dense(inputs, metadata: dict, source, given, facts=None, measure=None, taps=()) -> DenseRun:
     from .runtime import session, size_on_disk, tensor_outputs
 
     where = "<in-memory model>" if isinstance(source, onnx.ModelProto) else str(source)
@@ -118,7 +121,7 @@ def _check_dense(inputs, metadata: dict, source, given, facts=None, measure=None
             except Exception:  # noqa: BLE001 - a model exported for one batch size: verified at that one
                 pass
         if measure is not None:
-            _measure(run, sess, names, *measure)
+            _measure(run, source, sess, names, taps, *measure)
         return run
     if not first.has_symbolic:
         raise UsageError(f"{where}: onnxruntime cannot run the input model ({errors[0].split(': ', 1)[-1]})")
@@ -129,14 +132,15 @@ def _check_dense(inputs, metadata: dict, source, given, facts=None, measure=None
                      "give them with --input-shape NAME:DIMS")
 
 
-def _measure(run: DenseRun, sess, names: list[str], seed: int, noise: str) -> None:
-    """The dense outputs on the measurement inputs, at batch 8 where the batch is dynamic and batch 2 ran."""
+def _measure(run: DenseRun, source, sess, names: list[str], taps, seed: int, noise: str) -> None:
+    """The dense outputs (and score *taps*) on the measurement inputs, at batch 8 where the batch is dynamic
+    and batch 2 ran."""
     from . import fidelity
 
     batch = fidelity.BATCH if VERIFY_BATCH in run.outputs else None
     try:
         inputs = fidelity.measurement_inputs(run.spec, None, seed, noise, batch=batch)
-        run.measurement = fidelity.record(sess, names, inputs)
+        run.measurement = fidelity.record_with_taps(source, sess, names, taps, inputs)
     except Exception as exc:  # noqa: BLE001 - reported as a warning (an error under --max-error)
         run.measure_error = _first_line(exc)
 

@@ -11,7 +11,8 @@ over all samples, the mean per-sample cosine (of all samples as one vector
 where a sample is one number), and where an output looks like
 class scores (rank 2 or 3, last axis > 1) the top-1 agreement along the last
 axis (per position for sequence taggers); per integer output (class ids computed in the graph) the fraction
-of entries that changed, which the error :func:`relative_error` takes into account.  The dense outputs are computed
+of entries that changed, which the error :func:`relative_error` takes into account, and the float scores
+those ids are computed from (``ArgMax``/``TopK`` inputs, :mod:`scoretaps`) as if they were outputs.  The dense outputs are computed
 once and kept (small: a few batches); sessions open model files directly so
 large weights stay out of Python, and only one session is alive at a time.
 """
@@ -83,10 +84,41 @@ def _leading(spec) -> int:
 
 @dataclass
 class Reference:
-    """The dense model's tensor outputs on the measurement inputs, per batch."""
+    """The dense model's tensor outputs (and score taps, :mod:`scoretaps`) on the measurement inputs, per batch."""
 
     names: list[str]
     outputs: list[list[np.ndarray]]
+
+    def only(self, names: Sequence[str]) -> "Reference":
+        """The same reference restricted to *names* (a pruned model that lost a tap is measured on the rest)."""
+        if list(names) == self.names:
+            return self
+        keep = [self.names.index(n) for n in names]
+        return Reference(list(names), [[batch[i] for i in keep] for batch in self.outputs])
+
+
+def session_measuring(model, names: Sequence[str]):
+    """A session of *model* that outputs *names* (score taps exposed), and which of them it outputs."""
+    from .scoretaps import exposing
+
+    exposed, available = exposing(model, names, LEAN_SESSION_BYTES)
+    return open_session(exposed), available
+
+
+def score_taps(model) -> list[str]:
+    """The float scores behind *model*'s integer outputs (:func:`scoretaps.score_tensors`; reads no weights)."""
+    from .scoretaps import score_tensors
+
+    return score_tensors(model if isinstance(model, onnx.ModelProto) else
+                         onnx.load(str(model), load_external_data=False))
+
+
+def record_with_taps(model, sess, names: Sequence[str], taps: Sequence[str], inputs: "MeasurementInputs"):
+    """:func:`record` of *names* and the score *taps* (a second session exposes them; *sess* when none)."""
+    extra = [t for t in taps if t not in names]
+    if extra:
+        sess, names = session_measuring(model, list(names) + extra)
+    return record(sess, names, inputs)
 
 
 def run_batches(sess, names: Sequence[str], batches: Iterable[dict[str, np.ndarray]]) -> Iterator[list[np.ndarray]]:
@@ -118,7 +150,8 @@ def measure_dense(model, calib: Optional[dict[str, np.ndarray]] = None, seed: in
 
     spec = spec if spec is not None else for_model(model)
     sess = open_session(model)
-    return record(sess, tensor_outputs(sess), measurement_inputs(spec, calib, seed, noise))
+    return record_with_taps(model, sess, tensor_outputs(sess), score_taps(model),
+                            measurement_inputs(spec, calib, seed, noise))
 
 
 def _first_line(exc: Exception) -> str:
@@ -175,6 +208,8 @@ class _Accumulator:
             self.positions += int(ref.size)
             return
         a, b = ref.astype(np.float64), got.astype(np.float64)
+        if a.shape != b.shape:  # a tap whose shape pruning changed: nothing of it is kept
+            b = np.zeros_like(a)
         self.finite &= bool(np.isfinite(b).all())
         b = np.nan_to_num(b, nan=0.0, posinf=0.0, neginf=0.0)
         self.diff_sq += float(np.sum((a - b) ** 2))
@@ -237,9 +272,9 @@ def compare(reference: Reference, outputs: Iterable[list[np.ndarray]]) -> dict:
 def measure(pruned, measurement: Measurement) -> dict:
     """Fidelity of the *pruned* model (path or ModelProto) on the measurement inputs."""
     try:
-        sess = open_session(pruned)
-        result = compare(measurement.reference, run_batches(sess, measurement.reference.names,
-                                                             measurement.inputs.batches))
+        sess, names = session_measuring(pruned, measurement.reference.names)
+        reference = measurement.reference.only(names)
+        result = compare(reference, run_batches(sess, names, measurement.inputs.batches))
     except Exception as exc:  # noqa: BLE001 - reached with --no-verify only: the check runs it first
         raise VerificationError(f"pruned model does not run in onnxruntime: {_first_line(exc)}") from None
     result["inputs"] = measurement.inputs.source

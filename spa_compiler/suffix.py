@@ -51,7 +51,7 @@ class SuffixRunner:
         positions = {int(np.searchsorted(running, k / cuts, side="right")) + 1 for k in range(1, cuts)}
         self.cuts = sorted(p for p in positions if 0 < p < len(self.nodes))
         self.boundaries = {p: self._boundary(p) for p in self.cuts}
-        self._sessions: dict[int, tuple[object, list[str]]] = {}
+        self._sessions: dict[tuple, tuple[object, list[str]]] = {}
         self._recorded: dict[tuple[int, ...], list[dict[str, np.ndarray]]] = {}
 
     def _boundary(self, position: int) -> list[gs.Variable]:
@@ -79,9 +79,8 @@ class SuffixRunner:
             reference: list[list[np.ndarray]], fed: dict[str, np.ndarray]) -> list[list[np.ndarray]]:
         """Outputs *names* per batch: the suffix from *position* on, the prefix's outputs from *reference*."""
         recorded = self._record(batches)
-        sess, produced = self._session(position)
+        sess, wanted = self._session(position, tuple(names))
         inputs = {i.name for i in sess.get_inputs()}
-        wanted = [n for n in names if n in produced]
         out = []
         for feeds, cut_values, dense in zip(batches, recorded, reference):
             values = {**feeds, **fed, **cut_values}
@@ -111,12 +110,14 @@ class SuffixRunner:
                                                                             if k in inputs}))))
         return self._recorded[key]
 
-    def _session(self, position: int) -> tuple[object, set[str]]:
-        """The suffix graph from *position* on, and the names of the outputs it produces."""
-        if position not in self._sessions:
+    def _session(self, position: int, names: tuple[str, ...]) -> tuple[object, list[str]]:
+        """The suffix graph from *position* on, outputting those of *names* it produces (graph outputs or
+        score taps inside it), and those names."""
+        key = (position, names)
+        if key not in self._sessions:
             graph = self.graph.copy()
             nodes = graph.nodes[position:]
-            produced = {t.name for node in nodes for t in node.outputs}
+            produced = {t.name: t for node in nodes for t in node.outputs}
             tensors = graph.tensors()
             boundary = [tensors[t.name] for t in self.boundaries[position]]
             for tensor in boundary:
@@ -124,8 +125,11 @@ class SuffixRunner:
                     tensor.dtype = np.float32
             graph.nodes = nodes
             graph.inputs = list(graph.inputs) + boundary
-            graph.outputs = [t for t in graph.outputs if t.name in produced]
+            graph.outputs = [produced[n] for n in names if n in produced]
+            for tensor in graph.outputs:
+                if tensor.dtype is None:
+                    tensor.dtype = np.float32
             for tensor in boundary:
                 tensor.inputs.clear()  # the prefix's producers are gone from this graph
-            self._sessions[position] = (session(to_model(graph, self.meta)), {t.name for t in graph.outputs})
-        return self._sessions[position]
+            self._sessions[key] = (session(to_model(graph, self.meta)), [t.name for t in graph.outputs])
+        return self._sessions[key]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from onnx import TensorProto, helper
 
 from models.builders import resnet50
 from spa_compiler import fidelity
@@ -15,10 +16,20 @@ from spa_compiler.pipeline import compile_model, score_groups
 from spa_compiler.plan import PlanOptions
 
 
-@pytest.fixture(scope="module")
-def search():
-    compiled = compile_model(resnet50(hw=64, blocks=(1, 1, 1, 1), width=16, classes=10), run_dense=True,
-                             measure=(0, "auto"))
+def _model(ids_only: bool):
+    """A small ResNet; *ids_only*: its only output the ArgMax of its logits (measured through the score tap)."""
+    model = resnet50(hw=64, blocks=(1, 1, 1, 1), width=16, classes=10)
+    if ids_only:
+        logits = model.graph.output[0].name
+        model.graph.node.append(helper.make_node("ArgMax", [logits], ["ids"], axis=-1, keepdims=0))
+        del model.graph.output[:]
+        model.graph.output.append(helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch"]))
+    return model
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["logits", "ids-only"])
+def search(request):
+    compiled = compile_model(_model(request.param), run_dense=True, measure=(0, "auto"))
     scores = score_groups(compiled, "l2")
     measurement, _ = fidelity.try_measure_dense(compiled.to_model(), None, 0, "auto", required=True,
                                                 spec=compiled.spec, dense=compiled.dense)
@@ -36,7 +47,7 @@ def test_probes_from_the_cut_equal_whole_masked_runs(search):
         keep = len(runner._suffix._recorded[next(iter(runner._suffix._recorded))])
         whole = runner.error(search.compiled.analysis, plan, None,
                              fidelity.Reference(reference.names, reference.outputs[:keep]), batches[:keep])
-        assert probe == pytest.approx(whole, rel=1e-5, abs=1e-7)
+        assert probe == pytest.approx(whole, rel=1e-5, abs=1e-7) and probe > 0
         changed = {p.tensor for p in search.compiled.analysis.groups[group.id].params}
         cuts.append(runner._suffix.cut_for(sorted(changed)))
     assert runner._cutting

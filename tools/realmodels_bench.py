@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -44,7 +45,20 @@ def prune_kwargs(criterion: str, calib: dict, samples: int) -> dict:
     return {"criterion": criterion, "samples": samples}
 
 
-def measure(case, root: Path, budgets, criteria, samples: int) -> list[dict]:
+def max_error_column(limit: float) -> str:
+    return f"--max-error {limit}"
+
+
+def settings(budgets, criteria, max_error: Optional[float]) -> list[tuple[str, object, dict]]:
+    """(criterion, column, prune keywords) of every cell: each criterion at each MACs budget, and data-free
+    OBSPA with ``--max-error`` (no MACs target) when asked."""
+    cells = [(c, b, {"target_macs": b}) for c in criteria for b in budgets]
+    if max_error is not None:
+        cells.append(("obspa", max_error_column(max_error), {"max_error": max_error}))
+    return cells
+
+
+def measure(case, root: Path, budgets, criteria, samples: int, max_error: Optional[float] = None) -> list[dict]:
     """Rows of one model: one per (criterion, budget), with task agreement, fidelity, MACs and seconds."""
     import onnxruntime as ort
 
@@ -58,36 +72,35 @@ def measure(case, root: Path, budgets, criteria, samples: int) -> list[dict]:
     path = root / case.file
     dense = run_all(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), prepared.eval_feeds)
     rows = []
-    for criterion in criteria:
-        for budget in budgets:
-            row = {**base, "criterion": criterion, "budget": budget}
-            start = time.perf_counter()
-            try:
-                result = spa_compiler.prune(str(path), target_macs=budget,
-                                            **prune_kwargs(criterion, prepared.calib, samples))
-            except SpacError as exc:
-                rows.append({**row, "status": "refused", "reason": str(exc).split(": ", 1)[-1][:160]})
-                print(f"{case.name:24s} {criterion:12s} {budget:4.2f} refused", flush=True)
-                continue
-            except Exception as exc:  # noqa: BLE001 - a bench row, not a crash: report it
-                rows.append({**row, "status": "error", "reason": f"{type(exc).__name__}: {exc}"[:160]})
-                print(f"{case.name:24s} {criterion:12s} {budget:4.2f} error {exc}", flush=True)
-                continue
-            seconds = time.perf_counter() - start
-            with tempfile.TemporaryDirectory() as tmp:  # a path session, as the packages load models
-                pruned_path = Path(tmp) / "pruned.onnx"
-                pruned_path.write_bytes(result.model.SerializeToString())
-                pruned = run_all(ort.InferenceSession(str(pruned_path), providers=["CPUExecutionProvider"]),
-                                 prepared.eval_feeds)
-            macs = result.report["macs"]
-            agree = task_agreement(prepared, dense, pruned)
-            rows.append({**row, "status": "ok", "agreement": round(agree, 4), "kept": agree >= KEPT_AT,
-                         **{k: (None if v is None else round(v, 4)) for k, v in fidelity(dense, pruned).items()},
-                         "macs": round(macs["after"] / macs["before"], 3), "seconds": round(seconds, 1),
-                         "warnings": result.report.get("warnings", [])})
-            r = rows[-1]
-            print(f"{case.name:24s} {criterion:12s} {budget:4.2f} agree {agree:.3f} cos {r['cosine']} "
-                  f"rel {r['rel_l2']} macs {r['macs']} {seconds:.0f}s", flush=True)
+    for criterion, budget, goal in settings(budgets, criteria, max_error):
+        label = budget if isinstance(budget, str) else f"{budget:4.2f}"
+        row = {**base, "criterion": criterion, "budget": budget}
+        start = time.perf_counter()
+        try:
+            result = spa_compiler.prune(str(path), **goal, **prune_kwargs(criterion, prepared.calib, samples))
+        except SpacError as exc:
+            rows.append({**row, "status": "refused", "reason": str(exc).split(": ", 1)[-1][:160]})
+            print(f"{case.name:24s} {criterion:12s} {label} refused", flush=True)
+            continue
+        except Exception as exc:  # noqa: BLE001 - a bench row, not a crash: report it
+            rows.append({**row, "status": "error", "reason": f"{type(exc).__name__}: {exc}"[:160]})
+            print(f"{case.name:24s} {criterion:12s} {label} error {exc}", flush=True)
+            continue
+        seconds = time.perf_counter() - start
+        with tempfile.TemporaryDirectory() as tmp:  # a path session, as the packages load models
+            pruned_path = Path(tmp) / "pruned.onnx"
+            pruned_path.write_bytes(result.model.SerializeToString())
+            pruned = run_all(ort.InferenceSession(str(pruned_path), providers=["CPUExecutionProvider"]),
+                             prepared.eval_feeds)
+        macs = result.report["macs"]
+        agree = task_agreement(prepared, dense, pruned)
+        rows.append({**row, "status": "ok", "agreement": round(agree, 4), "kept": agree >= KEPT_AT,
+                     **{k: (None if v is None else round(v, 4)) for k, v in fidelity(dense, pruned).items()},
+                     "macs": round(macs["after"] / macs["before"], 3), "seconds": round(seconds, 1),
+                     "warnings": result.report.get("warnings", [])})
+        r = rows[-1]
+        print(f"{case.name:24s} {criterion:12s} {label} agree {agree:.3f} cos {r['cosine']} "
+              f"rel {r['rel_l2']} macs {r['macs']} {seconds:.0f}s", flush=True)
     return rows
 
 
@@ -96,13 +109,15 @@ def cell(row: dict) -> str:
         return row["status"]
     mark = "kept" if row["kept"] else "LOST"
     cos = "" if row["cosine"] is None else f", cos {row['cosine']:.3f}, rel {row['rel_l2']:.2f}"
-    off = f" (MACs {row['macs']:.2f})" if abs(row["macs"] - row["budget"]) > 0.02 else ""
+    off = f" (MACs {row['macs']:.2f})" if isinstance(row["budget"], str) or abs(row["macs"] - row["budget"]) > 0.02 \
+        else ""
     return f"{row['agreement']:.3f} {mark}{cos}{off}"
 
 
 def markdown(rows: list[dict], budgets, criteria) -> str:
-    """The per-model table and the kept-count summary."""
-    lines = ["| model | task | criterion | " + " | ".join(f"MACs x{b}" for b in budgets) + " |",
+    """The per-model table and the kept-count summary (a ``--max-error`` column where rows have one)."""
+    budgets = list(budgets) + list(dict.fromkeys(r["budget"] for r in rows if isinstance(r.get("budget"), str)))
+    lines = ["| model | task | criterion | " + " | ".join(_heading(b) for b in budgets) + " |",
              "|---|---|---|" + "---|" * len(budgets)]
     models = list(dict.fromkeys(r["model"] for r in rows))
     for model in models:
@@ -120,7 +135,7 @@ def markdown(rows: list[dict], budgets, criteria) -> str:
             by_budget = {r["budget"]: r for r in mine if r.get("criterion") == criterion}
             lines.append(f"| {model} | {mine[0]['task']} | {criterion} | "
                          + " | ".join(cell(by_budget[b]) if b in by_budget else "" for b in budgets) + " |")
-    lines += ["", "| criterion | " + " | ".join(f"kept at MACs x{b}" for b in budgets) + " |",
+    lines += ["", "| criterion | " + " | ".join(f"kept at {_heading(b)}" for b in budgets) + " |",
               "|---|" + "---|" * len(budgets)]
     for criterion in criteria:
         counts = []
@@ -130,6 +145,10 @@ def markdown(rows: list[dict], budgets, criteria) -> str:
             counts.append(f"{sum(r['kept'] for r in ran)}/{len(ran)} (of {len(models)}; {len(mine) - len(ran)} refused)")
         lines.append(f"| {criterion} | " + " | ".join(counts) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _heading(budget) -> str:
+    return f"`{budget}`" if isinstance(budget, str) else f"MACs x{budget}"
 
 
 def main(argv=None) -> int:
@@ -144,6 +163,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, default=JSON_OUT)
     parser.add_argument("--table-from", type=Path, default=None, help="only render the table of a saved JSON")
     parser.add_argument("--append", action="store_true", help="add the rows to those already in --json")
+    parser.add_argument("--max-error", type=float, default=None,
+                        help="also data-free obspa with --max-error F (no MACs target): one more column")
     args = parser.parse_args(argv)
     if args.table_from:
         table = markdown(json.loads(args.table_from.read_text()), args.budgets, args.criteria)
@@ -159,7 +180,7 @@ def main(argv=None) -> int:
     cases.sort(key=lambda c: (root / c.file).stat().st_size)  # quick models first: partial runs still say much
     rows = json.loads(args.json.read_text()) if args.append and args.json.is_file() else []
     for case in cases:
-        rows += measure(case, root, args.budgets, args.criteria, args.samples)
+        rows += measure(case, root, args.budgets, args.criteria, args.samples, args.max_error)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=1))
     table = markdown(rows, args.budgets, args.criteria)
