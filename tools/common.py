@@ -51,8 +51,11 @@ print("@@RESULT@@" + json.dumps({"seconds": time.perf_counter() - t0, "cpu_secon
 def measure(code: str, python: str = sys.executable, timeout: int = 1800) -> dict:
     """Run *code* in a fresh interpreter; return its wall and CPU seconds (all its threads), peak RSS and any
     ``extra`` dict it sets."""
-    proc = subprocess.run([python, "-c", MEASURE, code], capture_output=True, text=True, timeout=timeout,
-                          cwd=str(ROOT), env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        proc = subprocess.run([python, "-c", MEASURE, code], capture_output=True, text=True, timeout=timeout,
+                              cwd=str(ROOT), env={**os.environ, "PYTHONPATH": str(ROOT)})
+    except subprocess.TimeoutExpired:  # one row says so; the other models' rows are kept
+        return {"error": f"timed out after {timeout} s"}
     for line in proc.stdout.splitlines():
         if line.startswith("@@RESULT@@"):
             return json.loads(line[len("@@RESULT@@"):])

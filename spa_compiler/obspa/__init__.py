@@ -7,6 +7,7 @@
   :mod:`.greedy` the per-consumer state of the greedy ranking (costs and joint downdates).
 - :mod:`.compensate` folds the removed channels' contribution into the kept weights.
 - :mod:`.recalibrate` re-estimates BatchNorm statistics of the pruned model on calibration data.
+- :mod:`.blas` runs the many small matrices with one BLAS thread (spinning threads cost more than them).
 
 The criterion pass that ranks with these costs is ``spa_compiler.passes.obspa``.
 """
