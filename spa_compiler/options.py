@@ -19,7 +19,7 @@ from .importance import REDUCTIONS
 from .inputspec import parse_input_shapes
 from .inputvalues import NOISE_KINDS
 from .obspa.statistics import SOURCES
-from .plan import PlanOptions
+from .plan import DEFAULT_SNAP, PlanOptions
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class PruneOptions:
     ratio: float = 0.5
     criterion: str = "l2"
     global_ranking: Optional[bool] = None  # None: the criterion's preference (prefers_global)
-    round_to: int = 1
+    round_to: Optional[int] = None  # None: exact widths, except wide layers snap to multiples of 8 (plan.py)
     exclude: Sequence[str] = ()
     target_macs: Optional[float] = None
     max_group_ratio: float = 0.9
@@ -70,7 +70,8 @@ class PruneOptions:
         object.__setattr__(self, "criterion_pass", registry.get("criterion", self.criterion))
         _number("--ratio", self.ratio)
         _number("--max-group-ratio", self.max_group_ratio)
-        _integer("--round-to", self.round_to)
+        if self.round_to is not None:
+            _integer("--round-to", self.round_to)
         self.plan_options(global_ranking=False)  # ratio, round_to, max_group_ratio ranges
         if self.target_macs is not None:
             _number("--target-macs", self.target_macs)
@@ -154,7 +155,9 @@ class PruneOptions:
         """The planner's share of the options (constructing it checks their ranges)."""
         scaling = self.contract.global_score_scaling
         extra = {"score_scaling": scaling} if scaling else {}
-        return PlanOptions(ratio=self.ratio, max_group_ratio=self.max_group_ratio, round_to=self.round_to,
+        snapped = self.round_to is None  # the default: wide layers keep multiples of DEFAULT_SNAP
+        return PlanOptions(ratio=self.ratio, max_group_ratio=self.max_group_ratio,
+                           round_to=1 if snapped else self.round_to, snap=DEFAULT_SNAP if snapped else 1,
                            exclude=self.exclude,
                            global_ranking=self.ranks_globally if global_ranking is None else global_ranking, **extra)
 
