@@ -32,6 +32,7 @@ from typing import Callable, Optional
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from .analysis.rules import rule_for
 from .cost import estimate_macs, totals
 from .fidelity import Measurement, Reference, compare, relative_error, run_batches, session_measuring
 from .ir import all_nodes, constants_of, to_model
@@ -98,8 +99,11 @@ def _updatable(compiled: Compiled, groups) -> set[str]:
             node = nodes.get(param.node)
             if node is None:
                 continue
-            if len(node.inputs) > 2 and isinstance(node.inputs[2], gs.Constant):
-                names.add(node.inputs[2].name)
+            rule = rule_for(node)
+            bias = getattr(rule, "bias_input", lambda n: None)(node) if rule is not None else None
+            for index in {2, bias} - {None}:  # Gemm/Conv biases, and a recurrent layer's B
+                if len(node.inputs) > index and isinstance(node.inputs[index], gs.Constant):
+                    names.add(node.inputs[index].name)
             readers = node.outputs[0].outputs if node.outputs else []
             if len(readers) == 1 and readers[0].op == "BatchNormalization":
                 names.update(t.name for t in readers[0].inputs[3:5] if isinstance(t, gs.Constant))

@@ -60,7 +60,7 @@ class ObsContext:
                 layer = None if node is None else ConsumerLayer.of(node, param, self._constants[param.tensor].values)
                 if layer is None:
                     continue
-                stats = self.stats.get(node.name) if layer.measured else None
+                stats = self.stats.get(layer.statistics_key)
                 if stats is not None and stats.features != layer.w.shape[1]:
                     stats = None
                 if stats is not None and not (stats.hessian().finite() and np.all(np.isfinite(stats.mean))):
@@ -216,10 +216,11 @@ def _fold_into_bias(ctx: ObsContext, layer, w0, w1, mean, updates) -> None:
     if bias_index is None or len(node.inputs) <= bias_index or not isinstance(node.inputs[bias_index], gs.Constant):
         return
     name = node.inputs[bias_index].name
-    bias = ctx.constant(name).astype(np.float64)
+    bias = np.asarray(updates.get(name, ctx.constant(name)), dtype=np.float64)  # W and R fold into one LSTM B
     shift = (w0 - w1) @ mean
-    if bias.shape == shift.shape and np.any(shift):
-        updates[name] = bias + shift
+    folded = layer.folded_bias(bias, shift) if np.any(shift) else None
+    if folded is not None:
+        updates[name] = folded
 
 
 def _fold_into_batchnorm(ctx: ObsContext, bn: gs.Node, w0, w1, h, mean, updates) -> None:

@@ -169,6 +169,29 @@ def add_batch(stats: dict, node: gs.Node, x: np.ndarray, rng: np.random.Generato
     stats.setdefault(node.name, ChannelStats.empty(channels, k)).add(pixels, patches)
 
 
+def recurrence_key(node_name: str) -> str:
+    """The statistics key of what a recurrent node's R reads (its own hidden states)."""
+    return f"{node_name}#recurrence"
+
+
+def _recurrence_inputs(consumers: list[gs.Node]) -> dict[str, str]:
+    """recurrence_key -> the output holding the hidden states R reads, for the recurrent consumers."""
+    out = {}
+    for node in consumers:
+        tensor = getattr(rule_for(node), "recurrence_input", lambda n: None)(node)
+        if tensor is not None:
+            out[recurrence_key(node.name)] = tensor.name
+    return out
+
+
+def add_rows(stats: dict, key: str, x: np.ndarray, rng: np.random.Generator, limit: int) -> None:
+    """Stream one batch of hidden states (last axis: the units) into ``stats[key]``, at most *limit* rows."""
+    rows = x.reshape(-1, x.shape[-1])
+    if len(rows) > limit:
+        rows = rows[rng.choice(len(rows), limit, replace=False)]
+    stats.setdefault(key, LayerStats.empty(rows.shape[1])).add(rows)
+
+
 def feature_rows(node: gs.Node, x: np.ndarray, rng: np.random.Generator, limit: int) -> np.ndarray:
     """The rows a layer multiplies by its weight (its rule's layout: im2col patches for Conv), subsampled."""
     rule = rule_for(node)
@@ -265,7 +288,8 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
     graph = batch_stat_graph(compiled.graph, compiled.meta.opset) if source == "bnstat" else compiled.graph.copy()
     tensors = graph.tensors()
     wanted = {node.name: rule_for(node).statistics_input(node).name for node in consumers}  # int8: before quantizing
-    outputs = list(dict.fromkeys(wanted.values()))
+    recurrences = _recurrence_inputs(consumers)
+    outputs = list(dict.fromkeys(list(wanted.values()) + list(recurrences.values())))
     for name in outputs:
         tensor = tensors[name]
         if tensor not in graph.outputs:
@@ -288,6 +312,8 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
             values = dict(zip(names, sess.run(None, feeds)))
             for node in consumers:  # rows per run in proportion to the samples a run stands for (8192 at 64)
                 add_batch(stats, node, values[wanted[node.name]], rng, ROWS_PER_SAMPLE * batch)
+            for key, name in recurrences.items():
+                add_rows(stats, key, values[name], rng, ROWS_PER_SAMPLE * batch)
             seen += len(next(iter(feeds.values())))
             step(progress, min(seen, total), total, f"statistics ({source})")
     return stats
