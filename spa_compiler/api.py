@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional, Sequence
 
 import onnx
@@ -25,7 +25,7 @@ from .modelio import (EXTERNAL_DATA_THRESHOLD, ModelLike, check_input_file, chec
 from .pipeline import (Compiled, bn_free_conv_warning, choose_hessian_source, compile_model,
                        consumer_nodes, load_calib, plan_pruning, require_prunable, score_groups)
 from .options import PruneOptions
-from .plan import Plan, PlanOptions
+from .plan import SNAP_MIN_CHANNELS, Plan, PlanOptions
 from .ranking import CANDIDATES as RANKING_CANDIDATES, measured_ranking
 from .rewrite import rewrite
 from .runtime import check_checker, check_pruned
@@ -45,7 +45,7 @@ class PruneResult:
 
 
 def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global_ranking: Optional[bool] = None,
-          round_to: int = 1, exclude: Sequence[str] = (), target_macs: Optional[float] = None,
+          round_to: Optional[int] = None, exclude: Sequence[str] = (), target_macs: Optional[float] = None,
           max_group_ratio: float = 0.9, reduce: str = "sum", seed: int = 0, verify: bool = True,
           prune_hidden: bool = False, prune_head_dims: bool = False, hessian: Optional[str] = None, calib=None, samples: int = 256,
           damping: float = 0.01, compensate: Optional[bool] = None, recalibrate_bn: bool = False, noise: str = "auto",
@@ -158,6 +158,9 @@ def prune_with(model: ModelLike, opts: PruneOptions, progress: Optional[Callable
         plan = _within_max_error(search, target_macs, say)
     else:
         plan = plan_pruning(compiled, scores, options, target_macs)
+        if not plan.removed and options.snap > 1:  # the snap gave every channel back: a light ratio keeps exact widths
+            options = replace(options, snap=1)
+            plan = plan_pruning(compiled, scores, options, target_macs)
         if not plan.removed and ratio > 0 and target_macs is None:
             raise UsageError(f"{compiled.source}: ratio {ratio} removes no channel (groups too small or excluded)")
         if opts.global_ranking is None and options.global_ranking and measurement is not None:
@@ -299,6 +302,7 @@ def build_report(compiled: Compiled, pruned_graph, plan: Plan, log, criterion: s
         "ratio": options.ratio,
         "global": options.global_ranking,
         "round_to": options.round_to,
+        "snap": {"multiple": options.snap, "min_channels": SNAP_MIN_CHANNELS} if options.snap > 1 else None,
         "target_macs": target_macs,
         "params": {"before": params0, "after": params1},
         "macs": {"before": macs0, "after": macs1},

@@ -145,7 +145,9 @@ def main() -> None:
                    "[default: local; for obspa global, unless per-group ranking measures a lower output error].")
 @click.option("--max-group-ratio", type=float, default=0.9, show_default=True,
               help="With --global: at most this fraction of any group is removed.")
-@click.option("--round-to", type=int, default=1, show_default=True, help="Keep channel counts multiples of N.")
+@click.option("--round-to", type=int, default=None,
+              help="Keep channel counts multiples of N [default: exact, but layers of 32+ channels keep multiples "
+                   "of 8, the widths CPU kernels run fast; --round-to 1: exact everywhere].")
 @click.option("--exclude", multiple=True, help="Leave groups touching nodes matching this glob alone (repeatable).")
 @click.option("--target-macs", type=float, default=None, help="Prune until MACs <= this fraction of the original.")
 @click.option("--max-error", type=float, default=None,

@@ -2,8 +2,9 @@
 
 Local mode removes the same fraction of every group; global mode ranks the
 (scaled) atoms of all groups together, capped per group so no layer
-collapses.  ``round_to`` keeps channel counts hardware friendly; a MACs
-target searches the ratio that meets it with the analytic cost model.
+collapses.  ``round_to`` keeps channel counts hardware friendly, and the
+default *snap* keeps wide layers on multiples of 8 (see :func:`space_multiple`);
+a MACs target searches the ratio that meets it with the analytic cost model.
 """
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from .analysis import CONSUMER, PRODUCER, DependencyAnalysis, Group
 from .errors import UsageError
 from .importance import SCORE_SCALINGS, scale_scores
 
+SNAP_MIN_CHANNELS = 32  # layers at least this wide keep a multiple of the snap (narrow ones stay exact)
+DEFAULT_SNAP = 8  # the snap of default plans (``--round-to`` not given): see docs/latency.md
+
 
 @dataclass(frozen=True)
 class PlanOptions:
@@ -27,6 +31,7 @@ class PlanOptions:
     round_to: int = 1
     exclude: Sequence[str] = ()
     score_scaling: str = "mean"  # per-group score scaling before global ranking (importance.SCORE_SCALINGS)
+    snap: int = 1  # spaces of SNAP_MIN_CHANNELS channels or more also keep a multiple of this
 
     def __post_init__(self) -> None:
         self.validate()
@@ -36,6 +41,8 @@ class PlanOptions:
             raise UsageError(f"--ratio must be in [0, 1), got {self.ratio}")
         if self.round_to < 1:
             raise UsageError(f"--round-to must be >= 1, got {self.round_to}")
+        if self.snap < 1:
+            raise UsageError(f"snap must be >= 1, got {self.snap}")
         if not 0.0 < self.max_group_ratio < 1.0:
             raise UsageError(f"max group ratio must be in (0, 1), got {self.max_group_ratio}")
         if self.score_scaling not in SCORE_SCALINGS:
@@ -65,6 +72,18 @@ def excluded_by(group: Group, patterns: Sequence[str]) -> Optional[str]:
 def _atom_channels(group: Group) -> int:
     """Channels one atom holds in the group's widest producer space (1 for plain channels)."""
     return max(1, group.width // max(group.n_atoms, 1))
+
+
+def space_multiple(channels: int, round_to: int, snap: int = 1) -> int:
+    """The multiple a layer of *channels* channels keeps: *round_to*, and the snap where it is wide.
+
+    Why the snap: onnxruntime's CPU convolutions (blocked NCHWc kernels) and
+    GEMM tiles run widths off a multiple of 8 as slowly as the next multiple
+    or slower (a depthwise conv of 37 channels 3-4x one of 40), so a plan of
+    exact widths can run slower than the dense model (docs/latency.md).
+    Narrow layers cost little and would lose too much choice, so they stay exact.
+    """
+    return math.lcm(round_to, snap) if channels >= SNAP_MIN_CHANNELS else round_to
 
 
 def _rounded_keep(group: Group, keep: int, round_to: int) -> int:
@@ -114,22 +133,23 @@ def _remove_lowest(plan: Plan, groups: list[Group], scores: dict[int, np.ndarray
                    options: PlanOptions) -> Plan:
     """Remove the *counts* lowest-scored atoms of each group (rounded, every tensor kept non-empty)."""
     for group in groups:
-        keep = _rounded_keep(group, group.n_atoms - counts[group.id], options.round_to)
+        multiple = space_multiple(group.width, options.round_to, options.snap)
+        keep = _rounded_keep(group, group.n_atoms - counts[group.id], multiple)
         n_remove = group.n_atoms - keep
         if n_remove <= 0:
             continue
         order = np.argsort(scores[group.id], kind="stable")
         removed = capped_and_rounded(group, order[:n_remove], scores[group.id], options.max_group_ratio,
-                                     options.round_to)
+                                     options.round_to, options.snap)
         if len(removed):
             plan.removed[group.id] = removed
     return plan
 
 
 def capped_and_rounded(group: Group, removed: np.ndarray, scores: np.ndarray, max_ratio: float,
-                       round_to: int) -> np.ndarray:
-    """*removed* with the best atoms given back until every tensor keeps its share and a multiple of *round_to*."""
-    return round_every_space(group, _keep_every_space(group, removed, scores, max_ratio), scores, round_to)
+                       round_to: int, snap: int = 1) -> np.ndarray:
+    """*removed* with the best atoms given back until every tensor keeps its share and its multiple."""
+    return round_every_space(group, _keep_every_space(group, removed, scores, max_ratio), scores, round_to, snap)
 
 
 def _keep_every_space(group: Group, removed: np.ndarray, scores: np.ndarray, max_ratio: float) -> np.ndarray:
@@ -155,8 +175,11 @@ def weight_spaces(group: Group) -> list:
     return list(dict.fromkeys(p.space for p in group.params if p.role in (PRODUCER, CONSUMER)))
 
 
-def round_every_space(group: Group, removed: np.ndarray, scores: np.ndarray, round_to: int) -> np.ndarray:
-    """Give back the best removed atoms until every weight space keeps a multiple of *round_to* (or all of it).
+def round_every_space(group: Group, removed: np.ndarray, scores: np.ndarray, round_to: int,
+                      snap: int = 1) -> np.ndarray:
+    """Give back the best removed atoms until every weight space keeps its multiple (or all of it).
+
+    The multiple is *round_to*, and the snap in wide spaces (:func:`space_multiple`).
 
     Rounding the group's atom count is not enough where a group holds several
     layers' channels (a DenseNet or Inception concat, a split): each producer
@@ -164,7 +187,7 @@ def round_every_space(group: Group, removed: np.ndarray, scores: np.ndarray, rou
     only gives atoms back, so the caps still hold and the loop ends (at worst
     with the whole group kept).
     """
-    if round_to <= 1 or not len(removed):
+    if max(round_to, snap) <= 1 or not len(removed):
         return removed
     gone = np.zeros(group.n_atoms, dtype=bool)
     gone[removed] = True
@@ -175,13 +198,14 @@ def round_every_space(group: Group, removed: np.ndarray, scores: np.ndarray, rou
         for space in spaces:
             atoms = group.atom_of[space]
             kept = int((~gone[atoms]).sum())
-            if kept == len(atoms) or kept % round_to == 0:
+            multiple = space_multiple(len(atoms), round_to, snap)
+            if kept == len(atoms) or kept % multiple == 0:
                 continue
             back = np.unique(atoms[gone[atoms]])
             back = back[np.argsort(-scores[back], kind="stable")]
             multiplicity = np.bincount(atoms, minlength=group.n_atoms)[back]
             total = kept + np.cumsum(multiplicity)
-            first = int(np.flatnonzero((total % round_to == 0) | (total == len(atoms)))[0])
+            first = int(np.flatnonzero((total % multiple == 0) | (total == len(atoms)))[0])
             gone[back[:first + 1]] = False
             changed = True
     return np.flatnonzero(gone)

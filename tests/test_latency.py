@@ -198,7 +198,10 @@ def test_check_speed_warns_when_pruned_is_slower(injected):
     injected["pruned"] = 12.0
     result = prune(builders.demo_cnn(), ratio=0.3, check_speed=True)
     assert result.report["speed"]["latency_ratio"] == pytest.approx(1.2)
-    assert any("slower than the original" in w and "--round-to 8" in w for w in result.report["warnings"])
+    slower = [w for w in result.report["warnings"] if "slower than the original" in w]
+    assert len(slower) == 1 and "--target-speedup" in slower[0] and "--round-to" not in slower[0], "already snapped"
+    exact = prune(builders.demo_cnn(), ratio=0.3, round_to=1, check_speed=True)
+    assert any("slower than the original" in w and "--round-to 8" in w for w in exact.report["warnings"])
     assert "speed" not in prune(builders.demo_cnn(), ratio=0.3, verify=False).report  # off by default
 
 
@@ -245,3 +248,57 @@ def test_bench_clock_is_wall_time_unless_asked_for_thread_time(monkeypatch):
     assert clock() is time.perf_counter
     monkeypatch.setenv(CLOCK_ENV, "thread")
     assert clock() is time.thread_time
+
+
+class _FakeBinding:
+    def __init__(self, log: list) -> None:
+        self.log = log
+
+    def bind_ortvalue_input(self, name, value):
+        self.log.append(("input", name, value))
+
+    def bind_output(self, name, device, device_id):
+        self.log.append(("output", name, device, device_id))
+
+    def synchronize_outputs(self):
+        self.log.append(("sync",))
+
+
+class _FakeCudaSession:
+    """What the CUDA runner touches of an onnxruntime session on CUDAExecutionProvider (no GPU here)."""
+
+    def __init__(self) -> None:
+        self.log: list = []
+
+    def get_providers(self):
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    def get_outputs(self):
+        return [type("Meta", (), {"name": "y"})()]
+
+    def io_binding(self):
+        return _FakeBinding(self.log)
+
+    def run_with_iobinding(self, binding):
+        self.log.append(("run",))
+
+
+def test_cuda_runs_bind_feeds_once_and_sync_every_run(monkeypatch):
+    """IOBinding on a (mocked) CUDA session: feeds copied to the device once, outputs bound there, a sync per run."""
+    import onnxruntime as ort
+
+    from spa_compiler.latency import providers
+
+    copies = []
+    monkeypatch.setattr(ort.OrtValue, "ortvalue_from_numpy",
+                        staticmethod(lambda value, device, device_id: copies.append((device, device_id)) or "on-device"))
+    sess = _FakeCudaSession()
+    run = providers.runner(sess, {"x": np.zeros((1, 3), np.float32)})
+    assert copies == [("cuda", 0)] and ("input", "x", "on-device") in sess.log and ("output", "y", "cuda", 0) in sess.log
+    before = len(sess.log)
+    samples = providers.time_runs(run, warmup=1, runs=3)
+    assert len(samples) == 3 and sess.log[before:] == [("run",), ("sync",)] * 4
+    assert copies == [("cuda", 0)], "feeds are not copied again per run"
+    monkeypatch.setattr("spa_compiler.runtime.default_providers", lambda: ("CUDAExecutionProvider", "CPUExecutionProvider"))
+    assert providers.providers_for("cuda") == ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert providers.providers_for("cpu") == ("CPUExecutionProvider",)

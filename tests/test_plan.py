@@ -8,7 +8,10 @@ from models import builders
 from spa_compiler import prune
 from spa_compiler.errors import UsageError
 from spa_compiler.pipeline import compile_model, score_groups
-from spa_compiler.plan import PlanOptions, make_plan
+from spa_compiler.oracle import masked_model
+from spa_compiler.pipeline import apply_plan
+from spa_compiler.plan import SNAP_MIN_CHANNELS, PlanOptions, make_plan
+from spa_compiler.runtime import random_inputs, session
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +37,19 @@ def test_lowest_scores_go_first(demo):
         assert scores[gid][removed].max() <= scores[gid][kept].min()
 
 
+def kept_per_space(analysis, plan):
+    """(group id, space, channels, kept channels) of every space of every group the plan cuts."""
+    for gid, removed in plan.removed.items():
+        group = analysis.groups[gid]
+        for space in group.spaces:
+            yield gid, space, group.sizes[space], int((~np.isin(group.atom_of[space], removed)).sum())
+
+
 def test_every_tensor_keeps_a_share_of_its_channels(demo):
     compiled, scores = demo
     plan = make_plan(compiled.analysis, scores, PlanOptions(ratio=0.8, max_group_ratio=0.9))
-    for gid, removed in plan.removed.items():
-        group = compiled.analysis.groups[gid]
-        for space in group.spaces:
-            kept = (~np.isin(group.atom_of[space], removed)).sum()
-            assert kept >= 0.1 * group.sizes[space] and kept >= 1
+    for _, _, size, kept in kept_per_space(compiled.analysis, plan):
+        assert kept >= 0.1 * size and kept >= 1
 
 
 def test_round_to_keeps_multiples(demo):
@@ -84,6 +92,45 @@ def test_round_to_holds_in_concat_groups(options):
     assert all(new % 8 == 0 for _, _, new in cut), cut
 
 
+@pytest.mark.parametrize("options", [dict(ratio=0.37), dict(ratio=0.6, global_ranking=True, max_group_ratio=0.7)])
+def test_default_snap_keeps_wide_layers_on_multiples_of_8(options):
+    """Default plans: a layer of 32+ channels keeps a multiple of 8, a narrower one any count; round_to=1 exact."""
+    model = builders.demo_cnn()
+    snapped = prune(model, criterion="l2", verify=False, **options)
+    cut = _cut_weight_dims(model, snapped.model)
+    assert cut and all(new % 8 == 0 for _, old, new in cut if old >= SNAP_MIN_CHANNELS), cut
+    exact = _cut_weight_dims(model, prune(model, criterion="l2", round_to=1, verify=False, **options).model)
+    assert any(new % 8 for _, old, new in exact if old >= SNAP_MIN_CHANNELS), "round_to=1 must stay exact"
+    assert snapped.report["snap"] == {"multiple": 8, "min_channels": SNAP_MIN_CHANNELS}
+
+
+def test_a_macs_target_lands_with_exact_widths():
+    """A stated MACs budget is the contract: no snap (it overshoots on the staircase), and the target is met closely."""
+    model = builders.demo_cnn()
+    result = prune(model, criterion="l2", target_macs=0.55, verify=False)
+    reached = result.report["macs"]["after"] / result.report["macs"]["before"]
+    assert result.report["snap"] is None
+    assert 0.5 <= reached <= 0.55
+    cut = _cut_weight_dims(model, result.model)
+    assert any(new % 8 for _, old, new in cut if old >= SNAP_MIN_CHANNELS), cut
+
+
+def test_a_light_ratio_the_snap_would_undo_keeps_exact_widths():
+    """Ratio 0.05 on 32-64 wide layers: the snap gives every channel back, so the plan keeps exact widths."""
+    model = builders.demo_cnn()
+    result = prune(model, criterion="l2", ratio=0.05, verify=False)
+    assert result.report["snap"] is None
+    assert _cut_weight_dims(model, result.model), "a light ratio must still remove channels"
+
+
+def test_snapped_plans_pass_the_mask_oracle(demo):
+    compiled, scores = demo
+    plan = make_plan(compiled.analysis, scores, PlanOptions(ratio=0.37, snap=8))
+    for gid, space, size, kept in kept_per_space(compiled.analysis, plan):
+        assert kept == size or size < SNAP_MIN_CHANNELS or kept % 8 == 0, (gid, space, kept)
+    assert oracle_plan_error(compiled, plan) < 1e-5
+
+
 def test_global_ranking_caps_every_group(demo):
     compiled, scores = demo
     plan = make_plan(compiled.analysis, scores, PlanOptions(ratio=0.6, global_ranking=True, max_group_ratio=0.7))
@@ -117,3 +164,12 @@ def test_bad_options():
         PlanOptions(round_to=0).validate()
     with pytest.raises(UsageError):
         prune(builders.demo_cnn(), target_macs=1.5)
+
+
+def oracle_plan_error(compiled, plan) -> float:
+    """Relative max error between the pruned model and the masked original for a given plan."""
+    pruned, _, _ = apply_plan(compiled, plan)
+    ref = session(masked_model(compiled, plan))
+    feeds = random_inputs(ref, batch=2)
+    expected, got = ref.run(None, feeds)[0], session(pruned).run(None, feeds)[0]
+    return float(np.abs(expected - got).max() / max(np.abs(expected).max(), 1e-12))

@@ -41,7 +41,8 @@ class SpeedCheck:
         dense_ms = time_dense(self.dense_source, self.providers, opts.threads, compiled.spec)
         model = LatencyModel(layers, table, compiled.analysis, dense_ms)
         table.save()
-        steps = {kind: table.step(kind) for kind in sorted({layer.kind for layer in layers})}
+        steps = {kind if dtype == "float32" else f"{kind}:{dtype}": table.step(kind, dtype)
+                 for kind, dtype in sorted({(layer.kind, layer.dtype) for layer in layers})}
         self.tables = {"cache": str(table.path) if table.path else None, "layers": len(layers),
                        "signatures": len({layer.signature for layer in layers}), "timed_now": table.measured,
                        "steps": steps}

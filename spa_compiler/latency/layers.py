@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..analysis import DependencyAnalysis
@@ -35,11 +36,13 @@ class Layer:
     out_space: Optional[Space]  # None: the output width never changes
     in_space: Optional[Space]
     fixed: tuple  # batch/spatial/kernel dims (conv) or rows (matmul)
+    dtype: str = "float32"  # the weight's element type: an fp16 layer is timed in fp16
 
     @property
     def signature(self) -> str:
-        """Cache key: kind, full widths and fixed dims (depthwise: one width for both)."""
-        return f"{self.kind}:{self.c_in}x{self.c_out}:" + "x".join(map(str, self.fixed))
+        """Cache key: kind, full widths, fixed dims (depthwise: one width for both) and a non-fp32 dtype."""
+        key = f"{self.kind}:{self.c_in}x{self.c_out}:" + "x".join(map(str, self.fixed))
+        return key if self.dtype == "float32" else f"{key}:{self.dtype}"
 
 
 def timed_layers(graph: gs.Graph, analysis: DependencyAnalysis, spec=None) -> list[Layer]:
@@ -66,6 +69,9 @@ def _layer(node: gs.Node, shapes, space) -> Optional[Layer]:
     xs, ys, w = list(shapes[x.name]), list(shapes[y.name]), const_shape(node.inputs[1])
     if w is None or any(not isinstance(d, int) or d < 1 for d in xs + ys):
         return None
+    dtype = _float_dtype(node.inputs[1])
+    if dtype is None:  # an integer weight (quantized layer): not a float op this table times
+        return None
     if node.op == "Conv" and len(xs) == 4 and len(w) == 4:
         group = int(node.attrs.get("group", 1))
         strides = tuple(node.attrs.get("strides", [1, 1]))
@@ -74,9 +80,9 @@ def _layer(node: gs.Node, shapes, space) -> Optional[Layer]:
         fixed = (xs[0], xs[2], xs[3], w[2], w[3], *strides, *pads, *dilations)
         if group == 1:
             kind = CONV_1X1 if tuple(w[2:]) == (1, 1) and strides == (1, 1) else CONV
-            return Layer(node.name, kind, xs[1], ys[1], space(y, 1), space(x, 1), fixed)
+            return Layer(node.name, kind, xs[1], ys[1], space(y, 1), space(x, 1), fixed, dtype)
         if group == xs[1] == ys[1]:
-            return Layer(node.name, DEPTHWISE, xs[1], ys[1], space(y, 1), space(x, 1), fixed)
+            return Layer(node.name, DEPTHWISE, xs[1], ys[1], space(y, 1), space(x, 1), fixed, dtype)
         return None
     if node.op in ("Gemm", "MatMul") and len(w) == 2 and len(xs) >= 2:
         if node.op == "Gemm" and int(node.attrs.get("transA", 0)):
@@ -84,5 +90,18 @@ def _layer(node: gs.Node, shapes, space) -> Optional[Layer]:
         rows = 1
         for d in xs[:-1]:
             rows *= d
-        return Layer(node.name, MATMUL, xs[-1], ys[-1], space(y, len(ys) - 1), space(x, len(xs) - 1), (rows,))
+        return Layer(node.name, MATMUL, xs[-1], ys[-1], space(y, len(ys) - 1), space(x, len(xs) - 1), (rows,),
+                     dtype)
     return None
+
+
+def _float_dtype(weight: gs.Tensor) -> Optional[str]:
+    """The element type a layer computes in: its weight constant's ('float32', 'float16'), None if not float.
+
+    A dequantized weight (QDQ) is a variable computed in float32.  Read from the
+    constant's dtype, so a lazily loaded weight stays unloaded.
+    """
+    if not isinstance(weight, gs.Constant):
+        return "float32"
+    dtype = np.dtype(weight.dtype) if weight.dtype is not None else None
+    return dtype.name if dtype is not None and dtype.kind == "f" else None

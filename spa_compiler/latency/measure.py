@@ -29,33 +29,35 @@ class Timer(Protocol):
 def op_model(layer: Layer, c_in: int, c_out: int, seed: int = 0) -> onnx.ModelProto:
     """A one-node model of *layer* at widths (c_in, c_out) with random weights."""
     rng = np.random.default_rng(seed)
+    dtype = np.dtype(layer.dtype)
     if layer.kind in (CONV_1X1, CONV, DEPTHWISE):
         n, h, w, kh, kw, sh, sw, *rest = layer.fixed
         pads, dilations = list(rest[:4]), list(rest[4:6])
         group = c_in if layer.kind == DEPTHWISE else 1
         c_out = c_in if layer.kind == DEPTHWISE else c_out
-        weight = rng.standard_normal((c_out, c_in // group, kh, kw)).astype(np.float32)
+        weight = rng.standard_normal((c_out, c_in // group, kh, kw)).astype(dtype)
         node = helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[kh, kw], strides=[sh, sw], pads=pads,
                                 dilations=dilations, group=group)
         x_dims = [n, c_in, h, w]
         inits = [numpy_helper.from_array(weight, "w"),
-                 numpy_helper.from_array(rng.standard_normal(c_out).astype(np.float32), "b")]
+                 numpy_helper.from_array(rng.standard_normal(c_out).astype(dtype), "b")]
     else:
         (rows,) = layer.fixed
         node = helper.make_node("MatMul", ["x", "w"], ["y"])
         x_dims = [rows, c_in]
-        inits = [numpy_helper.from_array(rng.standard_normal((c_in, c_out)).astype(np.float32), "w")]
-    graph = helper.make_graph([node], "op", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_dims)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+        inits = [numpy_helper.from_array(rng.standard_normal((c_in, c_out)).astype(dtype), "w")]
+    elem = helper.np_dtype_to_tensor_dtype(dtype)
+    graph = helper.make_graph([node], "op", [helper.make_tensor_value_info("x", elem, x_dims)],
+                              [helper.make_tensor_value_info("y", elem, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
 
 
-def identity_model(dims: Sequence[int]) -> onnx.ModelProto:
+def identity_model(dims: Sequence[int], elem: int = TensorProto.FLOAT) -> onnx.ModelProto:
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "overhead",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(dims))],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+                              [helper.make_tensor_value_info("x", elem, list(dims))],
+                              [helper.make_tensor_value_info("y", elem, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
@@ -69,7 +71,8 @@ class OnnxruntimeTimer:
 
     def __call__(self, layer: Layer, widths: Sequence[tuple[int, int]]) -> list[float]:
         models = [op_model(layer, ci, co) for ci, co in widths]
-        models.append(identity_model([d.dim_value for d in models[0].graph.input[0].type.tensor_type.shape.dim]))
+        first = models[0].graph.input[0].type.tensor_type
+        models.append(identity_model([d.dim_value for d in first.shape.dim], first.elem_type))
         medians = self.time_models(models)
         overhead = medians[-1]
         return [max(m - overhead, 1e-4) for m in medians[:-1]]
@@ -82,8 +85,10 @@ class OnnxruntimeTimer:
         runs = []
         for model in models:
             sess = session(model, self.providers, self.threads)
-            shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
-            runs.append(runner(sess, {"x": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}))
+            x = model.graph.input[0].type.tensor_type
+            dtype = helper.tensor_dtype_to_np_dtype(x.elem_type)
+            shape = [d.dim_value for d in x.shape.dim]
+            runs.append(runner(sess, {"x": np.random.default_rng(0).standard_normal(shape).astype(dtype)}))
         samples: list[list[float]] = [[] for _ in runs]
         for _ in range(ROUNDS):
             for run, into in zip(runs, samples):

@@ -89,7 +89,7 @@ class LatencyPlanner:
                 gid = model.group_of(space)
                 if gid in groups and index not in self.touching[gid]:  # a depthwise conv: both spaces, once
                     self.touching[gid].append(index)
-                    step_of[gid] = math.lcm(step_of.get(gid, 1), table.step(layer.kind))
+                    step_of[gid] = math.lcm(step_of.get(gid, 1), table.step(layer.kind, layer.dtype))
         self.widths = {gid: self._widths(groups[gid], step_of.get(gid, 1)) for gid in groups if self.touching[gid]}
 
     def _widths(self, group: Group, step: int) -> GroupWidths:

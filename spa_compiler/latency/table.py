@@ -174,19 +174,20 @@ class LatencyTable:
         os.replace(tmp, self.path)
 
     # -- queries -------------------------------------------------------------------------------------
-    def step(self, kind: str) -> int:
-        """The fast width multiple of op *kind* on this provider (probed once, then cached)."""
+    def step(self, kind: str, dtype: str = "float32") -> int:
+        """The fast width multiple of op *kind* in *dtype* on this provider (probed once, then cached)."""
         if kind not in KINDS:
             raise ValueError(f"unknown op kind {kind!r}")
-        if kind not in self.data["steps"]:
+        key = kind if dtype == "float32" else f"{kind}:{dtype}"
+        if key not in self.data["steps"]:
             c_in, _, fixed = PROBES[kind]
-            probe = Layer("probe", kind, c_in, PROBE_WIDTHS[-1], None, None, fixed)
+            probe = Layer("probe", kind, c_in, PROBE_WIDTHS[-1], None, None, fixed, dtype)
             widths = [(w, w) if kind == DEPTHWISE else (c_in, w) for w in PROBE_WIDTHS]
             ms = self.timer(probe, widths)
             self.measured += 1
-            self.data["steps"][kind] = {"widths": list(PROBE_WIDTHS), "ms": [round(v, 6) for v in ms],
-                                        "step": staircase_step(PROBE_WIDTHS, ms)}
-        return int(self.data["steps"][kind]["step"])
+            self.data["steps"][key] = {"widths": list(PROBE_WIDTHS), "ms": [round(v, 6) for v in ms],
+                                       "step": staircase_step(PROBE_WIDTHS, ms)}
+        return int(self.data["steps"][key]["step"])
 
     def curves(self, layer: Layer) -> dict[str, Curve]:
         """The layer's fitted curves: 'out' and 'in' (a depthwise conv: 'both'), measured when missing."""
@@ -198,7 +199,7 @@ class LatencyTable:
         return {axis: Curve(list(c["widths"]), list(c["ms"])) for axis, c in entry.items()}
 
     def _measure(self, layer: Layer) -> dict:
-        step = self.step(layer.kind)
+        step = self.step(layer.kind, layer.dtype)
         if layer.kind == DEPTHWISE:
             widths = curve_widths(layer.c_out, step)
             ms = self.timer(layer, [(w, w) for w in widths])

@@ -200,15 +200,16 @@ def batch_stat_graph(graph: gs.Graph, opset: int) -> gs.Graph:
         axes = [0] + list(range(2, rank))
         shape = [1, -1] + [1] * (rank - 2)
         scale, bias = (np.asarray(node.inputs[i].values).reshape(shape) for i in (1, 2))
+        dtype = scale.dtype  # an fp16 model's BatchNormalization computes in fp16: so does its replacement
         eps = float(node.attrs.get("epsilon", 1e-5))
         base = f"spa_bnstat{k}"
 
         def var(name):
-            return gs.Variable(f"{base}_{name}", dtype=np.float32)
+            return gs.Variable(f"{base}_{name}", dtype=dtype)
 
         mean, centered, square, variance, std, normed, scaled = (var(n) for n in (
             "mean", "centered", "square", "var", "std", "normed", "scaled"))
-        eps_const = gs.Constant(f"{base}_eps", np.array(eps, np.float32))
+        eps_const = gs.Constant(f"{base}_eps", np.array(eps, dtype))
 
         def reduce_mean(src, dst):
             if opset >= 18:  # axes moved from an attribute to an input
@@ -223,9 +224,9 @@ def batch_stat_graph(graph: gs.Graph, opset: int) -> gs.Graph:
             reduce_mean(square, variance),
             gs.Node("Sqrt", inputs=[_plus(work, variance, eps_const, base)], outputs=[std]),
             gs.Node("Div", inputs=[centered, std], outputs=[normed]),
-            gs.Node("Mul", inputs=[normed, gs.Constant(f"{base}_scale", scale.astype(np.float32))],
+            gs.Node("Mul", inputs=[normed, gs.Constant(f"{base}_scale", scale)],
                     outputs=[scaled]),
-            gs.Node("Add", inputs=[scaled, gs.Constant(f"{base}_bias", bias.astype(np.float32))], outputs=[y]),
+            gs.Node("Add", inputs=[scaled, gs.Constant(f"{base}_bias", bias)], outputs=[y]),
         ])
         node.outputs.clear()
     work.cleanup().toposort()
@@ -233,7 +234,7 @@ def batch_stat_graph(graph: gs.Graph, opset: int) -> gs.Graph:
 
 
 def _plus(graph: gs.Graph, a: gs.Variable, b: gs.Constant, base: str) -> gs.Variable:
-    out = gs.Variable(f"{base}_var_eps", dtype=np.float32)
+    out = gs.Variable(f"{base}_var_eps", dtype=a.dtype)
     graph.nodes.append(gs.Node("Add", inputs=[a, b], outputs=[out]))
     return out
 
