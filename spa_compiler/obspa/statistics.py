@@ -341,10 +341,7 @@ def _batches(sess, source: str, calib, samples: int, batch: int, seed: int,
     from ..inputspec import for_session
 
     if source == "calib":
-        names = [i.name for i in sess.get_inputs()]
-        total = len(next(iter(calib.values())))
-        for start in range(0, total, batch):
-            yield {name: calib[name][start:start + batch] for name in names}
+        yield from calib_feeds(sess, calib, batch)
         return
     spec = spec if spec is not None else for_session(sess)
     done = 0
@@ -352,6 +349,18 @@ def _batches(sess, source: str, calib, samples: int, batch: int, seed: int,
         run, held = spec.samples_per_run(max(min(batch, samples - done), 2))  # bnstat needs 2 samples a batch
         yield run.feeds(seed=seed + done, noise=noise)
         done += held
+
+
+def calib_feeds(sess, calib: dict[str, np.ndarray], batch: int) -> Iterator[dict[str, np.ndarray]]:
+    """The calibration inputs in runs of *batch* samples, or of the model's fixed batch size when its first
+    input has one (``spa_compiler.torch`` exports at batch 1); a tail shorter than a fixed batch is left out."""
+    names = [i.name for i in sess.get_inputs()]
+    leading = sess.get_inputs()[0].shape[0] if sess.get_inputs() and sess.get_inputs()[0].shape else None
+    size = leading if isinstance(leading, int) and leading > 0 else batch
+    total = len(next(iter(calib.values())))
+    total -= total % size if size != batch else 0
+    for start in range(0, total, size):
+        yield {name: calib[name][start:start + size] for name in names}
 
 
 def closed_form(graph: gs.Graph, consumers: list[gs.Node], correlated: bool) -> dict[str, LayerStats]:
