@@ -30,6 +30,7 @@ from ..analysis.rules import rule_for
 from ..errors import UsageError
 from ..ir import to_model
 from ..progress import step
+from .bodies import expose, unstack
 from .obs import KroneckerHessian
 
 SOURCES = ("bnstat", "bn", "weights", "synthetic", "calib", "identity")
@@ -263,13 +264,10 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
                              noise, progress))
         return stats
     graph = batch_stat_graph(compiled.graph, compiled.meta.opset) if source == "bnstat" else compiled.graph.copy()
-    tensors = graph.tensors()
     wanted = {node.name: rule_for(node).statistics_input(node).name for node in consumers}  # int8: before quantizing
-    outputs = list(dict.fromkeys(wanted.values()))
-    for name in outputs:
-        tensor = tensors[name]
-        if tensor not in graph.outputs:
-            graph.outputs.append(tensor)
+    exposed = expose(graph, list(wanted.values()))  # a body's own values threaded out (obspa/bodies.py)
+    wanted = {node: exposed[name] for node, name in wanted.items() if name in exposed}
+    outputs = list(dict.fromkeys(name for name, _ in wanted.values()))
     for tensor in graph.outputs:
         if tensor.dtype is None:
             tensor.dtype = np.float32
@@ -287,7 +285,12 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
         for feeds in _batches(sess, source, calib, samples, batch, seed, noise, spec):
             values = dict(zip(names, sess.run(None, feeds)))
             for node in consumers:  # rows per run in proportion to the samples a run stands for (8192 at 64)
-                add_batch(stats, node, values[wanted[node.name]], rng, ROWS_PER_SAMPLE * batch)
+                if node.name not in wanted:
+                    continue
+                output, stacked = wanted[node.name]
+                x = unstack(values[output], stacked)
+                if x is not None:  # None: a branch this run did not take
+                    add_batch(stats, node, x, rng, ROWS_PER_SAMPLE * batch)
             seen += len(next(iter(feeds.values())))
             step(progress, min(seen, total), total, f"statistics ({source})")
     return stats
