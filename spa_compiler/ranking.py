@@ -17,7 +17,9 @@ replaces it when it measures clearly better.  A plan whose outputs collapsed (no
 measures a relative error of exactly 1.0, lower than the noisy but faithful sensitivity plan's 1.2.
 
 All candidates are measured on the measurement inputs in one masked run each; the default plan stays unless
-another one is clearly better (``ERROR_MARGIN``) with no more MACs kept.  When the criterion compensates,
+another one is clearly better (``ERROR_MARGIN``) with no more MACs kept than the default plan or, where the
+global plan landed under the MACs target, than the target (plans compare at the budget the user asked for:
+digits ViT at r = 0.3 then takes the sensitivity plan, test accuracy 0.950 -> 0.965).  When the criterion compensates,
 every candidate is also measured with plain removal, and a plain plan clearly better than the chosen
 compensated one is written without compensation: the per-consumer guard (compensation never worse than
 removal on that consumer's statistics) cannot see errors that compound across layers, and on a small
@@ -86,18 +88,15 @@ def measured_ranking(compiled: Compiled, scores, opts: PruneOptions, default_pla
             measured[name], macs[name] = judge.fidelity(plan), judge.macs_fraction(plan)
     errors = {name: relative_error(f) for name, f in measured.items()}
     ranked = {name: ranked_error(f) for name, f in measured.items()}
-    better = [name for name in plans if name != default and ranked[name] < ERROR_MARGIN * ranked[default]
-              and macs[name] <= macs[default] + MACS_SLACK]
-    chosen = min(better, key=ranked.__getitem__) if better else default
+    chosen = clearly_better(ranked, macs, ranked[default], macs[default], opts.target_macs) or default
     info = {"chosen": chosen, "errors": errors, "macs": macs, "compensated": compensating,
             "collapsed": sorted(name for name, f in measured.items() if collapsed(f))}
     if compensating:
         plain_measured = {name: judge.fidelity(plan, plain=True) for name, plan in plans.items()}
         plain = {name: ranked_error(f) for name, f in plain_measured.items()}
-        clearer = [name for name in plans if plain[name] < ERROR_MARGIN * ranked[chosen]
-                   and macs[name] <= macs[chosen] + MACS_SLACK]
+        clearer = clearly_better(plain, macs, ranked[chosen], macs[chosen], opts.target_macs)
         if clearer:
-            chosen = min(clearer, key=plain.__getitem__)
+            chosen = clearer
             info.update(chosen=chosen, compensated=False)
         info["plain_errors"] = {name: relative_error(f) for name, f in plain_measured.items()}
     info.update(groups_probed=len(judge.probes), evaluations=judge.evaluations)
@@ -115,6 +114,17 @@ def collapsed(fidelity: dict) -> bool:
 def ranked_error(fidelity: dict) -> float:
     """The error plans are compared by: the relative error, infinite for a collapsed plan."""
     return float("inf") if collapsed(fidelity) else relative_error(fidelity)
+
+
+def clearly_better(errors: dict[str, float], macs: dict[str, float], error: float, kept: float,
+                   target: Optional[float]) -> Optional[str]:
+    """The candidate of lowest error below ``ERROR_MARGIN`` x *error* (the current plan's, keeping *kept*
+    MACs), keeping no more MACs than it or than the *target* where it landed under the target (plans
+    compare at the budget asked for: the global plan can overshoot it, digits ViT at r = 0.3 reached MACs
+    0.672 for a target of 0.732); None when none is."""
+    ceiling = max(kept, target or 0.0) + MACS_SLACK
+    better = [name for name in errors if errors[name] < ERROR_MARGIN * error and macs[name] <= ceiling]
+    return min(better, key=errors.__getitem__) if better else None
 
 
 def _sensitivity_plan(judge: MaxErrorSearch, target_macs: float) -> Optional[Plan]:

@@ -30,6 +30,7 @@ from ..analysis.rules import rule_for
 from ..errors import UsageError
 from ..ir import to_model
 from ..progress import step
+from .blas import threads_for
 from .bodies import expose, unstack
 from .obs import KroneckerHessian
 
@@ -64,7 +65,7 @@ class LayerStats:
         n = self.rows + len(x)
         keep = self.rows / n
         with np.errstate(over="ignore", invalid="ignore"):  # overflowing activations: judged downstream
-            self.h = self.h * keep + _second_moment(x) / n
+            _blend(self.h, keep, x, n)
         x = np.asarray(x, dtype=np.float64)
         self.mean = self.mean * keep + x.sum(axis=0) / n
         self.abs_mean = self.abs_mean * keep + np.abs(x).sum(axis=0) / n
@@ -124,10 +125,10 @@ class ChannelStats:
         n = self.rows + len(pixels)
         keep = self.rows / n
         with np.errstate(over="ignore", invalid="ignore"):
-            self.channel = self.channel * keep + _second_moment(pixels) / n
+            _blend(self.channel, keep, pixels, n)
             per_channel = patches.reshape(-1, self.k)  # (rows' * C, k): every channel's patch is a sample
             m = self.tap_rows + len(per_channel)
-            self.tap_moment = self.tap_moment * (self.tap_rows / m) + _second_moment(per_channel) / m
+            _blend(self.tap_moment, self.tap_rows / m, per_channel, m)
         pixels = np.asarray(pixels, dtype=np.float64)
         self.channel_mean = self.channel_mean * keep + pixels.sum(axis=0) / n
         self.channel_abs_mean = self.channel_abs_mean * keep + np.abs(pixels).sum(axis=0) / n
@@ -135,10 +136,19 @@ class ChannelStats:
 
 
 def _second_moment(x: np.ndarray) -> np.ndarray:
-    """``x^T x`` in float64 from a float32 product (half the time of a float64 GEMM; the sum over a few
-    thousand rows loses ~1e-6 relative, far below OBS's damping)."""
+    """``x^T x`` as a float32 product (half the time of a float64 GEMM; the sum over a few thousand rows
+    loses ~1e-6 relative, far below OBS's damping)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    return (x.T @ x).astype(np.float64)
+    return x.T @ x
+
+
+def _blend(moment: np.ndarray, keep: float, x: np.ndarray, n: int) -> None:
+    """``moment = moment * keep + x^T x / n`` in place, summed in float64 (the running mean over *n* rows):
+    no float64 copies of a 2304 x 2304 product per batch."""
+    moment *= keep
+    product = _second_moment(x)
+    product *= np.float32(1.0 / n)
+    moment += product
 
 
 DENSE_FEATURES = 4096  # Conv layers with more im2col features get channel-granularity statistics (a 3x3 conv
@@ -160,14 +170,39 @@ def add_batch(stats: dict, node: gs.Node, x: np.ndarray, rng: np.random.Generato
     k = channel_granular(node, x)
     if k is None:
         rows = feature_rows(node, x, rng, limit)
-        stats.setdefault(node.name, LayerStats.empty(rows.shape[1])).add(rows)
+        with threads_for(rows.shape[1]):
+            stats.setdefault(node.name, LayerStats.empty(rows.shape[1])).add(rows)
         return
     channels = x.shape[1]
     pixels = np.moveaxis(x, 1, -1).reshape(-1, channels)
     if len(pixels) > limit:
         pixels = pixels[rng.choice(len(pixels), limit, replace=False)]
     patches = rule_for(node).feature_rows(node, x, TAP_ROWS, rng)
-    stats.setdefault(node.name, ChannelStats.empty(channels, k)).add(pixels, patches)
+    with threads_for(channels):
+        stats.setdefault(node.name, ChannelStats.empty(channels, k)).add(pixels, patches)
+
+
+def recurrence_key(node_name: str) -> str:
+    """The statistics key of what a recurrent node's R reads (its own hidden states)."""
+    return f"{node_name}#recurrence"
+
+
+def _recurrence_inputs(consumers: list[gs.Node]) -> dict[str, str]:
+    """recurrence_key -> the output holding the hidden states R reads, for the recurrent consumers."""
+    out = {}
+    for node in consumers:
+        tensor = getattr(rule_for(node), "recurrence_input", lambda n: None)(node)
+        if tensor is not None:
+            out[recurrence_key(node.name)] = tensor.name
+    return out
+
+
+def add_rows(stats: dict, key: str, x: np.ndarray, rng: np.random.Generator, limit: int) -> None:
+    """Stream one batch of hidden states (last axis: the units) into ``stats[key]``, at most *limit* rows."""
+    rows = x.reshape(-1, x.shape[-1])
+    if len(rows) > limit:
+        rows = rows[rng.choice(len(rows), limit, replace=False)]
+    stats.setdefault(key, LayerStats.empty(rows.shape[1])).add(rows)
 
 
 def feature_rows(node: gs.Node, x: np.ndarray, rng: np.random.Generator, limit: int) -> np.ndarray:
@@ -265,9 +300,12 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
         return stats
     graph = batch_stat_graph(compiled.graph, compiled.meta.opset) if source == "bnstat" else compiled.graph.copy()
     wanted = {node.name: rule_for(node).statistics_input(node).name for node in consumers}  # int8: before quantizing
-    exposed = expose(graph, list(wanted.values()))  # a body's own values threaded out (obspa/bodies.py)
+    recurrences = _recurrence_inputs(consumers)
+    # a body's own values are threaded out to graph outputs (obspa/bodies.py): name -> (output, stacked axes)
+    exposed = expose(graph, list(dict.fromkeys(list(wanted.values()) + list(recurrences.values()))))
     wanted = {node: exposed[name] for node, name in wanted.items() if name in exposed}
-    outputs = list(dict.fromkeys(name for name, _ in wanted.values()))
+    recurrences = {key: exposed[name] for key, name in recurrences.items() if name in exposed}
+    outputs = list(dict.fromkeys(name for name, _ in [*wanted.values(), *recurrences.values()]))
     for tensor in graph.outputs:
         if tensor.dtype is None:
             tensor.dtype = np.float32
@@ -291,6 +329,10 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
                 x = unstack(values[output], stacked)
                 if x is not None:  # None: a branch this run did not take
                     add_batch(stats, node, x, rng, ROWS_PER_SAMPLE * batch)
+            for key, (output, stacked) in recurrences.items():
+                x = unstack(values[output], stacked)
+                if x is not None:
+                    add_rows(stats, key, x, rng, ROWS_PER_SAMPLE * batch)
             seen += len(next(iter(feeds.values())))
             step(progress, min(seen, total), total, f"statistics ({source})")
     return stats
