@@ -81,8 +81,8 @@ class MaskedRunner:
         self._suffix: Optional[SuffixRunner] = None
         self._cutting = True  # False once onnxruntime refused a cut graph: every run whole
 
-    def error(self, analysis, plan: Plan, updates: Updates, reference: Reference, batches,
-              from_change: bool = False) -> Optional[float]:
+    def fidelity(self, analysis, plan: Plan, updates: Updates, reference: Reference, batches,
+                 from_change: bool = False) -> Optional[dict]:
         if any(name not in self.base for name in (updates or {})):
             return None
         current = {**self.base, **{k: np.asarray(v, dtype=self.base[k].dtype) for k, v in (updates or {}).items()}}
@@ -94,7 +94,7 @@ class MaskedRunner:
         runs = self._from_change(changed, fed, reference, batches) if from_change else None
         if runs is None:
             runs = run_batches(self.session, reference.names, ({**feeds, **fed} for feeds in batches))
-        return relative_error(compare(reference, runs))
+        return compare(reference, runs)
 
     def _from_change(self, changed, fed, reference: Reference, batches):
         """The outputs per batch from the last cut before the first changed layer, or None (whole graph)."""
@@ -188,6 +188,10 @@ class MaxErrorSearch:
     def error(self, plan: Plan, probe: bool = False, plain: bool = False) -> float:
         """Measured relative output error of *plan* (masked when exact, else rewritten); *plain*: without
         compensation, whatever the search's setting."""
+        return relative_error(self.fidelity(plan, probe, plain))
+
+    def fidelity(self, plan: Plan, probe: bool = False, plain: bool = False) -> dict:
+        """:func:`fidelity.compare` of *plan*'s outputs with the dense ones, measured as :meth:`error` says."""
         self.evaluations += 1
         reference, batches = self.measurement.reference, self.measurement.inputs.batches
         if probe:
@@ -197,13 +201,13 @@ class MaxErrorSearch:
         analysis = self.compiled.analysis
         exact = all(analysis.groups[gid].exact for gid in plan.removed)
         if self._runner is not None and (exact or probe):
-            masked = self._runner.error(analysis, plan, updates, reference, batches, from_change=probe)
+            masked = self._runner.fidelity(analysis, plan, updates, reference, batches, from_change=probe)
             if masked is not None:
                 return masked
         model, _, _ = apply_plan(self.compiled, plan, updates)
         sess, names = session_measuring(model, reference.names)
         reference = reference.only(names)
-        return relative_error(compare(reference, run_batches(sess, names, batches)))
+        return compare(reference, run_batches(sess, names, batches))
 
     # -- the search --------------------------------------------------------------------------------
     def probe(self) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..analysis import CONSUMER, DependencyAnalysis, Group
-from ..ir import constants_of
+from ..ir import all_nodes, constants_of
 from .obs import (DEFAULT_DAMPING, MAX_DAMPING, ConsumerLayer, KroneckerHessian, compensate_units, damped_inverse,
                   robust_inverse)
 from ..plan import Plan
@@ -44,7 +44,7 @@ class ObsContext:
 
     def __post_init__(self) -> None:
         self.fallbacks: dict[str, list[str]] = {}  # reason -> consumer layers left uncompensated for it
-        self._nodes = {n.name: n for n in self.graph.nodes}
+        self._nodes = {n.name: n for n in all_nodes(self.graph)}  # a body's consumer layers too
         self._constants = constants_of(self.graph)
         self._entries: dict[int, list[LayerEntry]] = {}
 

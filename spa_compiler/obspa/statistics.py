@@ -31,6 +31,7 @@ from ..errors import UsageError
 from ..ir import to_model
 from ..progress import step
 from .blas import threads_for
+from .bodies import expose, unstack
 from .obs import KroneckerHessian
 
 SOURCES = ("bnstat", "bn", "weights", "synthetic", "calib", "identity")
@@ -298,14 +299,13 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
                              noise, progress))
         return stats
     graph = batch_stat_graph(compiled.graph, compiled.meta.opset) if source == "bnstat" else compiled.graph.copy()
-    tensors = graph.tensors()
     wanted = {node.name: rule_for(node).statistics_input(node).name for node in consumers}  # int8: before quantizing
     recurrences = _recurrence_inputs(consumers)
-    outputs = list(dict.fromkeys(list(wanted.values()) + list(recurrences.values())))
-    for name in outputs:
-        tensor = tensors[name]
-        if tensor not in graph.outputs:
-            graph.outputs.append(tensor)
+    # a body's own values are threaded out to graph outputs (obspa/bodies.py): name -> (output, stacked axes)
+    exposed = expose(graph, list(dict.fromkeys(list(wanted.values()) + list(recurrences.values()))))
+    wanted = {node: exposed[name] for node, name in wanted.items() if name in exposed}
+    recurrences = {key: exposed[name] for key, name in recurrences.items() if name in exposed}
+    outputs = list(dict.fromkeys(name for name, _ in [*wanted.values(), *recurrences.values()]))
     for tensor in graph.outputs:
         if tensor.dtype is None:
             tensor.dtype = np.float32
@@ -323,9 +323,16 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
         for feeds in _batches(sess, source, calib, samples, batch, seed, noise, spec):
             values = dict(zip(names, sess.run(None, feeds)))
             for node in consumers:  # rows per run in proportion to the samples a run stands for (8192 at 64)
-                add_batch(stats, node, values[wanted[node.name]], rng, ROWS_PER_SAMPLE * batch)
-            for key, name in recurrences.items():
-                add_rows(stats, key, values[name], rng, ROWS_PER_SAMPLE * batch)
+                if node.name not in wanted:
+                    continue
+                output, stacked = wanted[node.name]
+                x = unstack(values[output], stacked)
+                if x is not None:  # None: a branch this run did not take
+                    add_batch(stats, node, x, rng, ROWS_PER_SAMPLE * batch)
+            for key, (output, stacked) in recurrences.items():
+                x = unstack(values[output], stacked)
+                if x is not None:
+                    add_rows(stats, key, x, rng, ROWS_PER_SAMPLE * batch)
             seen += len(next(iter(feeds.values())))
             step(progress, min(seen, total), total, f"statistics ({source})")
     return stats
