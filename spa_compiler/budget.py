@@ -32,6 +32,7 @@ from typing import Callable, Optional
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from .analysis.rules import rule_for
 from .cost import MacsEstimator, node_macs, totals
 from .fidelity import Measurement, Reference, compare, relative_error, run_batches, session_measuring
 from .ir import all_nodes, constants_of, to_model
@@ -80,8 +81,8 @@ class MaskedRunner:
         self._suffix: Optional[SuffixRunner] = None
         self._cutting = True  # False once onnxruntime refused a cut graph: every run whole
 
-    def error(self, analysis, plan: Plan, updates: Updates, reference: Reference, batches,
-              from_change: bool = False) -> Optional[float]:
+    def fidelity(self, analysis, plan: Plan, updates: Updates, reference: Reference, batches,
+                 from_change: bool = False) -> Optional[dict]:
         if any(name not in self.base for name in (updates or {})):
             return None
         current = {**self.base, **{k: np.asarray(v, dtype=self.base[k].dtype) for k, v in (updates or {}).items()}}
@@ -93,7 +94,7 @@ class MaskedRunner:
         runs = self._from_change(changed, fed, reference, batches) if from_change else None
         if runs is None:
             runs = run_batches(self.session, reference.names, ({**feeds, **fed} for feeds in batches))
-        return relative_error(compare(reference, runs))
+        return compare(reference, runs)
 
     def _from_change(self, changed, fed, reference: Reference, batches):
         """The outputs per batch from the last cut before the first changed layer, or None (whole graph)."""
@@ -125,8 +126,11 @@ def _updatable(compiled: Compiled, groups) -> set[str]:
             node = nodes.get(param.node)
             if node is None:
                 continue
-            if len(node.inputs) > 2 and isinstance(node.inputs[2], gs.Constant):
-                names.add(node.inputs[2].name)
+            rule = rule_for(node)
+            bias = getattr(rule, "bias_input", lambda n: None)(node) if rule is not None else None
+            for index in {2, bias} - {None}:  # Gemm/Conv biases, and a recurrent layer's B
+                if len(node.inputs) > index and isinstance(node.inputs[index], gs.Constant):
+                    names.add(node.inputs[index].name)
             readers = node.outputs[0].outputs if node.outputs else []
             if len(readers) == 1 and readers[0].op == "BatchNormalization":
                 names.update(t.name for t in readers[0].inputs[3:5] if isinstance(t, gs.Constant))
@@ -184,6 +188,10 @@ class MaxErrorSearch:
     def error(self, plan: Plan, probe: bool = False, plain: bool = False) -> float:
         """Measured relative output error of *plan* (masked when exact, else rewritten); *plain*: without
         compensation, whatever the search's setting."""
+        return relative_error(self.fidelity(plan, probe, plain))
+
+    def fidelity(self, plan: Plan, probe: bool = False, plain: bool = False) -> dict:
+        """:func:`fidelity.compare` of *plan*'s outputs with the dense ones, measured as :meth:`error` says."""
         self.evaluations += 1
         reference, batches = self.measurement.reference, self.measurement.inputs.batches
         if probe:
@@ -193,13 +201,13 @@ class MaxErrorSearch:
         analysis = self.compiled.analysis
         exact = all(analysis.groups[gid].exact for gid in plan.removed)
         if self._runner is not None and (exact or probe):
-            masked = self._runner.error(analysis, plan, updates, reference, batches, from_change=probe)
+            masked = self._runner.fidelity(analysis, plan, updates, reference, batches, from_change=probe)
             if masked is not None:
                 return masked
         model, _, _ = apply_plan(self.compiled, plan, updates)
         sess, names = session_measuring(model, reference.names)
         reference = reference.only(names)
-        return relative_error(compare(reference, run_batches(sess, names, batches)))
+        return compare(reference, run_batches(sess, names, batches))
 
     # -- the search --------------------------------------------------------------------------------
     def probe(self) -> None:

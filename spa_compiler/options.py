@@ -94,6 +94,9 @@ class PruneOptions:
             raise UsageError(f"--damping must be >= 0, got {self.damping}")
         if self.noise not in NOISE_KINDS:
             raise UsageError(f"unknown noise {self.noise!r} (use one of {', '.join(NOISE_KINDS)})")
+        if self.hessian == "distill":  # spa_compiler.torch.prune turns it into distilled calibration inputs
+            raise UsageError("the distill Hessian source needs gradients of the dense model: use "
+                             "spa_compiler.torch.prune(module, example_inputs, hessian='distill')")
         if self.hessian is not None and self.hessian not in SOURCES:
             raise UsageError(f"unknown Hessian source {self.hessian!r} (use one of {', '.join(SOURCES)})")
         if self.hessian == "calib" and self.calib is None:

@@ -22,7 +22,7 @@ from .cost import MacsEstimator, totals
 from .criterion import Criterion
 from .errors import CompileError, ModelLoadError, NothingToPruneError, SpacError, UsageError
 from .importance import REDUCTIONS, ScoringContext
-from .ir import ModelMeta, constants_of
+from .ir import ModelMeta, all_nodes, constants_of
 from .modelio import ModelLike, load_model
 from .normalize import normalize
 from .plan import Plan, PlanOptions, make_plan, search_ratio
@@ -171,7 +171,7 @@ def consumer_nodes(compiled: Compiled) -> list[gs.Node]:
     """Consumer layers (Conv, Gemm, MatMul) of every prunable group: whose inputs OBS needs statistics of."""
     from .analysis import CONSUMER
 
-    nodes = {n.name: n for n in compiled.graph.nodes}
+    nodes = {n.name: n for n in all_nodes(compiled.graph)}  # layers inside If/Loop/Scan bodies too
     wanted = {p.node for g in compiled.analysis.prunable_groups for p in g.params_by_role(CONSUMER)}
     return [nodes[name] for name in sorted(wanted) if name in nodes and _is_consumer_layer(nodes[name])]
 

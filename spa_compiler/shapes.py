@@ -40,9 +40,13 @@ SHAPE_PRESERVING = ("GroupNormalization", "QLinearSigmoid", "QLinearLeakyRelu")
 
 def reinfer_shapes(graph: gs.Graph, meta: ModelMeta) -> gs.Graph:
     """Forget intermediate shapes and infer them again (after a rewrite changed channel counts)."""
-    for g in graphs_of(graph):  # a body's declared inputs and outputs are its owner rule's to rewrite
+    graphs = graphs_of(graph)
+    # a body's declared inputs and outputs are its owner rule's to rewrite; a body also lists the outer
+    # tensors it reads (the main graph's inputs among them), which keep their shapes too
+    declared = {id(t) for g in graphs for t in [*g.inputs, *g.outputs]}
+    for g in graphs:
         for tensor in g.tensors().values():
-            if isinstance(tensor, gs.Variable) and tensor not in g.outputs and tensor not in g.inputs:
+            if isinstance(tensor, gs.Variable) and id(tensor) not in declared:
                 tensor.shape = None
     with inputspec.active(meta.input_spec):
         infer_graph_shapes(graph, [], symbolic=True)
@@ -200,7 +204,10 @@ def _at(graph: gs.Graph, spec: inputspec.InputSpecs) -> Shapes:
     """
     inferred = onnx_infer(light_model(graph, spec.shapes()))
     shapes = value_shapes(inferred)
-    if any(has_unknown(dims) for dims, _ in shapes.values()):
+    # ONNX leaves out what follows an op it does not know (a DynamicQuantizeLSTM's outputs and every layer
+    # after it: the second LSTM of an int8 tagger counted one time step instead of sixteen)
+    produced = {name for node in inferred.graph.node for name in node.output if name}
+    if any(has_unknown(dims) for dims, _ in shapes.values()) or not produced <= shapes.keys():
         shapes.update({k: v for k, v in symbolic_shapes(inferred).items() if not has_unknown(v[0])})
     return shapes
 

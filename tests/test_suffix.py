@@ -45,8 +45,9 @@ def test_probes_from_the_cut_equal_whole_masked_runs(search):
         plan = search.plan_for({group.id: 0.5})
         probe = search.error(plan, probe=True)
         keep = len(runner._suffix._recorded[next(iter(runner._suffix._recorded))])
-        whole = runner.error(search.compiled.analysis, plan, None,
-                             fidelity.Reference(reference.names, reference.outputs[:keep]), batches[:keep])
+        whole = fidelity.relative_error(runner.fidelity(
+            search.compiled.analysis, plan, None, fidelity.Reference(reference.names, reference.outputs[:keep]),
+            batches[:keep]))
         assert probe == pytest.approx(whole, rel=1e-5, abs=1e-7) and probe > 0
         changed = {p.tensor for p in search.compiled.analysis.groups[group.id].params}
         cuts.append(runner._suffix.cut_for(sorted(changed)))

@@ -17,7 +17,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..analysis import CONSUMER, DependencyAnalysis, Group
-from ..ir import constants_of
+from ..ir import all_nodes, constants_of
 from .obs import (DEFAULT_DAMPING, MAX_DAMPING, ConsumerLayer, KroneckerHessian, compensate_units, damped_inverse,
                   robust_inverse)
 from ..plan import Plan
@@ -44,7 +44,7 @@ class ObsContext:
 
     def __post_init__(self) -> None:
         self.fallbacks: dict[str, list[str]] = {}  # reason -> consumer layers left uncompensated for it
-        self._nodes = {n.name: n for n in self.graph.nodes}
+        self._nodes = {n.name: n for n in all_nodes(self.graph)}  # a body's consumer layers too
         self._constants = constants_of(self.graph)
         self._entries: dict[int, list[LayerEntry]] = {}
 
@@ -61,7 +61,7 @@ class ObsContext:
                 layer = None if node is None else ConsumerLayer.of(node, param, self._constants[param.tensor].values)
                 if layer is None:
                     continue
-                stats = self.stats.get(node.name) if layer.measured else None
+                stats = self.stats.get(layer.statistics_key)
                 if stats is not None and stats.features != layer.w.shape[1]:
                     stats = None
                 if stats is not None and not (stats.hessian().finite() and np.all(np.isfinite(stats.mean))):
@@ -228,10 +228,11 @@ def _fold_into_bias(ctx: ObsContext, layer, w0, w1, mean, updates) -> None:
     if bias_index is None or len(node.inputs) <= bias_index or not isinstance(node.inputs[bias_index], gs.Constant):
         return
     name = node.inputs[bias_index].name
-    bias = ctx.constant(name).astype(np.float64)
+    bias = np.asarray(updates.get(name, ctx.constant(name)), dtype=np.float64)  # W and R fold into one LSTM B
     shift = (w0 - w1) @ mean
-    if bias.shape == shift.shape and np.any(shift):
-        updates[name] = bias + shift
+    folded = layer.folded_bias(bias, shift) if np.any(shift) else None
+    if folded is not None:
+        updates[name] = folded
 
 
 def _fold_into_batchnorm(ctx: ObsContext, bn: gs.Node, w0, w1, h, mean, updates) -> None:

@@ -31,6 +31,7 @@ from ..errors import UsageError
 from ..ir import to_model
 from ..progress import step
 from .blas import threads_for
+from .bodies import expose, unstack
 from .obs import KroneckerHessian
 
 SOURCES = ("bnstat", "bn", "weights", "synthetic", "calib", "identity")
@@ -181,6 +182,29 @@ def add_batch(stats: dict, node: gs.Node, x: np.ndarray, rng: np.random.Generato
         stats.setdefault(node.name, ChannelStats.empty(channels, k)).add(pixels, patches)
 
 
+def recurrence_key(node_name: str) -> str:
+    """The statistics key of what a recurrent node's R reads (its own hidden states)."""
+    return f"{node_name}#recurrence"
+
+
+def _recurrence_inputs(consumers: list[gs.Node]) -> dict[str, str]:
+    """recurrence_key -> the output holding the hidden states R reads, for the recurrent consumers."""
+    out = {}
+    for node in consumers:
+        tensor = getattr(rule_for(node), "recurrence_input", lambda n: None)(node)
+        if tensor is not None:
+            out[recurrence_key(node.name)] = tensor.name
+    return out
+
+
+def add_rows(stats: dict, key: str, x: np.ndarray, rng: np.random.Generator, limit: int) -> None:
+    """Stream one batch of hidden states (last axis: the units) into ``stats[key]``, at most *limit* rows."""
+    rows = x.reshape(-1, x.shape[-1])
+    if len(rows) > limit:
+        rows = rows[rng.choice(len(rows), limit, replace=False)]
+    stats.setdefault(key, LayerStats.empty(rows.shape[1])).add(rows)
+
+
 def feature_rows(node: gs.Node, x: np.ndarray, rng: np.random.Generator, limit: int) -> np.ndarray:
     """The rows a layer multiplies by its weight (its rule's layout: im2col patches for Conv), subsampled."""
     rule = rule_for(node)
@@ -275,13 +299,13 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
                              noise, progress))
         return stats
     graph = batch_stat_graph(compiled.graph, compiled.meta.opset) if source == "bnstat" else compiled.graph.copy()
-    tensors = graph.tensors()
     wanted = {node.name: rule_for(node).statistics_input(node).name for node in consumers}  # int8: before quantizing
-    outputs = list(dict.fromkeys(wanted.values()))
-    for name in outputs:
-        tensor = tensors[name]
-        if tensor not in graph.outputs:
-            graph.outputs.append(tensor)
+    recurrences = _recurrence_inputs(consumers)
+    # a body's own values are threaded out to graph outputs (obspa/bodies.py): name -> (output, stacked axes)
+    exposed = expose(graph, list(dict.fromkeys(list(wanted.values()) + list(recurrences.values()))))
+    wanted = {node: exposed[name] for node, name in wanted.items() if name in exposed}
+    recurrences = {key: exposed[name] for key, name in recurrences.items() if name in exposed}
+    outputs = list(dict.fromkeys(name for name, _ in [*wanted.values(), *recurrences.values()]))
     for tensor in graph.outputs:
         if tensor.dtype is None:
             tensor.dtype = np.float32
@@ -299,7 +323,16 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
         for feeds in _batches(sess, source, calib, samples, batch, seed, noise, spec):
             values = dict(zip(names, sess.run(None, feeds)))
             for node in consumers:  # rows per run in proportion to the samples a run stands for (8192 at 64)
-                add_batch(stats, node, values[wanted[node.name]], rng, ROWS_PER_SAMPLE * batch)
+                if node.name not in wanted:
+                    continue
+                output, stacked = wanted[node.name]
+                x = unstack(values[output], stacked)
+                if x is not None:  # None: a branch this run did not take
+                    add_batch(stats, node, x, rng, ROWS_PER_SAMPLE * batch)
+            for key, (output, stacked) in recurrences.items():
+                x = unstack(values[output], stacked)
+                if x is not None:
+                    add_rows(stats, key, x, rng, ROWS_PER_SAMPLE * batch)
             seen += len(next(iter(feeds.values())))
             step(progress, min(seen, total), total, f"statistics ({source})")
     return stats
@@ -315,10 +348,7 @@ def _batches(sess, source: str, calib, samples: int, batch: int, seed: int,
     from ..inputspec import for_session
 
     if source == "calib":
-        names = [i.name for i in sess.get_inputs()]
-        total = len(next(iter(calib.values())))
-        for start in range(0, total, batch):
-            yield {name: calib[name][start:start + batch] for name in names}
+        yield from calib_feeds(sess, calib, batch)
         return
     spec = spec if spec is not None else for_session(sess)
     done = 0
@@ -326,6 +356,18 @@ def _batches(sess, source: str, calib, samples: int, batch: int, seed: int,
         run, held = spec.samples_per_run(max(min(batch, samples - done), 2))  # bnstat needs 2 samples a batch
         yield run.feeds(seed=seed + done, noise=noise)
         done += held
+
+
+def calib_feeds(sess, calib: dict[str, np.ndarray], batch: int) -> Iterator[dict[str, np.ndarray]]:
+    """The calibration inputs in runs of *batch* samples, or of the model's fixed batch size when its first
+    input has one (``spa_compiler.torch`` exports at batch 1); a tail shorter than a fixed batch is left out."""
+    names = [i.name for i in sess.get_inputs()]
+    leading = sess.get_inputs()[0].shape[0] if sess.get_inputs() and sess.get_inputs()[0].shape else None
+    size = leading if isinstance(leading, int) and leading > 0 else batch
+    total = len(next(iter(calib.values())))
+    total -= total % size if size != batch else 0
+    for start in range(0, total, size):
+        yield {name: calib[name][start:start + size] for name in names}
 
 
 def closed_form(graph: gs.Graph, consumers: list[gs.Node], correlated: bool) -> dict[str, LayerStats]:
