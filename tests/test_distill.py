@@ -98,10 +98,10 @@ def test_distilled_inputs_put_every_batchnorm_on_its_running_statistics():
 
     model = _Bn.build()
     example = (torch.zeros(1, 2, 8, 8),)
-    distilled = distill_inputs(model, example, samples=64, seed=0)
-    assert distilled.inputs[0].shape == (64, 2, 8, 8) and distilled.bn_layers == 2 and distilled.class_outputs
+    distilled = distill_inputs(model, example, samples=32, seed=0, steps=80)
+    assert distilled.inputs[0].shape == (32, 2, 8, 8) and distilled.bn_layers == 2 and distilled.class_outputs
     assert distilled.loss_after < 0.5 * distilled.loss_before
-    noise = torch.randn(64, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(32, 2, 8, 8, generator=torch.Generator().manual_seed(0))
     for (bn, mean, var), (_, mean0, _) in zip(_batch_stats(model, torch.from_numpy(distilled.inputs[0])),
                                               _batch_stats(model, noise)):
         off = float(torch.linalg.norm(mean - bn.running_mean))
@@ -116,7 +116,7 @@ def test_distilled_inputs_make_class_scores_confident_without_batchnorm():
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 5)).eval()
-    distilled = distill_inputs(model, (torch.zeros(1, 6),), samples=40, seed=3)
+    distilled = distill_inputs(model, (torch.zeros(1, 6),), samples=40, seed=3, steps=80)
     assert distilled.bn_layers == 0 and distilled.loss_after < 0.5 * distilled.loss_before
     with torch.no_grad():
         probs = model(torch.from_numpy(distilled.inputs[0])).softmax(1)
@@ -141,9 +141,9 @@ def test_obspa_with_distilled_statistics_prunes_the_module():
 
     model = _Bn.build()
     x = torch.randn(8, 2, 8, 8, generator=torch.Generator().manual_seed(1))
-    result = spt.prune(model, x, criterion="obspa", ratio=0.5, hessian="distill", samples=32)
+    result = spt.prune(model, x, criterion="obspa", ratio=0.5, hessian="distill", samples=16)
     hessian = result.report["hessian"]
-    assert hessian["source"] == "distill" and hessian["distill"]["samples"] == 32
+    assert hessian["source"] == "distill" and hessian["distill"]["samples"] == 16
     assert hessian["distill"]["loss_after"] < hessian["distill"]["loss_before"]
     assert result.report["torch"]["module_vs_onnx_error"] < 1e-4
     assert model[0].out_channels < 8 and model.training is False
