@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional, Sequence
 
 import onnx
@@ -158,6 +158,9 @@ def prune_with(model: ModelLike, opts: PruneOptions, progress: Optional[Callable
         plan = _within_max_error(search, target_macs, say)
     else:
         plan = plan_pruning(compiled, scores, options, target_macs)
+        if not plan.removed and options.snap > 1:  # the snap gave every channel back: a light ratio keeps exact widths
+            options = replace(options, snap=1)
+            plan = plan_pruning(compiled, scores, options, target_macs)
         if not plan.removed and ratio > 0 and target_macs is None:
             raise UsageError(f"{compiled.source}: ratio {ratio} removes no channel (groups too small or excluded)")
         if opts.global_ranking is None and options.global_ranking and measurement is not None:

@@ -101,6 +101,10 @@ def session_measuring(model, names: Sequence[str]):
     """A session of *model* that outputs *names* (score taps exposed), and which of them it outputs."""
     from .scoretaps import exposing
 
+    if not isinstance(model, onnx.ModelProto):  # a file is only loaded into Python when a tap needs exposing
+        sess = open_session(model)
+        if set(names) <= set(tensor_outputs(sess)):
+            return sess, list(names)
     exposed, available = exposing(model, names, LEAN_SESSION_BYTES)
     return open_session(exposed), available
 

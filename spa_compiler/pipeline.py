@@ -18,7 +18,7 @@ import onnx_graphsurgeon as gs
 from . import registry
 from .analysis import DependencyAnalysis, analyze
 from .analysis.rules import rule_for
-from .cost import estimate_macs, totals
+from .cost import MacsEstimator, totals
 from .criterion import Criterion
 from .errors import CompileError, ModelLoadError, NothingToPruneError, SpacError, UsageError
 from .importance import REDUCTIONS, ScoringContext
@@ -139,12 +139,13 @@ def plan_pruning(compiled: Compiled, scores: dict[int, np.ndarray], options: Pla
         return make_plan(compiled.analysis, scores, options)
     shapes = concrete_shapes(compiled.graph, compiled.spec)
     _, dense = totals(compiled.graph, shapes)
+    estimate = MacsEstimator(compiled.graph, shapes)
 
     def make(ratio: float) -> Plan:
         return make_plan(compiled.analysis, scores, PlanOptions(**{**options.__dict__, "ratio": ratio}))
 
     def cost(plan: Plan) -> float:
-        return estimate_macs(compiled.graph, kept_fraction(compiled.analysis, plan), shapes) / max(dense, 1)
+        return estimate(kept_fraction(compiled.analysis, plan)) / max(dense, 1)
 
     plan, _ = search_ratio(make, cost, target_macs)
     return plan

@@ -11,7 +11,9 @@ hundred masked runs (deepcut: 57 of 70 s) and on attacut-c both probe kinds allo
 candidate plans themselves are measured compensated.
 
 All candidates are measured on the measurement inputs in one masked run each; the global plan stays unless
-another one is clearly better (``ERROR_MARGIN``) with no more MACs kept.  When the criterion compensates,
+another one is clearly better (``ERROR_MARGIN``) with no more MACs kept than the global plan or, where the
+global plan landed under the MACs target, than the target (plans compare at the budget the user asked for:
+digits ViT at r = 0.3 then takes the sensitivity plan, test accuracy 0.950 -> 0.965).  When the criterion compensates,
 every candidate is also measured with plain removal, and a plain plan clearly better than the chosen
 compensated one is written without compensation: the per-consumer guard (compensation never worse than
 removal on that consumer's statistics) cannot see errors that compound across layers, and on a small
@@ -63,20 +65,28 @@ def measured_ranking(compiled: Compiled, scores, opts: PruneOptions, global_plan
     for name, plan in plans.items():
         if name not in errors:
             errors[name], macs[name] = judge.error(plan), judge.macs_fraction(plan)
-    better = [name for name in plans if name != "global" and errors[name] < ERROR_MARGIN * errors["global"]
-              and macs[name] <= macs["global"] + MACS_SLACK]
-    chosen = min(better, key=errors.__getitem__) if better else "global"
+    chosen = clearly_better(errors, macs, errors["global"], macs["global"], opts.target_macs) or "global"
     info = {"chosen": chosen, "errors": errors, "macs": macs, "compensated": compensating}
     if compensating:
         plain = {name: judge.error(plan, plain=True) for name, plan in plans.items()}
-        clearer = [name for name in plans if plain[name] < ERROR_MARGIN * errors[chosen]
-                   and macs[name] <= macs[chosen] + MACS_SLACK]
+        clearer = clearly_better(plain, macs, errors[chosen], macs[chosen], opts.target_macs)
         if clearer:
-            chosen = min(clearer, key=plain.__getitem__)
+            chosen = clearer
             info.update(chosen=chosen, compensated=False)
         info["plain_errors"] = plain
     info.update(groups_probed=len(judge.probes), evaluations=judge.evaluations)
     return plans[chosen], (global_options if chosen == "global" else local_options), info
+
+
+def clearly_better(errors: dict[str, float], macs: dict[str, float], error: float, kept: float,
+                   target: Optional[float]) -> Optional[str]:
+    """The candidate of lowest error below ``ERROR_MARGIN`` x *error* (the current plan's, keeping *kept*
+    MACs), keeping no more MACs than it or than the *target* where it landed under the target (plans
+    compare at the budget asked for: the global plan can overshoot it, digits ViT at r = 0.3 reached MACs
+    0.672 for a target of 0.732); None when none is."""
+    ceiling = max(kept, target or 0.0) + MACS_SLACK
+    better = [name for name in errors if errors[name] < ERROR_MARGIN * error and macs[name] <= ceiling]
+    return min(better, key=errors.__getitem__) if better else None
 
 
 def _sensitivity_plan(judge: MaxErrorSearch, target_macs: float) -> Optional[Plan]:

@@ -200,7 +200,10 @@ def _at(graph: gs.Graph, spec: inputspec.InputSpecs) -> Shapes:
     """
     inferred = onnx_infer(light_model(graph, spec.shapes()))
     shapes = value_shapes(inferred)
-    if any(has_unknown(dims) for dims, _ in shapes.values()):
+    # ONNX leaves out what follows an op it does not know (a DynamicQuantizeLSTM's outputs and every layer
+    # after it: the second LSTM of an int8 tagger counted one time step instead of sixteen)
+    produced = {name for node in inferred.graph.node for name in node.output if name}
+    if any(has_unknown(dims) for dims, _ in shapes.values()) or not produced <= shapes.keys():
         shapes.update({k: v for k, v in symbolic_shapes(inferred).items() if not has_unknown(v[0])})
     return shapes
 

@@ -62,3 +62,46 @@ def test_compensation_stays_on_the_integer_grid_and_lowers_the_error(build):
         if "scale" in name or "zero_point" in name:
             assert name not in dense or values.size != dense[name].size or np.array_equal(values, dense[name])
     assert compensated.report["fidelity"]["rel_error"] < plain.report["fidelity"]["rel_error"]
+
+
+def test_recurrent_weights_get_the_statistics_of_the_states_they_read(int8_tagger):
+    """R reads the hidden states the node outputs as Y: its statistics are Y's second moment (directions
+    pooled), recomputed here from Y itself, and a hidden unit's cost then weighs R by them."""
+    from onnx import helper
+
+    from spa_compiler.obspa import statistics
+    from spa_compiler.obspa.compensate import ObsContext
+    from spa_compiler.runtime import session
+
+    compiled = compile_model(int8_tagger)
+    lstms = [n for n in compiled.graph.nodes if n.op == "DynamicQuantizeLSTM"]
+    stats = statistics.collect(compiled, consumer_nodes(compiled), "synthetic", samples=16, batch=16)
+    exposed = int8_tagger.__class__()
+    exposed.CopyFrom(int8_tagger)
+    exposed.graph.output.extend(helper.make_empty_tensor_value_info(n.outputs[0].name) for n in lstms)
+    sess = session(exposed)
+    feeds = compiled.spec.samples_per_run(16)[0].feeds(seed=0, noise="auto")
+    for node in lstms:
+        y = sess.run([node.outputs[0].name], feeds)[0]  # [seq, dirs, batch, hidden]
+        rows = y.reshape(-1, y.shape[-1]).astype(np.float64)
+        got = stats[statistics.recurrence_key(node.name)]
+        assert got.rows == len(rows)
+        assert np.allclose(got.h, rows.T @ rows / len(rows), rtol=1e-4, atol=1e-7)
+    context = ObsContext(compiled.graph, compiled.analysis, stats)
+    recurrences = [entry for group in compiled.analysis.prunable_groups for entry in context.entries(group)
+                   if entry.layer.param.input_index == 2 and entry.layer.node.op == "DynamicQuantizeLSTM"]
+    assert len(recurrences) == 2 and all(entry.stats is not None for entry in recurrences)
+
+
+def test_recurrent_bias_takes_the_mean_shift_in_its_input_gate_half():
+    from spa_compiler.analysis.rules import rule_for
+
+    compiled = compile_model(quantize(tagger(hidden=8)))
+    lstm = next(n for n in compiled.graph.nodes if n.op == "DynamicQuantizeLSTM")
+    rule = rule_for(lstm)
+    bias = np.asarray(lstm.inputs[rule.bias_input(lstm)].values, dtype=np.float64)  # [2 dirs, 2 * 4 * 8]
+    shift = np.arange(2 * 32, dtype=np.float64)
+    folded = rule.folded_bias(lstm, bias, shift)
+    assert np.array_equal(folded[:, :32] - bias[:, :32], shift.reshape(2, 32))
+    assert np.array_equal(folded[:, 32:], bias[:, 32:])
+    assert rule.folded_bias(lstm, bias, shift[:10]) is None

@@ -111,3 +111,18 @@ def test_qlinear_sigmoid_shapes_come_from_onnx_inference_when_symbolic_inference
     assert not any("QLinearSigmoid" in r for r in reasons), reasons
     sigmoid = next(n for n in compiled.graph.nodes if n.op == "QLinearSigmoid")
     assert sigmoid.outputs[0].shape is not None
+
+
+def test_every_int8_lstm_of_a_stack_counts_every_time_step():
+    """ONNX inference stops at DynamicQuantizeLSTM; the concrete shapes after it come from the symbolic
+    inference, so the second LSTM (and the head) count all 7 steps, not one (the MACs target's total)."""
+    from spa_compiler.cost import recurrent_macs
+    from spa_compiler.shapes import concrete_shapes
+
+    compiled = compile_model(sequence.quantize(sequence.tagger(hidden=8)))
+    shapes = concrete_shapes(compiled.graph, compiled.spec)
+    first, second = [n for n in compiled.graph.nodes if n.op == "DynamicQuantizeLSTM"]
+    batch = shapes[first.inputs[0].name][1]
+    assert shapes[first.inputs[0].name] == [7, batch, 6] and shapes[second.inputs[0].name] == [7, batch, 16]
+    steps = 7 * batch * 2  # time steps x batch rows x directions
+    assert recurrent_macs(second, shapes) == (steps * 32 * 16, steps * 32 * 8)

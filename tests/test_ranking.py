@@ -11,6 +11,7 @@ from spa_compiler import fidelity
 from spa_compiler.budget import TARGET_PROBE_RATIOS, MaxErrorSearch
 from spa_compiler.pipeline import compile_model, plan_pruning, score_groups
 from spa_compiler.plan import PlanOptions
+from spa_compiler.ranking import clearly_better
 
 
 def _one_sensitive_branch() -> onnx.ModelProto:
@@ -60,3 +61,14 @@ def test_default_obspa_keeps_the_plan_that_measures_best():
     assert chosen.report["fidelity"]["rel_error"] < forced_global.report["fidelity"]["rel_error"]
     assert chosen.report["macs"]["after"] <= 0.7 * chosen.report["macs"]["before"]
     assert np.isfinite(chosen.report["fidelity"]["rel_error"])
+
+
+def test_plans_compare_at_the_macs_target_when_the_global_plan_lands_under_it():
+    """Digits ViT at r = 0.3: the global plan kept MACs 0.672 for a target of 0.732 and measured 0.201; the
+    sensitivity plan at the target measured 0.138 and must be taken (test accuracy 0.950 -> 0.965)."""
+    errors, macs = {"global": 0.201, "local": 0.319, "sensitivity": 0.138}, {"global": 0.672, "local": 0.732,
+                                                                            "sensitivity": 0.732}
+    assert clearly_better(errors, macs, errors["global"], macs["global"], 0.732) == "sensitivity"
+    assert clearly_better(errors, macs, errors["global"], macs["global"], None) is None  # no target: no more MACs
+    assert clearly_better(errors, {**macs, "sensitivity": 0.75}, errors["global"], macs["global"], 0.732) is None
+    assert clearly_better({**errors, "sensitivity": 0.19}, macs, errors["global"], macs["global"], 0.732) is None

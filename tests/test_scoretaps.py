@@ -79,8 +79,7 @@ def _logits_error(dense: Path, pruned: onnx.ModelProto) -> float:
 @pytest.mark.parametrize("limit", [0.1, 0.3])
 def test_max_error_bounds_the_scores_behind_an_ids_output(tmp_path, limit):
     path = _ids_only(tmp_path)
-    # exact widths: the default snap's steps of 8 channels on this 32-64 channel CNN exceed a 0.1 budget
-    result = spa_compiler.prune(str(path), max_error=limit, round_to=1)
+    result = spa_compiler.prune(str(path), max_error=limit, round_to=1)  # exact widths: fine steps
     outputs = result.report["fidelity"]["outputs"]
     assert set(outputs) == {"ids", "logits"} and outputs["logits"]["kind"] == "float"
     error = _logits_error(path, result.model)

@@ -21,6 +21,7 @@ from ..ir import constants_of
 from .obs import (DEFAULT_DAMPING, MAX_DAMPING, ConsumerLayer, KroneckerHessian, compensate_units, damped_inverse,
                   robust_inverse)
 from ..plan import Plan
+from .blas import threads_for
 from .statistics import ChannelStats, LayerStats
 
 VAR_RATIO_BOUNDS = (1e-3, 1e3)
@@ -60,7 +61,7 @@ class ObsContext:
                 layer = None if node is None else ConsumerLayer.of(node, param, self._constants[param.tensor].values)
                 if layer is None:
                     continue
-                stats = self.stats.get(node.name) if layer.measured else None
+                stats = self.stats.get(layer.statistics_key)
                 if stats is not None and stats.features != layer.w.shape[1]:
                     stats = None
                 if stats is not None and not (stats.hessian().finite() and np.all(np.isfinite(stats.mean))):
@@ -107,14 +108,20 @@ class LayerEntry:
     damping: float
     context: Optional[ObsContext] = None
     _hinv: Optional[np.ndarray] = None
+    _hessian: Optional[KroneckerHessian] = None
 
     @property
     def hessian(self) -> KroneckerHessian:
-        """H, exact or at channel granularity; the identity (per position and tap) without statistics."""
-        if self.stats is not None:
-            return self.stats.hessian()
-        k = self.layer.cols_per_position
-        return KroneckerHessian.identity(self.layer.w.shape[1] // k, k)
+        """H, exact or at channel granularity; the identity (per position and tap) without statistics.
+
+        Made once (a channel-granularity H is built from its statistics on every call otherwise)."""
+        if self._hessian is None:
+            if self.stats is not None:
+                self._hessian = self.stats.hessian()
+            else:
+                k = self.layer.cols_per_position
+                self._hessian = KroneckerHessian.identity(self.layer.w.shape[1] // k, k)
+        return self._hessian
 
     @property
     def mean(self) -> np.ndarray:
@@ -132,10 +139,11 @@ class LayerEntry:
         inverse exists the layer keeps no statistics (identity: magnitude, no compensation).
         """
         if self._hinv is None:
-            hinv, self.damping = robust_inverse(self.hessian.units, self.damping)
+            with threads_for(len(self.hessian.units)):
+                hinv, self.damping = robust_inverse(self.hessian.units, self.damping)
             if hinv is None:
                 self._note(NO_INVERSE)
-                self.stats = None
+                self.stats, self._hessian = None, None
                 hinv = self.hessian.units  # the identity
             self._hinv = hinv
         return self._hinv
@@ -151,6 +159,10 @@ class LayerEntry:
         whose output error on the measured statistics exceeds plain removal's is given up too.  Giving up
         means plain removal (the columns zeroed, the others untouched), recorded for the report.
         """
+        with threads_for(max(len(self.hessian.units), len(self.layer.w))):
+            return self._compensated(positions)
+
+    def _compensated(self, positions: np.ndarray) -> np.ndarray:
         w0, hinv, damping, hessian = self.layer.w, self.hinv, self.damping, self.hessian
         units = self.units(positions)
         removed = w0.copy()
@@ -216,10 +228,11 @@ def _fold_into_bias(ctx: ObsContext, layer, w0, w1, mean, updates) -> None:
     if bias_index is None or len(node.inputs) <= bias_index or not isinstance(node.inputs[bias_index], gs.Constant):
         return
     name = node.inputs[bias_index].name
-    bias = ctx.constant(name).astype(np.float64)
+    bias = np.asarray(updates.get(name, ctx.constant(name)), dtype=np.float64)  # W and R fold into one LSTM B
     shift = (w0 - w1) @ mean
-    if bias.shape == shift.shape and np.any(shift):
-        updates[name] = bias + shift
+    folded = layer.folded_bias(bias, shift) if np.any(shift) else None
+    if folded is not None:
+        updates[name] = folded
 
 
 def _fold_into_batchnorm(ctx: ObsContext, bn: gs.Node, w0, w1, h, mean, updates) -> None:

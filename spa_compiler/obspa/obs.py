@@ -204,12 +204,23 @@ class ConsumerLayer:
 
     @property
     def measured(self) -> bool:
-        """Whether the node's statistics describe this slice's inputs (a recurrence's R: no, identity)."""
+        """Whether the node's statistics describe this slice's inputs (a recurrence's R: no, its own)."""
         return rule_for(self.node).measures(self.node, self.param)
+
+    @property
+    def statistics_key(self) -> str:
+        """The key of this slice's input statistics (:func:`statistics.recurrence_key` for a recurrence's R)."""
+        from .statistics import recurrence_key
+
+        return self.node.name if self.measured else recurrence_key(self.node.name)
 
     def bias_input(self):
         """Input position of the bias the removed inputs' mean is folded into (None: the layer has none)."""
         return rule_for(self.node).bias_input(self.node)
+
+    def folded_bias(self, bias: np.ndarray, shift: np.ndarray) -> Optional[np.ndarray]:
+        """*bias* with the output mean *shift* folded in, in the bias's layout (None: it cannot take it)."""
+        return rule_for(self.node).folded_bias(self.node, bias, shift)
 
     def units(self, positions: np.ndarray, hessian: KroneckerHessian) -> np.ndarray:
         """The units of *hessian* that the given positions occupy: their columns, or the positions

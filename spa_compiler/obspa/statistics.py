@@ -30,6 +30,7 @@ from ..analysis.rules import rule_for
 from ..errors import UsageError
 from ..ir import to_model
 from ..progress import step
+from .blas import threads_for
 from .obs import KroneckerHessian
 
 SOURCES = ("bnstat", "bn", "weights", "synthetic", "calib", "identity")
@@ -63,7 +64,7 @@ class LayerStats:
         n = self.rows + len(x)
         keep = self.rows / n
         with np.errstate(over="ignore", invalid="ignore"):  # overflowing activations: judged downstream
-            self.h = self.h * keep + _second_moment(x) / n
+            _blend(self.h, keep, x, n)
         x = np.asarray(x, dtype=np.float64)
         self.mean = self.mean * keep + x.sum(axis=0) / n
         self.abs_mean = self.abs_mean * keep + np.abs(x).sum(axis=0) / n
@@ -123,10 +124,10 @@ class ChannelStats:
         n = self.rows + len(pixels)
         keep = self.rows / n
         with np.errstate(over="ignore", invalid="ignore"):
-            self.channel = self.channel * keep + _second_moment(pixels) / n
+            _blend(self.channel, keep, pixels, n)
             per_channel = patches.reshape(-1, self.k)  # (rows' * C, k): every channel's patch is a sample
             m = self.tap_rows + len(per_channel)
-            self.tap_moment = self.tap_moment * (self.tap_rows / m) + _second_moment(per_channel) / m
+            _blend(self.tap_moment, self.tap_rows / m, per_channel, m)
         pixels = np.asarray(pixels, dtype=np.float64)
         self.channel_mean = self.channel_mean * keep + pixels.sum(axis=0) / n
         self.channel_abs_mean = self.channel_abs_mean * keep + np.abs(pixels).sum(axis=0) / n
@@ -134,10 +135,19 @@ class ChannelStats:
 
 
 def _second_moment(x: np.ndarray) -> np.ndarray:
-    """``x^T x`` in float64 from a float32 product (half the time of a float64 GEMM; the sum over a few
-    thousand rows loses ~1e-6 relative, far below OBS's damping)."""
+    """``x^T x`` as a float32 product (half the time of a float64 GEMM; the sum over a few thousand rows
+    loses ~1e-6 relative, far below OBS's damping)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    return (x.T @ x).astype(np.float64)
+    return x.T @ x
+
+
+def _blend(moment: np.ndarray, keep: float, x: np.ndarray, n: int) -> None:
+    """``moment = moment * keep + x^T x / n`` in place, summed in float64 (the running mean over *n* rows):
+    no float64 copies of a 2304 x 2304 product per batch."""
+    moment *= keep
+    product = _second_moment(x)
+    product *= np.float32(1.0 / n)
+    moment += product
 
 
 DENSE_FEATURES = 4096  # Conv layers with more im2col features get channel-granularity statistics (a 3x3 conv
@@ -159,14 +169,39 @@ def add_batch(stats: dict, node: gs.Node, x: np.ndarray, rng: np.random.Generato
     k = channel_granular(node, x)
     if k is None:
         rows = feature_rows(node, x, rng, limit)
-        stats.setdefault(node.name, LayerStats.empty(rows.shape[1])).add(rows)
+        with threads_for(rows.shape[1]):
+            stats.setdefault(node.name, LayerStats.empty(rows.shape[1])).add(rows)
         return
     channels = x.shape[1]
     pixels = np.moveaxis(x, 1, -1).reshape(-1, channels)
     if len(pixels) > limit:
         pixels = pixels[rng.choice(len(pixels), limit, replace=False)]
     patches = rule_for(node).feature_rows(node, x, TAP_ROWS, rng)
-    stats.setdefault(node.name, ChannelStats.empty(channels, k)).add(pixels, patches)
+    with threads_for(channels):
+        stats.setdefault(node.name, ChannelStats.empty(channels, k)).add(pixels, patches)
+
+
+def recurrence_key(node_name: str) -> str:
+    """The statistics key of what a recurrent node's R reads (its own hidden states)."""
+    return f"{node_name}#recurrence"
+
+
+def _recurrence_inputs(consumers: list[gs.Node]) -> dict[str, str]:
+    """recurrence_key -> the output holding the hidden states R reads, for the recurrent consumers."""
+    out = {}
+    for node in consumers:
+        tensor = getattr(rule_for(node), "recurrence_input", lambda n: None)(node)
+        if tensor is not None:
+            out[recurrence_key(node.name)] = tensor.name
+    return out
+
+
+def add_rows(stats: dict, key: str, x: np.ndarray, rng: np.random.Generator, limit: int) -> None:
+    """Stream one batch of hidden states (last axis: the units) into ``stats[key]``, at most *limit* rows."""
+    rows = x.reshape(-1, x.shape[-1])
+    if len(rows) > limit:
+        rows = rows[rng.choice(len(rows), limit, replace=False)]
+    stats.setdefault(key, LayerStats.empty(rows.shape[1])).add(rows)
 
 
 def feature_rows(node: gs.Node, x: np.ndarray, rng: np.random.Generator, limit: int) -> np.ndarray:
@@ -265,7 +300,8 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
     graph = batch_stat_graph(compiled.graph, compiled.meta.opset) if source == "bnstat" else compiled.graph.copy()
     tensors = graph.tensors()
     wanted = {node.name: rule_for(node).statistics_input(node).name for node in consumers}  # int8: before quantizing
-    outputs = list(dict.fromkeys(wanted.values()))
+    recurrences = _recurrence_inputs(consumers)
+    outputs = list(dict.fromkeys(list(wanted.values()) + list(recurrences.values())))
     for name in outputs:
         tensor = tensors[name]
         if tensor not in graph.outputs:
@@ -288,6 +324,8 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
             values = dict(zip(names, sess.run(None, feeds)))
             for node in consumers:  # rows per run in proportion to the samples a run stands for (8192 at 64)
                 add_batch(stats, node, values[wanted[node.name]], rng, ROWS_PER_SAMPLE * batch)
+            for key, name in recurrences.items():
+                add_rows(stats, key, values[name], rng, ROWS_PER_SAMPLE * batch)
             seen += len(next(iter(feeds.values())))
             step(progress, min(seen, total), total, f"statistics ({source})")
     return stats

@@ -86,6 +86,11 @@ class Compensable(Weighted):
         """Input position of a bias that can take the removed inputs' mean contribution (None: no bias)."""
         return None
 
+    def folded_bias(self, node: gs.Node, bias: np.ndarray, shift: np.ndarray) -> Optional[np.ndarray]:
+        """*bias* with the output mean *shift* (one value per row of the consumer matrix) added; None when
+        its layout does not take it."""
+        return bias + shift if bias.shape == shift.shape else None
+
     def representable(self, node: gs.Node, param, w: np.ndarray) -> np.ndarray:
         """The (out x features) matrix *w* as the layer can store it (quantized layers: on their integer grid)."""
         return w
