@@ -18,6 +18,7 @@ from spa_compiler.cli import main
 from spa_compiler.errors import UsageError
 from spa_compiler.latency import driver, table as table_module
 from spa_compiler.latency.layers import DEPTHWISE, timed_layers
+from spa_compiler.analysis import CONSUMER, PRODUCER
 from spa_compiler.latency.planner import LatencyModel, LatencyPlanner
 from spa_compiler.latency.speed import REPLANS, Measured, SpeedTarget, slower_line
 from spa_compiler.latency.table import LatencyTable, cache_path, isotonic, machine_key, staircase_step
@@ -302,3 +303,22 @@ def test_cuda_runs_bind_feeds_once_and_sync_every_run(monkeypatch):
     monkeypatch.setattr("spa_compiler.runtime.default_providers", lambda: ("CUDAExecutionProvider", "CPUExecutionProvider"))
     assert providers.providers_for("cuda") == ("CUDAExecutionProvider", "CPUExecutionProvider")
     assert providers.providers_for("cpu") == ("CPUExecutionProvider",)
+
+
+def test_planner_weighs_an_atom_by_the_channels_it_holds():
+    """With equal scores, one attention head (many channels) costs as much as that many single channels."""
+    from pathlib import Path
+
+    compiled = compile_model(str(Path(__file__).resolve().parent.parent / "models" / "trained" / "digits_vit.onnx"))
+    equal = {g.id: np.ones(g.n_atoms) for g in compiled.analysis.prunable_groups}
+    planner = _planner((compiled, equal))
+    per_channel = set()
+    multi = 0
+    for widths in planner.widths.values():
+        group = widths.group
+        layers = len({p.node for p in group.params if p.role in (PRODUCER, CONSUMER)})
+        channels = group.width // group.n_atoms
+        multi += channels > 1
+        per_channel.add(round(float(widths.loss[-2] - widths.loss[-1]) / (layers * channels), 9))
+    assert multi, "the ViT's heads are groups of multi-channel atoms"
+    assert per_channel == {1.0}, per_channel

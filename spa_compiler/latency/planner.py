@@ -99,10 +99,13 @@ class LatencyPlanner:
         rank[order] = np.arange(group.n_atoms)
         # scaled like global ranking, then weighted by the layers that read or write the group's channels:
         # a residual stream's channel lives in every block it joins (scaling alone makes it count once)
+        # and by the channels an atom holds: scaling makes an atom's mean score 1 whatever it holds, so an
+        # attention head (16-64 channels) would cost as little as one MLP unit (digits ViT: 3 of 4 heads cut)
         layers_of_group = len({p.node for p in group.params if p.role in (PRODUCER, CONSUMER)})
-        scaled = scale_scores(scores, self.options.score_scaling)[order] * max(1, layers_of_group)
+        atom_channels = max(1, group.width // max(group.n_atoms, 1))
+        scaled = scale_scores(scores, self.options.score_scaling)[order] * max(1, layers_of_group) * atom_channels
         loss = np.concatenate([np.cumsum(scaled[::-1])[::-1], [0.0]])  # loss[k] = sum of scaled[k:]
-        atom_step = step // math.gcd(step, max(1, group.width // max(group.n_atoms, 1)))
+        atom_step = step // math.gcd(step, atom_channels)
         lowest = max(1, math.ceil((1.0 - self.options.max_group_ratio) * group.n_atoms))
         allowed = [k for k in range(atom_step, group.n_atoms, atom_step) if k >= lowest] + [group.n_atoms]
         widths = GroupWidths(group, rank, loss, allowed, step, kept=group.n_atoms)
