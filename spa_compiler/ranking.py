@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from .budget import TARGET_PROBE_RATIOS, MaxErrorSearch
+from .budget import PROBE_SAMPLES, TARGET_PROBE_RATIOS, MaxErrorSearch
 from .fidelity import relative_error
 from .options import PruneOptions
 from .pipeline import Compiled, plan_pruning
@@ -49,6 +49,13 @@ COLLAPSED_COSINE = 0.0  # see collapsed()
 # 30 s -> 1415 s on the loaded 2-core machine, for a plan that measured 0.03 and kept the task anyway).
 GOOD_ENOUGH = 0.05
 STOP_CAP = 1.0  # no group is probed past a relative output error of 1 (its outputs are gone)
+# The sensitivity search runs each group alone at up to len(TARGET_PROBE_RATIOS) ratios on PROBE_SAMPLES
+# samples.  Its work grows as dense MACs x groups, so on a large CNN it turns a default prune of seconds into
+# many minutes (a ResNet-50 at 224x224, 37 groups: about 1e13 MACs of probes; the default l2 run went from
+# seconds to over 10 minutes on the loaded 2-core machine).  Above this many MACs of probe work the default
+# compares only the criterion's own plans (global and per group) and says so in the report; the real taggers,
+# diacritizers and speaker embedder of the dev set, where the search matters, need 2e8-3e11.
+PROBE_MACS_BUDGET = 1e12
 
 
 def measured_ranking(compiled: Compiled, scores, opts: PruneOptions, default_plan: Plan, measurement,
@@ -77,10 +84,15 @@ def measured_ranking(compiled: Compiled, scores, opts: PruneOptions, default_pla
             plans["local"] = local_plan
     measured = {default: judge.fidelity(default_plan)}
     macs = {default: judge.macs_fraction(default_plan)}
+    work = probe_macs(judge)
     if default == "local" and not compensating and ranked_error(measured[default]) <= GOOD_ENOUGH:
-        sensitivity = None  # nothing to win, and the probes cost up to 8 masked runs per group
+        sensitivity, searched = None, "skipped: the per-group plan is within 0.05"  # nothing to win
+    elif work > PROBE_MACS_BUDGET:
+        sensitivity, searched = None, (f"skipped: its probes would cost {work:.2g} MACs (> {PROBE_MACS_BUDGET:.0e}); "
+                                       "--max-error F runs it")
+        say(f"sensitivity-allocated plan {searched}")
     else:
-        sensitivity = _sensitivity_plan(judge, opts.target_macs or macs[default])
+        sensitivity, searched = _sensitivity_plan(judge, opts.target_macs or macs[default]), "measured"
     if sensitivity is not None:
         plans["sensitivity"] = sensitivity
     for name, plan in plans.items():
@@ -89,7 +101,7 @@ def measured_ranking(compiled: Compiled, scores, opts: PruneOptions, default_pla
     errors = {name: relative_error(f) for name, f in measured.items()}
     ranked = {name: ranked_error(f) for name, f in measured.items()}
     chosen = clearly_better(ranked, macs, ranked[default], macs[default], opts.target_macs) or default
-    info = {"chosen": chosen, "errors": errors, "macs": macs, "compensated": compensating,
+    info = {"chosen": chosen, "errors": errors, "macs": macs, "compensated": compensating, "sensitivity": searched,
             "collapsed": sorted(name for name, f in measured.items() if collapsed(f))}
     if compensating:
         plain_measured = {name: judge.fidelity(plan, plain=True) for name, plan in plans.items()}
@@ -101,6 +113,11 @@ def measured_ranking(compiled: Compiled, scores, opts: PruneOptions, default_pla
         info["plain_errors"] = {name: relative_error(f) for name, f in plain_measured.items()}
     info.update(groups_probed=len(judge.probes), evaluations=judge.evaluations)
     return plans[chosen], (default_options if chosen == "global" else local_options), info
+
+
+def probe_macs(judge: MaxErrorSearch) -> float:
+    """An upper bound on the MACs the sensitivity probes run: every group at every probe ratio, whole model."""
+    return float(judge.dense_macs) * PROBE_SAMPLES * len(judge.groups) * len(TARGET_PROBE_RATIOS)
 
 
 def collapsed(fidelity: dict) -> bool:

@@ -87,3 +87,16 @@ def test_a_per_group_plan_that_already_measures_well_is_written_without_the_sear
     ranking = chosen.report["ranking"]
     assert ranking["chosen"] == "local" and ranking["groups_probed"] == 0
     assert set(ranking["errors"]) == {"local"} and ranking["errors"]["local"] <= 0.05
+
+
+def test_the_sensitivity_search_is_skipped_where_its_probes_cost_too_much(monkeypatch):
+    """Above PROBE_MACS_BUDGET of probe work the default keeps the criterion's plan and says why (a large CNN's
+    default prune would otherwise take minutes); under it the same model is searched."""
+    from spa_compiler import ranking
+
+    searched = spa_compiler.prune(_threshold_net(), ratio=0.2, criterion="l2").report["ranking"]
+    assert searched["sensitivity"] == "measured" and searched["groups_probed"] > 0
+    monkeypatch.setattr(ranking, "PROBE_MACS_BUDGET", 1.0)
+    skipped = spa_compiler.prune(_threshold_net(), ratio=0.2, criterion="l2").report["ranking"]
+    assert skipped["sensitivity"].startswith("skipped: its probes would cost")
+    assert skipped["groups_probed"] == 0 and set(skipped["errors"]) == {"local"}
