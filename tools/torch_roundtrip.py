@@ -5,11 +5,11 @@ output is trivially zero): prune in place at ``--ratio`` (l2, per group), then
 check that the pruned module's outputs equal the pruned ONNX model's
 (relative L2 error < 1e-4, eval mode) and that one SGD training step runs
 (loss.backward + optimizer.step, finite parameters after).  Each model runs
-in its own process (a crash or a timeout fails only that row).
+in its own forked process (a crash or a timeout fails only that row).
 
     python tools/torch_roundtrip.py                  # all torchvision classification models
     python tools/torch_roundtrip.py resnet18 vit_b_16
-    python tools/torch_roundtrip.py --timm 30        # also the first 30 timm models of TIMM_MODELS
+    python tools/torch_roundtrip.py --timm 40        # also the first 40 timm models of TIMM_MODELS (small inputs)
 
 Needs ``pip install -e .[torch]`` (and timm for --timm).  Writes tools/out/torch_roundtrip.md.
 """
@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
+import multiprocessing
 import sys
 from pathlib import Path
 
@@ -34,13 +33,25 @@ SIZES = {"alexnet": 224, "vgg11": 224, "vgg11_bn": 224, "vgg13": 224, "vgg13_bn"
 KWARGS = {"googlenet": {"aux_logits": False, "init_weights": True},
           "inception_v3": {"aux_logits": False, "init_weights": True}}
 VIT_SIZE = 32  # torchvision ViTs take image_size
-MAX_PARAMETERS = 150_000_000  # larger ones need more memory than a shared 24 GiB machine has for three copies
-TIMM_MODELS = ["resnet18", "resnet50d", "efficientnet_b0", "mobilenetv3_small_100", "convnext_atto", "regnetx_002",
-               "densenet121", "ghostnet_100", "mixnet_s", "rexnet_100", "dla34", "dpn68", "hrnet_w18_small",
-               "cspresnet50", "tf_efficientnet_lite0", "lcnet_050", "repvgg_a0", "resnest14d", "sebotnet33ts_256",
-               "vit_tiny_patch16_224", "deit_tiny_patch16_224", "pit_ti_224", "levit_128s", "mobilevit_xxs",
-               "poolformer_s12", "convmixer_768_32", "xcit_nano_12_p16_224", "coat_lite_tiny", "efficientformer_l1",
-               "fastvit_t8"]
+# timm models of the zoo: name -> (input side, create_model kwargs); small inputs keep the CPU run short.
+_TOKENS_32 = (32, {"img_size": 32})
+_SIDE_64 = (64, {})
+TIMM_MODELS: dict[str, tuple[int, dict]] = {
+    "resnet18": _SIDE_64, "resnet50d": _SIDE_64, "resnext26ts": _SIDE_64, "efficientnet_b0": _SIDE_64,
+    "tf_efficientnet_lite0": _SIDE_64, "mobilenetv3_small_100": _SIDE_64, "mobilenetv3_large_100": _SIDE_64,
+    "convnext_atto": _SIDE_64, "regnetx_002": _SIDE_64, "regnety_002": _SIDE_64, "densenet121": _SIDE_64,
+    "ghostnet_100": _SIDE_64, "mixnet_s": _SIDE_64, "rexnet_100": _SIDE_64, "dla34": _SIDE_64, "dpn68": _SIDE_64,
+    "cspresnet50": _SIDE_64, "lcnet_050": _SIDE_64, "repvgg_a0": _SIDE_64, "resnest14d": _SIDE_64,
+    "hrnet_w18_small": _SIDE_64, "poolformer_s12": _SIDE_64, "mobilevit_xxs": _SIDE_64, "fastvit_t8": _SIDE_64,
+    "edgenext_xx_small": _SIDE_64, "efficientvit_b0": _SIDE_64, "convmixer_768_32": _SIDE_64,
+    "vit_tiny_patch16_224": _TOKENS_32, "vit_small_patch16_224": _TOKENS_32, "deit_tiny_patch16_224": _TOKENS_32,
+    "cait_xxs24_224": _TOKENS_32, "beit_base_patch16_224": _TOKENS_32, "mixer_s16_224": (64, {"img_size": 64}),
+    "swin_tiny_patch4_window7_224": (64, {"img_size": 64, "window_size": 2}),
+    "levit_128s": (64, {"img_size": 64}), "pit_ti_224": (64, {"img_size": 64}),
+    "xcit_nano_12_p16_224": (64, {"img_size": 64}), "coat_lite_tiny": (64, {"img_size": 64}),
+    "efficientformer_l1": (224, {}), "tiny_vit_5m_224": (224, {}),  # attention biases of a fixed resolution
+    "sebotnet33ts_256": (64, {"img_size": 64}),
+}
 
 
 def randomize_zero_parameters(module, seed: int = 0) -> None:
@@ -61,16 +72,15 @@ def build(name: str, source: str):
     if source == "timm":
         import timm
 
-        module = timm.create_model(name, pretrained=False)
-        size = module.default_cfg.get("input_size", (3, 224, 224))[-1]
-        size = 224 if size > 224 else size
+        size, kwargs = TIMM_MODELS.get(name, (224, {}))
+        module = timm.create_model(name, pretrained=False, **kwargs)
     else:
         import torchvision
 
         kwargs = dict(KWARGS.get(name, {}))
         size = SIZES.get(name, 64)
         if name.startswith("vit_"):
-            kwargs["image_size"] = size = VIT_SIZE
+            kwargs["image_size"] = size = VIT_SIZE - VIT_SIZE % int(name.rsplit("_", 1)[1])  # whole patches
         module = torchvision.models.get_model(name, weights=None, **kwargs)
     torch.manual_seed(0)
     randomize_zero_parameters(module)
@@ -89,8 +99,6 @@ def check_one(name: str, source: str, ratio: float) -> dict:
 
     module, x = build(name, source)
     params = sum(p.numel() for p in module.parameters())
-    if params > MAX_PARAMETERS:
-        return {"model": name, "result": "skipped", "why": f"{params / 1e6:.0f}M parameters"}
     start = time.perf_counter()
     result = spt.prune(module, x, ratio=ratio)
     seconds = time.perf_counter() - start
@@ -110,10 +118,77 @@ def check_one(name: str, source: str, ratio: float) -> dict:
     trained = all(torch.isfinite(p).all() for p in module.parameters())
     macs = result.report["macs"]
     ok = error < TOLERANCE and trained
-    return {"model": name, "result": "pass" if ok else "FAIL", "error": f"{error:.1e}", "train_step": trained,
-            "macs_kept": round(macs["after"] / macs["before"], 3),
-            "params_kept": round(sum(p.numel() for p in module.parameters()) / params, 3),
-            "frozen_by_torch": len(result.report["torch"]["frozen"]), "seconds": round(seconds, 1)}
+    frozen = result.report["torch"]["frozen"]
+    return {"model": name, "input": f"{x.shape[-1]} px", "result": "pass" if ok else "FAIL", "error": f"{error:.1e}",
+            "train_step": trained, "params_before": f"{params / 1e6:.2f}M",
+            "params_after": f"{sum(p.numel() for p in module.parameters()) / 1e6:.2f}M",
+            "macs_kept": round(macs["after"] / macs["before"], 3), "frozen_by_torch": len(frozen),
+            "why": _frozen_summary(frozen.values()), "seconds": round(seconds, 1)}
+
+
+def _frozen_summary(reasons) -> str:
+    """The torch-side freeze reasons, counted by kind (the group-specific names left out)."""
+    kinds: dict[str, int] = {}
+    for reason in reasons:
+        kind = ("channel Slice/Split" if "cuts channels" in reason else "no adapter" if "no adapter" in reason
+                else "not a parameter" if "not a module parameter" in reason else "shared" if "shares" in reason
+                else reason[:60])
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+
+
+def _child(connection, source: str, name: str, ratio: float) -> None:
+    try:
+        row = check_one(name, source, ratio)
+    except Exception as exc:  # noqa: BLE001 - any failure is that model's row
+        row = {"model": name, "result": "FAIL", "why": f"{type(exc).__name__}: {exc}".splitlines()[0][:200]}
+    connection.send(row)
+
+
+def run_isolated(source: str, name: str, ratio: float, timeout: int) -> dict:
+    """One model in a forked child (torch, torchvision, timm imported once, in the parent): a crash, an
+    out-of-memory kill or a timeout fails only that row."""
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_child, args=(sender, source, name, ratio))
+    child.start()
+    sender.close()
+    timed_out = not receiver.poll(timeout)
+    try:
+        row = None if timed_out else receiver.recv()
+    except EOFError:  # the child died without a row (killed for memory, crashed)
+        row = None
+    if timed_out:
+        child.kill()
+    child.join()
+    if row is None:
+        why = f"timeout {timeout} s" if timed_out else \
+            f"died without a row (exit code {child.exitcode}; -9: killed, e.g. for memory)"
+        row = {"model": name, "result": "FAIL", "why": why}
+    return row
+
+
+def _claim(folder: Path, source: str, name: str) -> bool:
+    """True for the one worker that creates the model's claim file first."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        (folder / f"{source}-{name}").open("x").close()
+    except FileExistsError:
+        return False
+    return True
+
+
+def _preload() -> None:
+    """Import the heavy libraries once: on a loaded machine importing torch alone takes a minute."""
+    import torch  # noqa: F401
+    import torchvision  # noqa: F401
+
+    import spa_compiler.runtime  # noqa: F401
+    import spa_compiler.torch  # noqa: F401
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        pass
 
 
 def torchvision_names() -> list[str]:
@@ -126,38 +201,47 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="torchvision model names (default: all classification models)")
     parser.add_argument("--timm", type=int, default=0, help="also the first N models of TIMM_MODELS")
+    parser.add_argument("--timm-names", nargs="*", default=[], help="timm models to run (any timm name)")
+    parser.add_argument("--no-torchvision", action="store_true", help="only the timm models")
+    parser.add_argument("--out", default=str(ROOT / "tools" / "out" / "torch_roundtrip.md"))
+    parser.add_argument("--jsonl", help="also append every row to this file as it finishes")
+    parser.add_argument("--claim-dir", help="skip the models another worker claimed in this folder (several "
+                        "workers share one list, e.g. one from each end with --reverse)")
+    parser.add_argument("--reverse", action="store_true", help="run the list from its end")
+    parser.add_argument("--table-from", nargs="+", metavar="JSONL",
+                        help="only write the table of rows saved with --jsonl (runs split over processes)")
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--timeout", type=int, default=1200, help="seconds per model")
-    parser.add_argument("--one", nargs=2, metavar=("SOURCE", "NAME"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.one:
-        print("@@ROW@@" + json.dumps(check_one(args.one[1], args.one[0], args.ratio)))
+    if args.table_from:
+        rows = [json.loads(line) for path in args.table_from for line in Path(path).read_text().splitlines()]
+        write_table(rows, Path(args.out), args.ratio)
         return
-    jobs = [("torchvision", n) for n in (args.names or torchvision_names())]
-    jobs += [("timm", n) for n in TIMM_MODELS[:args.timm]]
+    _preload()
+    jobs = [] if args.no_torchvision else [("torchvision", n) for n in (args.names or torchvision_names())]
+    jobs += [("timm", n) for n in [*list(TIMM_MODELS)[:args.timm], *args.timm_names]]
     rows = []
-    for source, name in jobs:
-        try:
-            proc = subprocess.run([sys.executable, __file__, "--one", source, name, "--ratio", str(args.ratio)],
-                                  capture_output=True, text=True, timeout=args.timeout, cwd=str(ROOT),
-                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
-            lines = [line for line in proc.stdout.splitlines() if line.startswith("@@ROW@@")]
-            row = json.loads(lines[-1][7:]) if lines else {
-                "model": name, "result": "FAIL", "why": (proc.stderr.strip().splitlines() or ["crashed"])[-1][:160]}
-        except subprocess.TimeoutExpired:
-            row = {"model": name, "result": "FAIL", "why": f"timeout {args.timeout} s"}
+    for source, name in reversed(jobs) if args.reverse else jobs:
+        if args.claim_dir and not _claim(Path(args.claim_dir), source, name):
+            continue
+        row = run_isolated(source, name, args.ratio, args.timeout)
         row["source"] = source
         rows.append(row)
         print(json.dumps(row), flush=True)
-    columns = ["source", "model", "result", "error", "train_step", "macs_kept", "params_kept", "frozen_by_torch",
-               "seconds", "why"]
+        if args.jsonl:
+            with open(args.jsonl, "a") as log:
+                log.write(json.dumps(row) + "\n")
+    write_table(rows, Path(args.out), args.ratio)
+
+
+def write_table(rows: list[dict], out: Path, ratio: float) -> None:
+    columns = ["source", "model", "input", "result", "error", "train_step", "params_before", "params_after",
+               "macs_kept", "frozen_by_torch", "why", "seconds"]
     table = markdown_table(rows, columns)
     passed = sum(r["result"] == "pass" for r in rows)
-    out = ROOT / "tools" / "out" / "torch_roundtrip.md"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(f"{passed}/{len(rows)} pass (ratio {args.ratio})\n\n{table}\n")
+    out.write_text(f"{passed}/{len(rows)} pass (ratio {ratio})\n\n{table}\n")
     print(f"{passed}/{len(rows)} pass -> {out}")
-
 
 if __name__ == "__main__":
     main()

@@ -9,8 +9,9 @@ element, to the module tensor elements it was moved from: exact provenance
 through any layout op, without trusting names.
 
 The markers are the float32 bit patterns ``MARKER_BASE + i`` for the i-th
-element of all tensors: positive normal numbers below 1e-28, a range no real
-constant (eps, scales, means) falls into.
+element of all tensors, then the same patterns with the sign bit set: normal
+numbers of magnitude below 1e-28, a range no real constant (eps, scales,
+means) falls into; 2^29 elements in all (ViT-L's 306 M fit).
 """
 from __future__ import annotations
 
@@ -24,7 +25,16 @@ import torch
 from ..errors import UsageError
 
 MARKER_BASE = 0x00800000  # the smallest positive normal float32
-MAX_ELEMENTS = 2**28  # markers stay below ~5e-29
+HALF = 2**28  # markers of either sign stay below ~5e-29 in magnitude
+SIGN = 0x80000000
+MAX_ELEMENTS = 2 * HALF
+
+
+def encode(indices: np.ndarray) -> np.ndarray:
+    """The marker values of global element *indices* (float32)."""
+    indices = indices.astype(np.int64)
+    bits = (MARKER_BASE + indices % HALF) | np.where(indices >= HALF, SIGN, 0)
+    return bits.astype(np.uint32).view(np.float32)
 
 
 @dataclass(frozen=True)
@@ -82,8 +92,8 @@ class TensorTable:
         tensors.update(dict(marked.named_buffers()))
         with torch.no_grad():
             for slot in self.slots:
-                bits = np.arange(MARKER_BASE + slot.offset, MARKER_BASE + slot.offset + slot.size, dtype=np.uint32)
-                tensors[slot.name].copy_(torch.from_numpy(bits.view(np.float32).reshape(slot.shape)))
+                values = encode(np.arange(slot.offset, slot.offset + slot.size))
+                tensors[slot.name].copy_(torch.from_numpy(values.reshape(slot.shape)))
         return marked
 
     def decode(self, values) -> Optional[np.ndarray]:
@@ -91,7 +101,11 @@ class TensorTable:
         array = np.asarray(values)
         if array.dtype != np.float32 or array.size == 0:
             return None
-        bits = np.ascontiguousarray(array).view(np.uint32).astype(np.int64) - MARKER_BASE
-        if bits.min() < 0 or bits.max() >= self.total:
+        bits = np.ascontiguousarray(array).view(np.uint32).astype(np.int64)
+        magnitude = (bits & (SIGN - 1)) - MARKER_BASE
+        if magnitude.min() < 0 or magnitude.max() >= HALF:
             return None
-        return bits
+        index = magnitude + (bits >> 31) * HALF
+        if index.max() >= self.total:
+            return None
+        return index

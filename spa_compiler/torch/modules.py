@@ -19,6 +19,7 @@ from torch import nn
 
 from ..errors import CompileError
 from .apply import Cut
+from .attention import SubtreeCuts, attention_adapter, kept_heads
 
 
 def _conv(module: nn.Module, cuts: dict[str, Cut]) -> None:
@@ -81,19 +82,6 @@ def _prelu(module: nn.Module, cuts: dict[str, Cut]) -> None:
     module.num_parameters = module.weight.numel()
 
 
-def _attention_width(cut: Optional[Cut], part: int, width: int, head_dim: int, heads: int) -> tuple[int, int]:
-    """(heads, head dim) of one of q/k/v (rows [part*width, (part+1)*width) of in_proj_weight) after the cut."""
-    kept = np.arange(part * width, (part + 1) * width) if cut is None or cut.keep[0] is None else cut.keep[0]
-    local = kept[(kept >= part * width) & (kept < (part + 1) * width)] - part * width
-    counts = np.bincount(local // head_dim, minlength=heads)
-    present = counts[counts > 0]
-    if (present == head_dim).all():
-        return len(present), head_dim
-    if len(present) == heads and (present == present[0]).all():
-        return heads, int(present[0])
-    raise CompileError(f"torch: MultiheadAttention keeps uneven widths per head ({counts.tolist()})")
-
-
 def _multihead_attention(module: nn.MultiheadAttention, cuts: dict[str, Cut]) -> None:
     """Heads, head widths and embedding width from the sliced projections; the pruned forward from now on."""
     if not hasattr(module, "_spac_scale"):
@@ -104,7 +92,7 @@ def _multihead_attention(module: nn.MultiheadAttention, cuts: dict[str, Cut]) ->
     if module._qkv_same_embed_dim:
         width = module._spac_widths[0]
         cut = cuts.get("in_proj_weight")
-        shapes = [_attention_width(cut, part, width, head_dim, heads) for part in range(3)]
+        shapes = [kept_heads(cut, part, width, head_dim, heads, "MultiheadAttention") for part in range(3)]
         embed = module.in_proj_weight.shape[1]
         module.kdim = module.vdim = embed
     else:
@@ -118,28 +106,6 @@ def _multihead_attention(module: nn.MultiheadAttention, cuts: dict[str, Cut]) ->
     module._spac_widths = tuple(h * d for h, d in shapes)
     module.embed_dim = embed
     module.__class__ = PrunedMultiheadAttention
-
-
-def _fused_qkv_attention(module: nn.Module, cuts: dict[str, Cut]) -> None:
-    """timm's ``Attention`` (one ``qkv`` Linear, ``num_heads``, ``head_dim``, ``attn_dim``): heads from qkv's rows.
-
-    Its forward reshapes with these attributes and keeps its ``scale`` attribute, so head pruning only needs
-    them; a narrower head would change the fused path's default scaling, which is refused.
-    """
-    heads, head_dim = module.num_heads, module.head_dim
-    width = heads * head_dim
-    shapes = [_attention_width(cuts.get("qkv.weight"), part, width, head_dim, heads) for part in range(3)]
-    if len(set(shapes)) != 1 or shapes[0][1] != head_dim:
-        raise CompileError(f"torch: {type(module).__name__} keeps {shapes} (heads, head dim) for q/k/v; only whole "
-                           "heads can be removed from it")
-    module.num_heads = shapes[0][0]
-    if hasattr(module, "attn_dim"):
-        module.attn_dim = module.num_heads * head_dim
-
-
-def _is_fused_qkv_attention(module: nn.Module) -> bool:
-    return (type(module).__module__.startswith("timm.") and isinstance(getattr(module, "qkv", None), nn.Linear)
-            and isinstance(getattr(module, "num_heads", None), int) and isinstance(getattr(module, "head_dim", None), int))
 
 
 class PrunedMultiheadAttention(nn.MultiheadAttention):
@@ -230,12 +196,46 @@ ADAPTERS: list[tuple[type, Callable[[nn.Module, dict[str, Cut]], None]]] = [
     (nn.LayerNorm, _layer_norm),
     (nn.Embedding, _embedding),
     (nn.PReLU, _prelu),
-    (nn.MultiheadAttention, _multihead_attention),
 ]
 
 
+def _is_timm_scale(module: nn.Module) -> bool:
+    """timm's MetaFormer ``Scale`` (PoolFormer, ConvFormer): multiplies by ``scale.view(self.shape)``."""
+    return (type(module).__name__ == "Scale" and type(module).__module__.startswith("timm.")
+            and isinstance(getattr(module, "shape", None), tuple))
+
+
+def _timm_scale(module: nn.Module, cuts: SubtreeCuts) -> None:
+    module.shape = (module.scale.shape[0], *module.shape[1:])
+
+
+def _subtree_adapter(module: nn.Module) -> Optional[Callable[[nn.Module, SubtreeCuts], None]]:
+    """The adapter of an attention module, called with the cuts of its whole subtree (its projections' too)."""
+    if isinstance(module, nn.MultiheadAttention):
+        return _multihead_attention
+    return _timm_scale if _is_timm_scale(module) else attention_adapter(module)
+
+
 def has_adapter(module: nn.Module) -> bool:
-    return any(isinstance(module, kind) for kind, _ in ADAPTERS)
+    return any(isinstance(module, kind) for kind, _ in ADAPTERS) or _subtree_adapter(module) is not None
+
+
+HEAD_COUNTS = ("num_heads", "num_attention_heads", "n_heads", "heads")
+
+
+def unadapted_owner(root: nn.Module, path: str) -> Optional[str]:
+    """Why a tensor of the module at *path* must not be cut in more than one axis: the type of its owner
+    when that has no adapter, or of an enclosing module with a head count no adapter follows (timm's
+    CaiT, BEiT, XCiT, LeViT attention: their forwards derive head widths from C // num_heads and the like)."""
+    owner = root.get_submodule(path)
+    if not has_adapter(owner):
+        return type(owner).__name__
+    parts = path.split(".") if path else []
+    for depth in range(len(parts), -1, -1):
+        ancestor = root.get_submodule(".".join(parts[:depth]))
+        if any(isinstance(getattr(ancestor, name, None), int) for name in HEAD_COUNTS) and not has_adapter(ancestor):
+            return f"{type(ancestor).__name__} (head count without an adapter)"
+    return None
 
 
 def update_attributes(root: nn.Module, cuts: dict[str, Cut]) -> list[str]:
@@ -243,21 +243,20 @@ def update_attributes(root: nn.Module, cuts: dict[str, Cut]) -> list[str]:
     by_module: dict[str, dict[str, Cut]] = {}
     for cut in cuts.values():
         by_module.setdefault(cut.slot.module, {})[cut.slot.attr] = cut
-    for path, module in root.named_modules():  # an attention whose only cut is in its out_proj changes too
-        if isinstance(module, nn.MultiheadAttention) and _child(path, "out_proj") in by_module:
-            by_module.setdefault(path, {})
     unknown = []
-    for path, module in root.named_modules():  # attention modules owning no tensor, sized by their qkv child
-        qkv = by_module.get(_child(path, "qkv"), {})
-        if _is_fused_qkv_attention(module) and "weight" in qkv:
-            _fused_qkv_attention(module, {"qkv.weight": qkv["weight"]})
     for path, module_cuts in sorted(by_module.items()):
         module = root.get_submodule(path)
         adapter = next((fn for kind, fn in ADAPTERS if isinstance(module, kind)), None)
-        if adapter is None:
-            unknown.append(f"{path or '<root>'} ({type(module).__name__})")
-        else:
+        if adapter is not None:
             adapter(module, module_cuts)
+        elif _subtree_adapter(module) is None:
+            unknown.append(f"{path or '<root>'} ({type(module).__name__})")
+    for path, module in root.named_modules():  # attention: heads read off the cut projections of its subtree
+        adapter = _subtree_adapter(module)
+        prefix = _child(path, "")
+        subtree = {name[len(prefix):]: cut for name, cut in cuts.items() if name.startswith(prefix)}
+        if adapter is not None and subtree:
+            adapter(module, subtree)
     for module in root.modules():
         if isinstance(module, nn.TransformerEncoderLayer) and isinstance(module.self_attn, PrunedMultiheadAttention):
             # the inference fast path calls a fused kernel with embed_dim and num_heads, bypassing our forward;

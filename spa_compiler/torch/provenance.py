@@ -7,6 +7,10 @@ real constant equals the module values it names: a constant computed from
 weights in ``forward`` (or folded by normalization) fails that check and its
 groups are frozen, as are groups whose parameters share module elements with
 another use (tied weights), since one module tensor cannot be cut two ways.
+One constant repeating an element is fine when every repeat lies in the same
+channel of the group's axis (a relative position bias gathered from its table:
+a head's table column fills that head's slice), since any channel cut then
+removes all of its repeats or none.
 """
 from __future__ import annotations
 
@@ -48,12 +52,28 @@ def confirmed(marked: Provenance, real_graph: gs.Graph, flat: np.ndarray) -> Pro
     return kept
 
 
-def shared_constants(provenance: Provenance, total: int) -> set[str]:
-    """Constants holding a module element that another constant (or another position) holds too."""
+def shared_constants(provenance: Provenance, total: int) -> tuple[set[str], set[str]]:
+    """(constants holding a module element another constant holds too, constants only repeating their own)."""
     if not provenance:
-        return set()
+        return set(), set()
     counts = np.bincount(np.concatenate([index.ravel() for index in provenance.values()]), minlength=total)
-    return {name for name, index in provenance.items() if (counts[index] > 1).any()}
+    shared, repeating = set(), set()
+    for name, index in provenance.items():
+        if (counts[index] > 1).any():
+            elements, own = np.unique(index, return_counts=True)
+            (shared if (counts[elements] > own).any() else repeating).add(name)
+    return shared, repeating
+
+
+def repeats_stay_in_one_channel(index: np.ndarray, axis: int) -> bool:
+    """True when every element *index* repeats sits at one position along *axis* (a cut there takes all or none)."""
+    rows = np.moveaxis(index, axis, 0).reshape(index.shape[axis], -1)
+    elements = rows.ravel()
+    channels = np.repeat(np.arange(rows.shape[0]), rows.shape[1])
+    order = np.argsort(elements, kind="stable")
+    elements, channels = elements[order], channels[order]
+    same = elements[1:] == elements[:-1]
+    return bool((channels[1:][same] == channels[:-1][same]).all())
 
 
 def unmappable_groups(analysis: DependencyAnalysis, provenance: Provenance, table: TensorTable,
@@ -64,23 +84,25 @@ def unmappable_groups(analysis: DependencyAnalysis, provenance: Provenance, tabl
     tensor may only be cut when it is vector-like (one axis longer than 1: a layer scale, a bias), since
     its module's forward may read widths or head counts from attributes nobody updates.
     """
-    shared = shared_constants(provenance, table.total)
+    shared, repeating = shared_constants(provenance, table.total)
     reasons = {}
     for group in analysis.prunable_groups:
         for param in group.params:
-            why = _why_not(param, provenance, shared, table, unadapted)
+            why = _why_not(param, provenance, shared, repeating, table, unadapted)
             if why:
                 reasons[group.id] = why
                 break
     return reasons
 
 
-def _why_not(param, provenance: Provenance, shared: set[str], table: TensorTable, unadapted: dict[str, str]):
+def _why_not(param, provenance: Provenance, shared: set[str], repeating: set[str], table: TensorTable,
+             unadapted: dict[str, str]):
     if param.tensor not in provenance:
         return f"torch: {param.tensor} of {param.node} ({param.op}) is not a module parameter or buffer " \
                "(computed in forward?)"
-    slot = table.slot_of(int(provenance[param.tensor].flat[0]))
-    if param.tensor in shared:
+    index = provenance[param.tensor]
+    slot = table.slot_of(int(index.flat[0]))
+    if param.tensor in shared or (param.tensor in repeating and not repeats_stay_in_one_channel(index, param.axis)):
         return f"torch: {param.tensor} of {param.node} shares {slot.name} with another use"
     if slot.name in unadapted and sum(n > 1 for n in slot.shape) > 1:
         return f"torch: {slot.name} {list(slot.shape)} belongs to {unadapted[slot.name]}, which has no adapter"

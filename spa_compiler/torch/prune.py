@@ -31,7 +31,7 @@ from .distill import distill_inputs
 from .hazards import channel_slicing_groups
 from .export import as_tuple, export_marked, flat_outputs, input_names, one_sample, with_real_values
 from .markers import TensorTable
-from .modules import has_adapter, update_attributes
+from .modules import unadapted_owner, update_attributes
 from .provenance import after_rewrite, confirmed, decode_graph, unmappable_groups
 
 # Relative output error above which the export (dense) or the pruned module (after) is said not to match the graph.
@@ -110,8 +110,7 @@ def _prune(module: torch.nn.Module, inputs: tuple, opts: PruneOptions, say, sali
     marked_graph = compile_model(marked, prune_hidden=opts.prune_hidden, head_dims=opts.prune_head_dims).graph
     provenance: dict = {}
     frozen: dict[int, str] = {}
-    unadapted = {slot.name: type(owner).__name__ for slot in table.slots
-                 if not has_adapter(owner := module.get_submodule(slot.module))}
+    unadapted = {slot.name: owner for slot in table.slots if (owner := unadapted_owner(module, slot.module))}
 
     def freeze(compiled) -> dict[int, str]:
         provenance.update(confirmed(decode_graph(marked_graph, table), compiled.graph, flat))
