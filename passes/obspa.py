@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from spa_compiler.analysis import Group
+from spa_compiler.obspa.blas import threads_for
 from spa_compiler.obspa.compensate import ObsContext
 from spa_compiler.importance import ScoringContext
 from spa_compiler.obspa.greedy import ConsumerState
@@ -39,6 +40,10 @@ class ObspaCriterion(Criterion):
         entries = obs.entries(group)
         if not entries:
             return L2Criterion(self.reduce).score(ctx, group)
+        with threads_for(max(len(entry.hessian.units) for entry in entries)):
+            return self._greedy(entries, group)
+
+    def _greedy(self, entries, group: Group) -> np.ndarray:
         state = [ConsumerState(entry, _positions_by_atom(group.atom_of[entry.layer.param.space], group.n_atoms))
                  for entry in entries]
         n = group.n_atoms

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional, Sequence
 
 import onnx
@@ -55,10 +55,11 @@ def prune(model: ModelLike, ratio: float = 0.5, criterion: str = "l2", *, global
           progress: Optional[Callable[[str], None]] = None) -> PruneResult:
     """Prune whole channels of *model* (a path or an ``onnx.ModelProto``).
 
-    ratio: fraction of each group's channels removed (or of all channels with
-    ``global_ranking``; None lets the criterion choose: local, or for obspa, whose energy-normalized
-    costs compare across layers, global unless the per-group or the sensitivity-allocated plan measures a
-    clearly lower output error on the measurement inputs, see :mod:`ranking`); target_macs: instead of a ratio, prune until the MACs
+    ratio: fraction of each group's channels removed (``global_ranking=False``), or of all channels
+    (``True``); None (the default) takes the MACs of the criterion's own plan (per group for l2, global for
+    obspa, whose energy-normalized costs compare across layers) and writes that plan unless another
+    allocation at those MACs (per-group, or by measured sensitivity) measures a clearly lower output error
+    on the measurement inputs, never one whose outputs collapsed (:mod:`ranking`; not without verification); target_macs: instead of a ratio, prune until the MACs
     are at most this fraction of the original; max_error: instead of a ratio, prune as much as possible
     while the outputs' relative L2 error on the measurement inputs stays at most this (with target_macs:
     the MACs target is the goal, never beyond this error; see :mod:`budget`); prune_hidden: also prune a
@@ -158,9 +159,12 @@ def prune_with(model: ModelLike, opts: PruneOptions, progress: Optional[Callable
         plan = _within_max_error(search, target_macs, say)
     else:
         plan = plan_pruning(compiled, scores, options, target_macs)
+        if not plan.removed and options.snap > 1:  # the snap gave every channel back: a light ratio keeps exact widths
+            options = replace(options, snap=1)
+            plan = plan_pruning(compiled, scores, options, target_macs)
         if not plan.removed and ratio > 0 and target_macs is None:
             raise UsageError(f"{compiled.source}: ratio {ratio} removes no channel (groups too small or excluded)")
-        if opts.global_ranking is None and options.global_ranking and measurement is not None:
+        if opts.global_ranking is None and plan.removed and measurement is not None:
             plan, options, ranking = measured_ranking(compiled, scores, opts, plan, measurement, updates_for, say,
                                                       progress, compensating=context is not None)
             if context is not None and not ranking["compensated"]:

@@ -33,7 +33,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .analysis.rules import rule_for
-from .cost import estimate_macs, totals
+from .cost import MacsEstimator, node_macs, totals
 from .fidelity import Measurement, Reference, compare, relative_error, run_batches, session_measuring
 from .ir import all_nodes, constants_of, to_model
 from .oracle import masked_consumers
@@ -42,6 +42,7 @@ from .plan import Plan, PlanOptions, candidate_groups, plan_from_ratios
 from .progress import step
 from .rewrite import kept_fraction
 from .shapes import concrete_shapes
+from .suffix import SuffixRunner
 
 PROBE_RATIOS = (1 / 64, 1 / 32, 1 / 16, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
 # A MACs target needs no finer steps than these (``--max-error`` probes the small ratios too: a sensitive
@@ -61,6 +62,8 @@ class MaskedRunner:
     Running a plan is feeding its masked (and compensated) weights: no
     rewrite, no new session.  ``error`` returns None when the plan needs a
     tensor the session does not take as an input (the caller then rewrites).
+    With *from_change*, the run starts at the last cut before the first layer the plan changes
+    (:mod:`suffix`: a probe of one group skips the dense prefix; same outputs).
     """
 
     def __init__(self, compiled: Compiled, names: set[str], measured: list[str]) -> None:
@@ -74,17 +77,41 @@ class MaskedRunner:
                     node.inputs[i] = inputs[tensor.name]
         graph.inputs.extend(inputs.values())
         self.session, self.measured = session_measuring(to_model(graph, compiled.meta), measured)
+        self._graph, self._compiled = graph, compiled
+        self._suffix: Optional[SuffixRunner] = None
+        self._cutting = True  # False once onnxruntime refused a cut graph: every run whole
 
-    def error(self, analysis, plan: Plan, updates: Updates, reference: Reference, batches) -> Optional[float]:
+    def fidelity(self, analysis, plan: Plan, updates: Updates, reference: Reference, batches,
+                 from_change: bool = False) -> Optional[dict]:
         if any(name not in self.base for name in (updates or {})):
             return None
         current = {**self.base, **{k: np.asarray(v, dtype=self.base[k].dtype) for k, v in (updates or {}).items()}}
-        fed = {**current, **masked_consumers(analysis, plan, current.__getitem__)}
-        if any(name not in self.base for name in fed):
+        changed = {**{k: current[k] for k in (updates or {})}, **masked_consumers(analysis, plan, current.__getitem__)}
+        if any(name not in self.base for name in changed):
             return None
+        fed = {**current, **changed}
         reference = reference.only(self.measured)
-        runs = run_batches(self.session, reference.names, ({**feeds, **fed} for feeds in batches))
-        return relative_error(compare(reference, runs))
+        runs = self._from_change(changed, fed, reference, batches) if from_change else None
+        if runs is None:
+            runs = run_batches(self.session, reference.names, ({**feeds, **fed} for feeds in batches))
+        return compare(reference, runs)
+
+    def _from_change(self, changed, fed, reference: Reference, batches):
+        """The outputs per batch from the last cut before the first changed layer, or None (whole graph)."""
+        if not self._cutting:
+            return None
+        try:
+            if self._suffix is None:
+                shapes = concrete_shapes(self._compiled.graph, self._compiled.spec)
+                self._suffix = SuffixRunner(self._graph, self._compiled.meta, self.base,
+                                            [node_macs(node, shapes) for node in self._graph.nodes])
+            cut = self._suffix.cut_for(list(changed))
+            if cut is None:
+                return None
+            return self._suffix.run(cut, reference.names, list(batches), reference.outputs, fed)
+        except Exception:  # noqa: BLE001 - a graph onnxruntime will not cut: run it whole, as before
+            self._cutting = False
+            return None
 
 
 def _updatable(compiled: Compiled, groups) -> set[str]:
@@ -141,6 +168,7 @@ class MaxErrorSearch:
         # the shapes of the input spec, as the MACs target's own plan and the report count them
         self._shapes = concrete_shapes(self.compiled.graph, self.compiled.spec)
         self.dense_macs = max(totals(self.compiled.graph, self._shapes)[1], 1)
+        self._macs = MacsEstimator(self.compiled.graph, self._shapes)
         self.groups = [g for g in candidate_groups(self.compiled.analysis, self.options, Plan())
                        if g.id in self.scores]
         try:
@@ -155,11 +183,15 @@ class MaxErrorSearch:
 
     def macs_fraction(self, plan: Plan) -> float:
         kept = kept_fraction(self.compiled.analysis, plan)
-        return estimate_macs(self.compiled.graph, kept, self._shapes) / self.dense_macs
+        return self._macs(kept) / self.dense_macs
 
     def error(self, plan: Plan, probe: bool = False, plain: bool = False) -> float:
         """Measured relative output error of *plan* (masked when exact, else rewritten); *plain*: without
         compensation, whatever the search's setting."""
+        return relative_error(self.fidelity(plan, probe, plain))
+
+    def fidelity(self, plan: Plan, probe: bool = False, plain: bool = False) -> dict:
+        """:func:`fidelity.compare` of *plan*'s outputs with the dense ones, measured as :meth:`error` says."""
         self.evaluations += 1
         reference, batches = self.measurement.reference, self.measurement.inputs.batches
         if probe:
@@ -169,13 +201,13 @@ class MaxErrorSearch:
         analysis = self.compiled.analysis
         exact = all(analysis.groups[gid].exact for gid in plan.removed)
         if self._runner is not None and (exact or probe):
-            masked = self._runner.error(analysis, plan, updates, reference, batches)
+            masked = self._runner.fidelity(analysis, plan, updates, reference, batches, from_change=probe)
             if masked is not None:
                 return masked
         model, _, _ = apply_plan(self.compiled, plan, updates)
         sess, names = session_measuring(model, reference.names)
         reference = reference.only(names)
-        return relative_error(compare(reference, run_batches(sess, names, batches)))
+        return compare(reference, run_batches(sess, names, batches))
 
     # -- the search --------------------------------------------------------------------------------
     def probe(self) -> None:

@@ -138,11 +138,14 @@ def main() -> None:
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Pruned model path [default: MODEL.pruned.onnx].")
-@click.option("--ratio", type=float, default=0.5, show_default=True, help="Fraction of channels removed.")
+@click.option("--ratio", type=float, default=0.5, show_default=True,
+              help="Fraction of channels removed (its MACs re-allocated by measured sensitivity when that "
+                   "measures clearly better; exactly per group with --local).")
 @click.option("--criterion", default="l2", show_default=True, help="Importance criterion pass (see `spac passes`).")
 @click.option("--global/--local", "global_ranking", default=None,
               help="Rank channels across groups (capped per group) instead of the same ratio per group "
-                   "[default: local; for obspa global, unless per-group ranking measures a lower output error].")
+                   "[default: the criterion's plan (l2 per group, obspa global), unless another allocation at "
+                   "the same MACs measures a clearly lower output error].")
 @click.option("--max-group-ratio", type=float, default=0.9, show_default=True,
               help="With --global: at most this fraction of any group is removed.")
 @click.option("--round-to", type=int, default=None,

@@ -108,18 +108,30 @@ def _is_weight(t: gs.Constant) -> bool:
 def estimate_macs(graph: gs.Graph, fraction: Callable[[str, int], Optional[float]],
                   shapes: Optional[Concrete] = None) -> int:
     """MACs after pruning, given the kept fraction of each (tensor, axis) space (None = untouched)."""
-    shapes = concrete(graph, shapes)
-    total = 0
-    for node in all_nodes(graph):  # a body's layers counted once (one iteration, every branch)
-        macs = node_macs(node, shapes)
-        if not macs:
-            continue
-        if node.op in RECURRENT_GATES:
-            total += _recurrent_estimate(node, fraction, shapes)
-            continue
-        f_out, f_in = rule_for(node).kept_fractions(node, fraction)
-        total += macs * (1.0 if f_out is None else f_out) * (1.0 if f_in is None else f_in)
-    return int(total)
+    return MacsEstimator(graph, shapes)(fraction)
+
+
+class MacsEstimator:
+    """:func:`estimate_macs` for many plans of one graph: every counted node's MACs computed once.
+
+    A MACs-target search or the sensitivity allocation prices hundreds of plans; recounting every
+    node's MACs from its shapes each time took 12 of 94 CPU seconds on an unrolled BiLSTM tagger.
+    """
+
+    def __init__(self, graph: gs.Graph, shapes: Optional[Concrete] = None) -> None:
+        self.shapes = concrete(graph, shapes)
+        counted = ((node, node_macs(node, self.shapes)) for node in all_nodes(graph))  # a body's layers once
+        self.counted = [(node, macs) for node, macs in counted if macs]
+
+    def __call__(self, fraction: Callable[[str, int], Optional[float]]) -> int:
+        total = 0
+        for node, macs in self.counted:
+            if node.op in RECURRENT_GATES:
+                total += _recurrent_estimate(node, fraction, self.shapes)
+                continue
+            f_out, f_in = rule_for(node).kept_fractions(node, fraction)
+            total += macs * (1.0 if f_out is None else f_out) * (1.0 if f_in is None else f_in)
+        return int(total)
 
 
 def _recurrent_estimate(node: gs.Node, fraction: Callable[[str, int], Optional[float]],

@@ -18,11 +18,11 @@ import onnx_graphsurgeon as gs
 from . import registry
 from .analysis import DependencyAnalysis, analyze
 from .analysis.rules import rule_for
-from .cost import estimate_macs, totals
+from .cost import MacsEstimator, totals
 from .criterion import Criterion
 from .errors import CompileError, ModelLoadError, NothingToPruneError, SpacError, UsageError
 from .importance import REDUCTIONS, ScoringContext
-from .ir import ModelMeta, constants_of
+from .ir import ModelMeta, all_nodes, constants_of
 from .modelio import ModelLike, load_model
 from .normalize import normalize
 from .plan import Plan, PlanOptions, make_plan, search_ratio
@@ -139,12 +139,13 @@ def plan_pruning(compiled: Compiled, scores: dict[int, np.ndarray], options: Pla
         return make_plan(compiled.analysis, scores, options)
     shapes = concrete_shapes(compiled.graph, compiled.spec)
     _, dense = totals(compiled.graph, shapes)
+    estimate = MacsEstimator(compiled.graph, shapes)
 
     def make(ratio: float) -> Plan:
         return make_plan(compiled.analysis, scores, PlanOptions(**{**options.__dict__, "ratio": ratio}))
 
     def cost(plan: Plan) -> float:
-        return estimate_macs(compiled.graph, kept_fraction(compiled.analysis, plan), shapes) / max(dense, 1)
+        return estimate(kept_fraction(compiled.analysis, plan)) / max(dense, 1)
 
     plan, _ = search_ratio(make, cost, target_macs)
     return plan
@@ -170,7 +171,7 @@ def consumer_nodes(compiled: Compiled) -> list[gs.Node]:
     """Consumer layers (Conv, Gemm, MatMul) of every prunable group: whose inputs OBS needs statistics of."""
     from .analysis import CONSUMER
 
-    nodes = {n.name: n for n in compiled.graph.nodes}
+    nodes = {n.name: n for n in all_nodes(compiled.graph)}  # layers inside If/Loop/Scan bodies too
     wanted = {p.node for g in compiled.analysis.prunable_groups for p in g.params_by_role(CONSUMER)}
     return [nodes[name] for name in sorted(wanted) if name in nodes and _is_consumer_layer(nodes[name])]
 

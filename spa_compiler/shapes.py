@@ -40,9 +40,13 @@ SHAPE_PRESERVING = ("GroupNormalization", "QLinearSigmoid", "QLinearLeakyRelu")
 
 def reinfer_shapes(graph: gs.Graph, meta: ModelMeta) -> gs.Graph:
     """Forget intermediate shapes and infer them again (after a rewrite changed channel counts)."""
-    for g in graphs_of(graph):  # a body's declared inputs and outputs are its owner rule's to rewrite
+    graphs = graphs_of(graph)
+    # a body's declared inputs and outputs are its owner rule's to rewrite; a body also lists the outer
+    # tensors it reads (the main graph's inputs among them), which keep their shapes too
+    declared = {id(t) for g in graphs for t in [*g.inputs, *g.outputs]}
+    for g in graphs:
         for tensor in g.tensors().values():
-            if isinstance(tensor, gs.Variable) and tensor not in g.outputs and tensor not in g.inputs:
+            if isinstance(tensor, gs.Variable) and id(tensor) not in declared:
                 tensor.shape = None
     with inputspec.active(meta.input_spec):
         infer_graph_shapes(graph, [], symbolic=True)

@@ -146,3 +146,41 @@ def test_damped_inverse_is_the_inverse_of_the_damped_matrix():
     h = _spd(7, rng)
     damped = h + 0.01 * np.mean(np.diag(h)) * np.eye(7)
     np.testing.assert_allclose(damped_inverse(h, 0.01) @ damped, np.eye(7), atol=1e-10)
+
+
+def test_one_unit_atoms_take_the_indexed_path_with_the_same_costs_and_downdates():
+    """Atoms of one unit each (every MatMul column, every channel of a structured Hessian) are costed and
+    removed by array indexing (greedy.ConsumerState.single); the general block path must agree."""
+    rng = np.random.default_rng(3)
+    features, out = 12, 5
+    h = _spd(features, rng)
+    w = rng.normal(size=(out, features))
+    layer = ConsumerLayer(gs.Node("MatMul", name="mm"), None, w.shape, w, 1)
+    entry = LayerEntry(layer, LayerStats(h, np.zeros(features), np.zeros(features), 100), 0.01)
+    atoms = [np.array([a]) for a in range(features - 1)] + [np.zeros(0, int)]  # the last atom has no column here
+    fast, general = ConsumerState(entry, atoms), ConsumerState(entry, atoms)
+    general.single = None
+    assert fast.single is not None
+    alive = np.arange(len(atoms))
+    for take in (np.array([2, 7]), np.array([0]), np.array([11, 5, 9])):
+        np.testing.assert_allclose(fast.costs(alive), general.costs(alive), rtol=1e-12)
+        fast.remove(take)
+        general.remove(take)
+        alive = np.setdiff1d(alive, take)
+        np.testing.assert_allclose(fast.hinv, general.hinv, rtol=1e-12)
+        np.testing.assert_allclose(fast.w, general.w, rtol=1e-12, atol=1e-14)
+
+
+def test_small_matrices_run_with_one_blas_thread():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from spa_compiler.obspa.blas import SMALL, threads_for
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    with threads_for(SMALL - 1):
+        assert all(n == 1 for n in blas_threads())
+    with threads_for(SMALL):
+        assert blas_threads() == before
+    assert blas_threads() == before

@@ -97,7 +97,8 @@ def test_prune_hidden_shrinks_the_residual_stream(folder, name):
     assert not any(g.n_atoms == 32 for g in default.analysis.prunable_groups), "hidden is frozen by default"
     hidden = [g for g in compile_model(model, prune_hidden=True).analysis.prunable_groups if g.n_atoms == 32]
     assert len(hidden) == 1 and not hidden[0].exact, "one inexact residual-stream group"
-    result = spa_compiler.prune(model, ratio=0.25, prune_hidden=True)
+    # per group (global_ranking=False): the measured re-allocation may spare the stream
+    result = spa_compiler.prune(model, ratio=0.25, prune_hidden=True, global_ranking=False)
     widths = {int(t.dims[0]) for t in result.model.graph.initializer
               if len(t.dims) == 1 and ("ln" in t.name or "norm" in t.name)}
     assert widths == {24}, widths  # every norm of the stream lost the same 8 of 32 channels

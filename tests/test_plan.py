@@ -92,8 +92,7 @@ def test_round_to_holds_in_concat_groups(options):
     assert all(new % 8 == 0 for _, _, new in cut), cut
 
 
-@pytest.mark.parametrize("options", [dict(ratio=0.37), dict(ratio=0.6, global_ranking=True, max_group_ratio=0.7),
-                                     dict(target_macs=0.55)])
+@pytest.mark.parametrize("options", [dict(ratio=0.37), dict(ratio=0.6, global_ranking=True, max_group_ratio=0.7)])
 def test_default_snap_keeps_wide_layers_on_multiples_of_8(options):
     """Default plans: a layer of 32+ channels keeps a multiple of 8, a narrower one any count; round_to=1 exact."""
     model = builders.demo_cnn()
@@ -103,6 +102,25 @@ def test_default_snap_keeps_wide_layers_on_multiples_of_8(options):
     exact = _cut_weight_dims(model, prune(model, criterion="l2", round_to=1, verify=False, **options).model)
     assert any(new % 8 for _, old, new in exact if old >= SNAP_MIN_CHANNELS), "round_to=1 must stay exact"
     assert snapped.report["snap"] == {"multiple": 8, "min_channels": SNAP_MIN_CHANNELS}
+
+
+def test_a_macs_target_lands_with_exact_widths():
+    """A stated MACs budget is the contract: no snap (it overshoots on the staircase), and the target is met closely."""
+    model = builders.demo_cnn()
+    result = prune(model, criterion="l2", target_macs=0.55, verify=False)
+    reached = result.report["macs"]["after"] / result.report["macs"]["before"]
+    assert result.report["snap"] is None
+    assert 0.5 <= reached <= 0.55
+    cut = _cut_weight_dims(model, result.model)
+    assert any(new % 8 for _, old, new in cut if old >= SNAP_MIN_CHANNELS), cut
+
+
+def test_a_light_ratio_the_snap_would_undo_keeps_exact_widths():
+    """Ratio 0.05 on 32-64 wide layers: the snap gives every channel back, so the plan keeps exact widths."""
+    model = builders.demo_cnn()
+    result = prune(model, criterion="l2", ratio=0.05, verify=False)
+    assert result.report["snap"] is None
+    assert _cut_weight_dims(model, result.model), "a light ratio must still remove channels"
 
 
 def test_snapped_plans_pass_the_mask_oracle(demo):

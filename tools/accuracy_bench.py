@@ -139,7 +139,7 @@ def spac_rows(bench: Bench, ratios: list[float], budgets: dict[float, float]) ->
 def torch_pruning_rows(bench: Bench, ratios: list[float], budgets: dict[float, float]) -> list[dict]:
     try:
         import torch
-        import torch_pruning as tp
+        import torch_pruning  # noqa: F401 - the peer must be installed for these rows
 
         from models.train_benchmarks import build
     except ImportError as exc:
@@ -153,21 +153,9 @@ def torch_pruning_rows(bench: Bench, ratios: list[float], budgets: dict[float, f
         model = build(bench.arch)
         model.load_state_dict(torch.load(bench.file(".pt")))
         model.eval()
-        importance = {"L1": tp.importance.MagnitudeImportance(p=1), "L2": tp.importance.MagnitudeImportance(p=2),
-                      "Taylor": tp.importance.TaylorImportance(), "Random": tp.importance.RandomImportance()}[label]
-        head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
-        heads = {m: m.num_heads for m in model.modules() if isinstance(m, torch.nn.MultiheadAttention)}
-        base, base_params = tp.utils.count_ops_and_params(model, example)
-        pruner = tp.pruner.MetaPruner(model, example, importance=importance, pruning_ratio=ratio,
-                                      ignored_layers=[head], num_heads=heads, prune_num_heads=bool(heads),
-                                      prune_head_dims=False)
-        if label == "Taylor":
-            with torch.no_grad():
-                labels = model(calib).argmax(1)
-            torch.nn.functional.cross_entropy(model(calib), labels).backward()
-        pruner.step()
-        macs, params = tp.utils.count_ops_and_params(model, example)
-        return model, macs / base, params / base_params
+        with torch.no_grad():
+            labels = model(calib).argmax(1)  # Taylor: the model's own predictions as labels
+        return (model, *tp_prune(model, example, label, ratio, (calib, labels)))
 
     rows = []
     for label in ("L1", "L2", "Taylor", "Random"):
@@ -186,6 +174,30 @@ def torch_pruning_rows(bench: Bench, ratios: list[float], budgets: dict[float, f
                 row.update(macs=macs, params=params, seconds=time.perf_counter() - start)
         rows.append(row)
     return rows
+
+
+def tp_prune(model, example, label: str, ratio: float, taylor_batch: Optional[tuple] = None) -> tuple[float, float]:
+    """Prune *model* in place with Torch-Pruning's MetaPruner at *ratio* (the last Linear kept, attention heads
+    pruned whole); *label*: L1, L2, Taylor (gradients of the cross-entropy on ``taylor_batch = (inputs,
+    targets)``) or Random.  Returns the MACs and parameters kept, as Torch-Pruning counts them."""
+    import torch
+    import torch_pruning as tp
+
+    importance = {"L1": tp.importance.MagnitudeImportance(p=1), "L2": tp.importance.MagnitudeImportance(p=2),
+                  "Taylor": tp.importance.TaylorImportance(), "Random": tp.importance.RandomImportance()}[label]
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    heads = {m: m.num_heads for m in model.modules() if isinstance(m, torch.nn.MultiheadAttention)}
+    base, base_params = tp.utils.count_ops_and_params(model, example)
+    pruner = tp.pruner.MetaPruner(model, example, importance=importance, pruning_ratio=ratio,
+                                  ignored_layers=[head], num_heads=heads, prune_num_heads=bool(heads),
+                                  prune_head_dims=False)
+    if label == "Taylor":
+        inputs, targets = taylor_batch
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(inputs), targets).backward()
+    pruner.step()
+    macs, params = tp.utils.count_ops_and_params(model, example)
+    return macs / base, params / base_params
 
 
 def _bisect(prune_at: Callable[[float], tuple], budget: float):

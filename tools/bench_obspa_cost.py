@@ -9,7 +9,8 @@ VmHWM, and obspa's seconds divided by l2's, from the same run; CPU seconds (user
 too, since on a shared machine wall time mostly measures the other jobs.  ``resnet50`` is a torchvision-shaped
 ResNet-50 at 224x224 with random weights and BatchNorm kept (models/builders.py, written once into
 tools/out/, no torch needed); the other names are the dev set's files (``--dev`` or
-SPAC_REALMODELS_DIR, every ``*.onnx`` there by default).
+SPAC_REALMODELS_DIR, every ``*.onnx`` there by default; when the folder is missing, one row says the
+dev set was skipped and why).  The table ends with the largest wall and CPU ratios over the models run.
 """
 from __future__ import annotations
 
@@ -50,19 +51,24 @@ def resnet50_path(size: int = 224) -> Path:
     return path
 
 
-def model_paths(names, dev: Path | None) -> dict[str, Path]:
-    """Name -> file: ``resnet50`` generated, every other name a dev-set file (all of them when none named)."""
-    available = {p.stem: p for p in sorted(dev.glob("*.onnx"))} if dev is not None and dev.is_dir() else {}
+def model_paths(names, dev: Path | None) -> tuple[dict[str, Path], list[dict]]:
+    """Name -> file (``resnet50`` generated, every other name a dev-set file, all of them when none named),
+    and rows for the models skipped with the reason (the dev set missing)."""
+    present = dev is not None and dev.is_dir() and any(dev.glob("*.onnx"))
+    available = {p.stem: p for p in sorted(dev.glob("*.onnx"))} if present else {}
     wanted = names or ["resnet50", *available]
-    out = {}
+    out, skipped = {}, []
+    if not present and (names is None or any(name != "resnet50" for name in names)):
+        skipped.append({"model": "dev set", "error": f"skipped: no *.onnx in {dev} (fetch it with "
+                                                      f"../shared/realmodels/fetch.sh and set SPAC_REALMODELS_DIR)"})
     for name in wanted:
         if name == "resnet50":
             out[name] = resnet50_path()
         elif name in available:
             out[name] = available[name]
-        else:
+        elif present:
             raise SystemExit(f"bench_obspa_cost: no model {name!r} (dev set: {dev})")
-    return out
+    return out, skipped
 
 
 def run(path: Path, criterion: str, target: float, timeout: int) -> dict:
@@ -78,8 +84,8 @@ def main(argv=None) -> int:
     parser.add_argument("--target-macs", type=float, default=0.75)
     parser.add_argument("--timeout", type=int, default=1800)
     args = parser.parse_args(argv)
-    rows = []
-    for name, path in model_paths(args.models, args.dev).items():
+    paths, rows = model_paths(args.models, args.dev)
+    for name, path in paths.items():
         l2 = run(path, "l2", args.target_macs, args.timeout)
         obspa = run(path, "obspa", args.target_macs, args.timeout)
         row = {"model": name, "l2_s": l2.get("seconds"), "obspa_s": obspa.get("seconds"),
@@ -93,6 +99,10 @@ def main(argv=None) -> int:
         rows.append(row)
         print(f"{name}: {row}", flush=True)
     print(markdown_table(rows, COLUMNS))
+    for key in ("ratio", "cpu_ratio"):
+        measured = [(row[key], row["model"]) for row in rows if row.get(key)]
+        if measured:
+            print(f"largest obspa/l2 {key.replace('_', ' ')}: {max(measured)[0]:.2f} ({max(measured)[1]})")
     return 0
 
 

@@ -8,7 +8,8 @@
 Every model of shared/realmodels (see tools/realmodels/) x every MACs budget (``target_macs``: the
 pruned model has at most that fraction of the dense MACs) x every criterion:
 
-- ``l2``: magnitude (group L2 norm), the same ratio in every group, bisected to the budget;
+- ``l2``: magnitude (group L2 norm), the same ratio in every group (bisected to the budget), re-allocated
+  by measured sensitivity where that measures clearly better (``spa_compiler.ranking``);
 - ``obspa``: OBSPA with data-free statistics (its default source) and global ranking;
 - ``obspa+calib``: OBSPA with statistics from the case's small calibration set (realistic inputs made by
   the package's own preprocessing, other sentences/images/utterances than the evaluation ones).
@@ -49,16 +50,21 @@ def max_error_column(limit: float) -> str:
     return f"--max-error {limit}"
 
 
-def settings(budgets, criteria, max_error: Optional[float]) -> list[tuple[str, object, dict]]:
-    """(criterion, column, prune keywords) of every cell: each criterion at each MACs budget, and data-free
+def settings(budgets, criteria, max_error: Optional[float], by_ratio: bool = False) -> list[tuple[str, object, dict]]:
+    """(criterion, column, prune keywords) of every cell: each criterion at each MACs budget (*by_ratio*: at
+    each ``--ratio`` instead, the light budget of issue 13 being ``--ratios --budgets 0.1``), and data-free
     OBSPA with ``--max-error`` (no MACs target) when asked."""
-    cells = [(c, b, {"target_macs": b}) for c in criteria for b in budgets]
+    if by_ratio:
+        cells = [(c, f"--ratio {b}", {"ratio": b}) for c in criteria for b in budgets]
+    else:
+        cells = [(c, b, {"target_macs": b}) for c in criteria for b in budgets]
     if max_error is not None:
         cells.append(("obspa", max_error_column(max_error), {"max_error": max_error}))
     return cells
 
 
-def measure(case, root: Path, budgets, criteria, samples: int, max_error: Optional[float] = None) -> list[dict]:
+def measure(case, root: Path, budgets, criteria, samples: int, max_error: Optional[float] = None,
+            by_ratio: bool = False) -> list[dict]:
     """Rows of one model: one per (criterion, budget), with task agreement, fidelity, MACs and seconds."""
     import onnxruntime as ort
 
@@ -72,7 +78,7 @@ def measure(case, root: Path, budgets, criteria, samples: int, max_error: Option
     path = root / case.file
     dense = run_all(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), prepared.eval_feeds)
     rows = []
-    for criterion, budget, goal in settings(budgets, criteria, max_error):
+    for criterion, budget, goal in settings(budgets, criteria, max_error, by_ratio):
         label = budget if isinstance(budget, str) else f"{budget:4.2f}"
         row = {**base, "criterion": criterion, "budget": budget}
         start = time.perf_counter()
@@ -158,6 +164,8 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs="*", default=None)
     parser.add_argument("--budgets", nargs="*", type=float, default=list(BUDGETS))
     parser.add_argument("--criteria", nargs="*", default=list(CRITERIA), choices=CRITERIA)
+    parser.add_argument("--ratios", action="store_true",
+                        help="the budgets are --ratio values (fraction of channels removed), not MACs targets")
     parser.add_argument("--samples", type=int, default=64, help="data-free statistics samples for obspa")
     parser.add_argument("--out", type=Path, default=None, help="write the Markdown table here")
     parser.add_argument("--json", type=Path, default=JSON_OUT)
@@ -167,7 +175,7 @@ def main(argv=None) -> int:
                         help="also data-free obspa with --max-error F (no MACs target): one more column")
     args = parser.parse_args(argv)
     if args.table_from:
-        table = markdown(json.loads(args.table_from.read_text()), args.budgets, args.criteria)
+        table = markdown(json.loads(args.table_from.read_text()), [] if args.ratios else args.budgets, args.criteria)
         print(table)
         if args.out:
             args.out.write_text(table)
@@ -180,10 +188,10 @@ def main(argv=None) -> int:
     cases.sort(key=lambda c: (root / c.file).stat().st_size)  # quick models first: partial runs still say much
     rows = json.loads(args.json.read_text()) if args.append and args.json.is_file() else []
     for case in cases:
-        rows += measure(case, root, args.budgets, args.criteria, args.samples, args.max_error)
+        rows += measure(case, root, args.budgets, args.criteria, args.samples, args.max_error, args.ratios)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=1))
-    table = markdown(rows, args.budgets, args.criteria)
+    table = markdown(rows, [] if args.ratios else args.budgets, args.criteria)
     print(table)
     if args.out:
         args.out.write_text(table)

@@ -17,10 +17,11 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..analysis import CONSUMER, DependencyAnalysis, Group
-from ..ir import constants_of
+from ..ir import all_nodes, constants_of
 from .obs import (DEFAULT_DAMPING, MAX_DAMPING, ConsumerLayer, KroneckerHessian, compensate_units, damped_inverse,
                   robust_inverse)
 from ..plan import Plan
+from .blas import threads_for
 from .statistics import ChannelStats, LayerStats
 
 VAR_RATIO_BOUNDS = (1e-3, 1e3)
@@ -43,7 +44,7 @@ class ObsContext:
 
     def __post_init__(self) -> None:
         self.fallbacks: dict[str, list[str]] = {}  # reason -> consumer layers left uncompensated for it
-        self._nodes = {n.name: n for n in self.graph.nodes}
+        self._nodes = {n.name: n for n in all_nodes(self.graph)}  # a body's consumer layers too
         self._constants = constants_of(self.graph)
         self._entries: dict[int, list[LayerEntry]] = {}
 
@@ -107,14 +108,20 @@ class LayerEntry:
     damping: float
     context: Optional[ObsContext] = None
     _hinv: Optional[np.ndarray] = None
+    _hessian: Optional[KroneckerHessian] = None
 
     @property
     def hessian(self) -> KroneckerHessian:
-        """H, exact or at channel granularity; the identity (per position and tap) without statistics."""
-        if self.stats is not None:
-            return self.stats.hessian()
-        k = self.layer.cols_per_position
-        return KroneckerHessian.identity(self.layer.w.shape[1] // k, k)
+        """H, exact or at channel granularity; the identity (per position and tap) without statistics.
+
+        Made once (a channel-granularity H is built from its statistics on every call otherwise)."""
+        if self._hessian is None:
+            if self.stats is not None:
+                self._hessian = self.stats.hessian()
+            else:
+                k = self.layer.cols_per_position
+                self._hessian = KroneckerHessian.identity(self.layer.w.shape[1] // k, k)
+        return self._hessian
 
     @property
     def mean(self) -> np.ndarray:
@@ -132,10 +139,11 @@ class LayerEntry:
         inverse exists the layer keeps no statistics (identity: magnitude, no compensation).
         """
         if self._hinv is None:
-            hinv, self.damping = robust_inverse(self.hessian.units, self.damping)
+            with threads_for(len(self.hessian.units)):
+                hinv, self.damping = robust_inverse(self.hessian.units, self.damping)
             if hinv is None:
                 self._note(NO_INVERSE)
-                self.stats = None
+                self.stats, self._hessian = None, None
                 hinv = self.hessian.units  # the identity
             self._hinv = hinv
         return self._hinv
@@ -151,6 +159,10 @@ class LayerEntry:
         whose output error on the measured statistics exceeds plain removal's is given up too.  Giving up
         means plain removal (the columns zeroed, the others untouched), recorded for the report.
         """
+        with threads_for(max(len(self.hessian.units), len(self.layer.w))):
+            return self._compensated(positions)
+
+    def _compensated(self, positions: np.ndarray) -> np.ndarray:
         w0, hinv, damping, hessian = self.layer.w, self.hinv, self.damping, self.hessian
         units = self.units(positions)
         removed = w0.copy()

@@ -35,6 +35,11 @@ class ConsumerState:
         self.alive = np.arange(units)                  # unit index of every row of hinv / w / gram
         self.local = np.arange(units)                  # unit index -> row (-1 once removed)
         self.atom_units = [entry.units(p) for p in atom_positions]
+        sizes = np.array([len(u) for u in self.atom_units])
+        # every atom one unit (or none): costs and removals index arrays instead of looping over atoms
+        self.single: Optional[np.ndarray] = None
+        if len(sizes) and sizes.max() <= 1:
+            self.single = np.array([u[0] if len(u) else -1 for u in self.atom_units], dtype=np.int64)
         out, k = layer.w.shape[0], hessian.k
         keep_weights = out * k < 3 * units
         self.w: Optional[np.ndarray] = hessian.split(layer.w).copy() if keep_weights else None  # (out, U, k)
@@ -43,6 +48,13 @@ class ConsumerState:
     def costs(self, atoms: np.ndarray) -> np.ndarray:
         """OBS cost of removing each of *atoms* alone (``1/2 tr(((H^-1)[Q,Q])^-1 G[Q,Q])``), normalized by
         the layer's output energy."""
+        if self.single is not None:
+            units = self.single[atoms]
+            present = units >= 0
+            rows = self.local[units[present]]
+            out = np.zeros(len(atoms))
+            out[present] = 0.5 * self._gram_diagonal()[rows] / np.diag(self.hinv)[rows]
+            return out / self.energy
         blocks = [self.local[self.atom_units[a]] for a in atoms]
         out = np.zeros(len(blocks))
         sizes = np.array([len(b) for b in blocks])
@@ -74,7 +86,11 @@ class ConsumerState:
 
     def remove(self, atoms: np.ndarray) -> None:
         """Remove *atoms* jointly (equal to one by one): compensate, downdate, drop their rows."""
-        units = np.concatenate([self.atom_units[a] for a in atoms]) if len(atoms) else np.zeros(0, int)
+        if self.single is not None:
+            units = self.single[atoms]
+            units = units[units >= 0]
+        else:
+            units = np.concatenate([self.atom_units[a] for a in atoms]) if len(atoms) else np.zeros(0, int)
         if not len(units):
             return
         q = self.local[units]

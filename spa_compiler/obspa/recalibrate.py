@@ -12,6 +12,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..runtime import session
+from .statistics import calib_feeds
 
 
 def recalibrate_batchnorm(model: onnx.ModelProto, calib: dict[str, np.ndarray], batch: int = 64) -> onnx.ModelProto:
@@ -30,9 +31,7 @@ def recalibrate_batchnorm(model: onnx.ModelProto, calib: dict[str, np.ndarray], 
     sums: dict[str, np.ndarray] = {}
     squares: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    total = len(next(iter(calib.values())))
-    for start in range(0, total, batch):
-        feeds = {i.name: calib[i.name][start:start + batch] for i in sess.get_inputs()}
+    for feeds in calib_feeds(sess, calib, batch):
         values = dict(zip(names, sess.run(None, feeds)))
         for node in bns:
             x = values[node.input[0]].astype(np.float64)

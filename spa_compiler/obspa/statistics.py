@@ -30,6 +30,8 @@ from ..analysis.rules import rule_for
 from ..errors import UsageError
 from ..ir import to_model
 from ..progress import step
+from .blas import threads_for
+from .bodies import expose, unstack
 from .obs import KroneckerHessian
 
 SOURCES = ("bnstat", "bn", "weights", "synthetic", "calib", "identity")
@@ -63,7 +65,7 @@ class LayerStats:
         n = self.rows + len(x)
         keep = self.rows / n
         with np.errstate(over="ignore", invalid="ignore"):  # overflowing activations: judged downstream
-            self.h = self.h * keep + _second_moment(x) / n
+            _blend(self.h, keep, x, n)
         x = np.asarray(x, dtype=np.float64)
         self.mean = self.mean * keep + x.sum(axis=0) / n
         self.abs_mean = self.abs_mean * keep + np.abs(x).sum(axis=0) / n
@@ -123,10 +125,10 @@ class ChannelStats:
         n = self.rows + len(pixels)
         keep = self.rows / n
         with np.errstate(over="ignore", invalid="ignore"):
-            self.channel = self.channel * keep + _second_moment(pixels) / n
+            _blend(self.channel, keep, pixels, n)
             per_channel = patches.reshape(-1, self.k)  # (rows' * C, k): every channel's patch is a sample
             m = self.tap_rows + len(per_channel)
-            self.tap_moment = self.tap_moment * (self.tap_rows / m) + _second_moment(per_channel) / m
+            _blend(self.tap_moment, self.tap_rows / m, per_channel, m)
         pixels = np.asarray(pixels, dtype=np.float64)
         self.channel_mean = self.channel_mean * keep + pixels.sum(axis=0) / n
         self.channel_abs_mean = self.channel_abs_mean * keep + np.abs(pixels).sum(axis=0) / n
@@ -134,10 +136,19 @@ class ChannelStats:
 
 
 def _second_moment(x: np.ndarray) -> np.ndarray:
-    """``x^T x`` in float64 from a float32 product (half the time of a float64 GEMM; the sum over a few
-    thousand rows loses ~1e-6 relative, far below OBS's damping)."""
+    """``x^T x`` as a float32 product (half the time of a float64 GEMM; the sum over a few thousand rows
+    loses ~1e-6 relative, far below OBS's damping)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    return (x.T @ x).astype(np.float64)
+    return x.T @ x
+
+
+def _blend(moment: np.ndarray, keep: float, x: np.ndarray, n: int) -> None:
+    """``moment = moment * keep + x^T x / n`` in place, summed in float64 (the running mean over *n* rows):
+    no float64 copies of a 2304 x 2304 product per batch."""
+    moment *= keep
+    product = _second_moment(x)
+    product *= np.float32(1.0 / n)
+    moment += product
 
 
 DENSE_FEATURES = 4096  # Conv layers with more im2col features get channel-granularity statistics (a 3x3 conv
@@ -159,14 +170,16 @@ def add_batch(stats: dict, node: gs.Node, x: np.ndarray, rng: np.random.Generato
     k = channel_granular(node, x)
     if k is None:
         rows = feature_rows(node, x, rng, limit)
-        stats.setdefault(node.name, LayerStats.empty(rows.shape[1])).add(rows)
+        with threads_for(rows.shape[1]):
+            stats.setdefault(node.name, LayerStats.empty(rows.shape[1])).add(rows)
         return
     channels = x.shape[1]
     pixels = np.moveaxis(x, 1, -1).reshape(-1, channels)
     if len(pixels) > limit:
         pixels = pixels[rng.choice(len(pixels), limit, replace=False)]
     patches = rule_for(node).feature_rows(node, x, TAP_ROWS, rng)
-    stats.setdefault(node.name, ChannelStats.empty(channels, k)).add(pixels, patches)
+    with threads_for(channels):
+        stats.setdefault(node.name, ChannelStats.empty(channels, k)).add(pixels, patches)
 
 
 def recurrence_key(node_name: str) -> str:
@@ -286,14 +299,13 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
                              noise, progress))
         return stats
     graph = batch_stat_graph(compiled.graph, compiled.meta.opset) if source == "bnstat" else compiled.graph.copy()
-    tensors = graph.tensors()
     wanted = {node.name: rule_for(node).statistics_input(node).name for node in consumers}  # int8: before quantizing
     recurrences = _recurrence_inputs(consumers)
-    outputs = list(dict.fromkeys(list(wanted.values()) + list(recurrences.values())))
-    for name in outputs:
-        tensor = tensors[name]
-        if tensor not in graph.outputs:
-            graph.outputs.append(tensor)
+    # a body's own values are threaded out to graph outputs (obspa/bodies.py): name -> (output, stacked axes)
+    exposed = expose(graph, list(dict.fromkeys(list(wanted.values()) + list(recurrences.values()))))
+    wanted = {node: exposed[name] for node, name in wanted.items() if name in exposed}
+    recurrences = {key: exposed[name] for key, name in recurrences.items() if name in exposed}
+    outputs = list(dict.fromkeys(name for name, _ in [*wanted.values(), *recurrences.values()]))
     for tensor in graph.outputs:
         if tensor.dtype is None:
             tensor.dtype = np.float32
@@ -311,9 +323,16 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
         for feeds in _batches(sess, source, calib, samples, batch, seed, noise, spec):
             values = dict(zip(names, sess.run(None, feeds)))
             for node in consumers:  # rows per run in proportion to the samples a run stands for (8192 at 64)
-                add_batch(stats, node, values[wanted[node.name]], rng, ROWS_PER_SAMPLE * batch)
-            for key, name in recurrences.items():
-                add_rows(stats, key, values[name], rng, ROWS_PER_SAMPLE * batch)
+                if node.name not in wanted:
+                    continue
+                output, stacked = wanted[node.name]
+                x = unstack(values[output], stacked)
+                if x is not None:  # None: a branch this run did not take
+                    add_batch(stats, node, x, rng, ROWS_PER_SAMPLE * batch)
+            for key, (output, stacked) in recurrences.items():
+                x = unstack(values[output], stacked)
+                if x is not None:
+                    add_rows(stats, key, x, rng, ROWS_PER_SAMPLE * batch)
             seen += len(next(iter(feeds.values())))
             step(progress, min(seen, total), total, f"statistics ({source})")
     return stats
@@ -329,10 +348,7 @@ def _batches(sess, source: str, calib, samples: int, batch: int, seed: int,
     from ..inputspec import for_session
 
     if source == "calib":
-        names = [i.name for i in sess.get_inputs()]
-        total = len(next(iter(calib.values())))
-        for start in range(0, total, batch):
-            yield {name: calib[name][start:start + batch] for name in names}
+        yield from calib_feeds(sess, calib, batch)
         return
     spec = spec if spec is not None else for_session(sess)
     done = 0
@@ -340,6 +356,18 @@ def _batches(sess, source: str, calib, samples: int, batch: int, seed: int,
         run, held = spec.samples_per_run(max(min(batch, samples - done), 2))  # bnstat needs 2 samples a batch
         yield run.feeds(seed=seed + done, noise=noise)
         done += held
+
+
+def calib_feeds(sess, calib: dict[str, np.ndarray], batch: int) -> Iterator[dict[str, np.ndarray]]:
+    """The calibration inputs in runs of *batch* samples, or of the model's fixed batch size when its first
+    input has one (``spa_compiler.torch`` exports at batch 1); a tail shorter than a fixed batch is left out."""
+    names = [i.name for i in sess.get_inputs()]
+    leading = sess.get_inputs()[0].shape[0] if sess.get_inputs() and sess.get_inputs()[0].shape else None
+    size = leading if isinstance(leading, int) and leading > 0 else batch
+    total = len(next(iter(calib.values())))
+    total -= total % size if size != batch else 0
+    for start in range(0, total, size):
+        yield {name: calib[name][start:start + size] for name in names}
 
 
 def closed_form(graph: gs.Graph, consumers: list[gs.Node], correlated: bool) -> dict[str, LayerStats]:

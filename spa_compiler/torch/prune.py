@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
 import numpy as np
@@ -20,13 +20,14 @@ import onnx
 import torch
 
 from ..api import PruneResult, prune_with
-from ..errors import CompileError
+from ..errors import CompileError, UsageError
 from ..options import PruneOptions
 from ..pipeline import compile_model
 from ..plan import Plan
 from ..runtime import run
 from .apply import apply_cuts, changed_values, find_cuts
 from .criteria import CURRENT, TORCH_CRITERIA, compute_saliency
+from .distill import distill_inputs
 from .hazards import channel_slicing_groups
 from .export import as_tuple, export_marked, flat_outputs, input_names, one_sample, with_real_values
 from .markers import TensorTable
@@ -55,30 +56,44 @@ def prune(module: torch.nn.Module, example_inputs, *, inplace: bool = True, batc
 
     batch: ``(inputs, targets)`` for the gradient criteria (``snip``, ``taylor``, ``grasp``, ``crop``; see
     criteria.py), with ``loss_fn(outputs, targets)`` (cross-entropy by default), computed in eval mode.
+    ``hessian="distill"``: OBSPA's statistics on ``samples`` inputs distilled from the module (distill.py).
 
     inplace: cut the user's module itself (default; its parameters are replaced by new, smaller
     ``nn.Parameter`` objects, so build the optimizer after pruning), else a deep copy.  The module is
     exported in eval mode at the example inputs' shapes (batch 1: the first sample, see ``one_sample``), so
     ``result.model`` takes batch 1; the module's training mode is restored afterwards.
     """
-    opts = PruneOptions(**options)
+    distilling = options.get("hessian") == "distill"
+    if distilling and options.get("calib") is not None:
+        raise UsageError("hessian='distill' makes its own calibration inputs: pass calib or hessian='distill', "
+                         "not both")
+    opts = PruneOptions(**({**options, "hessian": None} if distilling else options))
     say = progress or (lambda _msg: None)
     inputs = one_sample(as_tuple(example_inputs))
     target = module if inplace else copy.deepcopy(module)
     was_training = target.training
     target.eval()
     try:
+        distilled = None
+        if distilling:
+            say(f"distilling {opts.samples} inputs from the dense module (the distill Hessian source)")
+            distilled = distill_inputs(target, as_tuple(example_inputs), opts.samples, opts.seed)
+            opts = replace(opts, hessian="calib", calib=dict(zip(input_names(inputs), distilled.inputs)))
         saliency = None
         if opts.criterion in TORCH_CRITERIA:
             say(f"computing {opts.criterion} saliency on the batch")
             saliency = compute_saliency(target, TensorTable(target), opts.criterion, batch, loss_fn)
         token = CURRENT.set(saliency)
         try:
-            return _prune(target, inputs, opts, say, saliency)
+            result = _prune(target, inputs, opts, say, saliency)
         finally:
             CURRENT.reset(token)
     finally:
         target.train(was_training)
+    if distilled is not None and result.report.get("hessian"):
+        result.report["hessian"].update(source="distill", why="inputs distilled from the dense module's "
+                                        "BatchNorm statistics and class scores", distill=distilled.report())
+    return result
 
 
 def _prune(module: torch.nn.Module, inputs: tuple, opts: PruneOptions, say, saliency) -> TorchPruneResult:

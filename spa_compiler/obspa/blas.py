@@ -1,0 +1,33 @@
+"""One BLAS thread for OBSPA's many small matrices.
+
+OBSPA factors, inverts and downdates one matrix per consumer layer, most of them a few hundred
+rows wide (an unrolled BiLSTM tagger has ~200 consumers of 200 features).  A multithreaded
+OpenBLAS spends more on waking and spinning its threads than on such a matrix: a 200 x 200
+Cholesky took 0.1 CPU-s with two threads and 0.5 ms with one on a loaded 2-core machine, and
+that was a third of OBSPA's time on those models.  Work on matrices below ``SMALL`` runs with
+one thread (threadpoolctl, when installed); large ones keep the BLAS library's own setting.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from functools import lru_cache
+from typing import Iterator
+
+SMALL = 1024  # matrices narrower than this run single-threaded
+
+
+@lru_cache(maxsize=1)
+def _controller():
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # optional: without it the BLAS library keeps its own thread count
+        return None
+    return ThreadpoolController()
+
+
+@contextmanager
+def threads_for(size: int) -> Iterator[None]:
+    """One BLAS thread inside the block when the matrices it works on are at most *size* wide and small."""
+    controller = _controller() if size < SMALL else None
+    with (controller.limit(limits=1, user_api="blas") if controller is not None else nullcontext()):
+        yield
