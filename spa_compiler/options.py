@@ -78,20 +78,12 @@ class PruneOptions:
             if not 0.0 < self.target_macs <= 1.0:
                 raise UsageError(f"--target-macs must be in (0, 1], got {self.target_macs}")
         if self.max_error is not None:
-            _number("--max-error", self.max_error)
-            if not self.max_error > 0:
-                raise UsageError(f"--max-error must be > 0, got {self.max_error}")
+            _above("--max-error", self.max_error, 0, strict=True)
         if self.reduce not in REDUCTIONS:
             raise UsageError(f"unknown reduction {self.reduce!r} (use one of {', '.join(REDUCTIONS)})")
-        _integer("--seed", self.seed)
-        if self.seed < 0:
-            raise UsageError(f"--seed must be >= 0, got {self.seed}")
-        _integer("--samples", self.samples)
-        if self.samples < 2:
-            raise UsageError(f"--samples must be >= 2, got {self.samples}")
-        _number("--damping", self.damping)
-        if self.damping < 0:
-            raise UsageError(f"--damping must be >= 0, got {self.damping}")
+        _above("--seed", self.seed, 0, integer=True)
+        _above("--samples", self.samples, 2, integer=True)
+        _above("--damping", self.damping, 0)
         if self.noise not in NOISE_KINDS:
             raise UsageError(f"unknown noise {self.noise!r} (use one of {', '.join(NOISE_KINDS)})")
         if self.hessian == "distill":  # spa_compiler.torch.prune turns it into distilled calibration inputs
@@ -112,22 +104,16 @@ class PruneOptions:
         from .latency.providers import PROVIDER_CHOICES, providers_for
 
         if self.target_speedup is not None:
-            _number("--target-speedup", self.target_speedup)
-            if not self.target_speedup > 1.0:
-                raise UsageError(f"--target-speedup must be > 1, got {self.target_speedup}")
+            _above("--target-speedup", self.target_speedup, 1, strict=True)
         if self.target_latency is not None:
-            _number("--target-latency", self.target_latency)
-            if not self.target_latency > 0:
-                raise UsageError(f"--target-latency must be > 0 ms, got {self.target_latency}")
+            _above("--target-latency", self.target_latency, 0, strict=True, unit=" ms")
         targets = [flag for flag, value in (("--target-speedup", self.target_speedup),
                                             ("--target-latency", self.target_latency),
                                             ("--target-macs", self.target_macs), ("--max-error", self.max_error))
                    if value is not None]
         if self.latency_target and len(targets) > 1:
             raise UsageError(f"choose one target: {' and '.join(targets)} were both given")
-        _integer("--threads", self.threads)
-        if self.threads < 0:
-            raise UsageError(f"--threads must be >= 0, got {self.threads}")
+        _above("--threads", self.threads, 0, integer=True)
         if self.provider not in PROVIDER_CHOICES:
             raise UsageError(f"unknown provider {self.provider!r} (use one of {', '.join(PROVIDER_CHOICES)})")
         if self.provider == "cuda":
@@ -180,6 +166,13 @@ class PruneOptions:
 def _number(flag: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise UsageError(f"{flag} must be a number, got {value!r}")
+
+
+def _above(flag: str, value, low: float, *, integer: bool = False, strict: bool = False, unit: str = "") -> None:
+    """A number (an integer with *integer*) at least *low* (above it with *strict*), else one usage line."""
+    (_integer if integer else _number)(flag, value)
+    if not (value > low if strict else value >= low):
+        raise UsageError(f"{flag} must be {'>' if strict else '>='} {low}{unit}, got {value}")
 
 
 def _integer(flag: str, value) -> None:
