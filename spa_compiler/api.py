@@ -153,7 +153,7 @@ def prune_with(model: ModelLike, opts: PruneOptions, progress: Optional[Callable
     search, ranking = None, None
     speed = SpeedCheck(opts, compiled, input_path or model, say) if opts.latency_target or opts.check_speed else None
     if opts.latency_target:
-        plan = speed.plan_for_target(scores, options)
+        plan = speed.plan_for_target(scores, options, measurement, updates_for)
     elif max_error is not None:
         search = MaxErrorSearch(compiled, scores, options, measurement, max_error, target_macs, updates_for, progress)
         plan = _within_max_error(search, target_macs, say)
