@@ -100,9 +100,9 @@ def _fidelity(error: float) -> dict:
 
 
 def _choice(demo, errors: dict[str, float]) -> tuple[PlanChoice, list]:
-    """A choice whose judge gives the latency plan errors[LATENCY], the uniform plan errors[UNIFORM], others 9."""
+    """At 0.6 of dense (where the uniform plan lands within SAME_LATENCY of the latency plan), a choice whose judge gives the latency plan errors[LATENCY], the uniform plan errors[UNIFORM], others 9."""
     dense = _planner(demo).predicted_ms()
-    plans = {LATENCY: _planner(demo).plan(0.7 * dense)[0], UNIFORM: _planner(demo).uniform(0.7 * dense)[0]}
+    plans = {LATENCY: _planner(demo).plan(0.6 * dense)[0], UNIFORM: _planner(demo).uniform(0.6 * dense)[0]}
     judged: list = []
 
     def judge(plan):
@@ -119,18 +119,18 @@ def _choice(demo, errors: dict[str, float]) -> tuple[PlanChoice, list]:
 def test_choice_takes_the_candidate_that_measures_best(demo):
     dense = _planner(demo).predicted_ms()
     choice, judged = _choice(demo, {LATENCY: 0.5, UNIFORM: 0.3})
-    plan, info = choice.plan(0.7 * dense)
-    assert info["plans"]["chosen"] == UNIFORM and info["predicted_ms"] <= 0.7 * dense
+    plan, info = choice.plan(0.6 * dense)
+    assert info["plans"]["chosen"] == UNIFORM and info["predicted_ms"] <= 0.6 * dense
     assert info["plans"]["errors"][UNIFORM] == 0.3 and len(judged) >= 2
     choice, _ = _choice(demo, {LATENCY: 0.3, UNIFORM: 0.3})
-    _, info = choice.plan(0.7 * dense)
+    _, info = choice.plan(0.6 * dense)
     assert info["plans"]["chosen"] == LATENCY, "a tie keeps the latency plan"
 
 
 def test_choice_without_measurement_inputs_is_the_latency_plan(demo):
     dense = _planner(demo).predicted_ms()
-    plan, info = PlanChoice(lambda scaling=None: _planner(demo, scaling or "mean")).plan(0.7 * dense)
-    reference, _ = _planner(demo).plan(0.7 * dense)
+    plan, info = PlanChoice(lambda scaling=None: _planner(demo, scaling or "mean")).plan(0.6 * dense)
+    reference, _ = _planner(demo).plan(0.6 * dense)
     assert "plans" not in info and {g: len(r) for g, r in plan.removed.items()} == \
         {g: len(r) for g, r in reference.removed.items()}
 
@@ -168,3 +168,26 @@ def test_out_of_reach_target_is_said_up_front(injected):  # noqa: F811
     assert len(lines) == 1 and f"{reachable:.2f}x" in lines[0]
     reachable_target = prune(builders.demo_cnn(), target_speedup=1.2)
     assert not any(w.startswith("at most") for w in reachable_target.report["warnings"])
+
+
+def test_choice_ignores_a_candidate_far_faster_than_the_latency_plan(demo):
+    """A uniform plan that only meets the target far under it (coarse treads) is not at the same latency."""
+    dense = _planner(demo).predicted_ms()
+    choice, _ = _choice(demo, {LATENCY: 0.5, UNIFORM: 0.3})
+    far = _planner(demo).uniform(0.3 * dense)
+    choice.planner_for = lambda scaling=None, real=choice.planner_for: _Faster(real(scaling), far)
+    _, info = choice.plan(0.6 * dense)
+    assert UNIFORM not in info["plans"]["errors"] and info["plans"]["chosen"] == LATENCY
+
+
+class _Faster:
+    """A planner whose uniform candidate is a given (much faster) plan."""
+
+    def __init__(self, planner: LatencyPlanner, uniform) -> None:
+        self.planner, self.options, self._uniform = planner, planner.options, uniform
+
+    def plan(self, target_ms: float):
+        return self.planner.plan(target_ms)
+
+    def uniform(self, target_ms: float):
+        return self._uniform
