@@ -27,9 +27,12 @@ from ..plan import Plan
 from ..runtime import run
 from .apply import apply_cuts, changed_values, find_cuts
 from .criteria import CURRENT, TORCH_CRITERIA, compute_saliency
+from .derived import derived_provenance
 from .distill import distill_inputs
 from .hazards import channel_slicing_groups
-from .export import as_tuple, export_marked, flat_outputs, input_names, one_sample, with_real_values
+from .attention import splits_in_proportion
+from .export import (as_tuple, export_marked, flat_outputs, input_names, one_sample, scope_module,
+                     with_real_values)
 from .markers import TensorTable
 from .modules import unadapted_owner, update_attributes
 from .provenance import after_rewrite, confirmed, decode_graph, unmappable_groups
@@ -109,12 +112,19 @@ def _prune(module: torch.nn.Module, inputs: tuple, opts: PruneOptions, say, sali
     say("normalizing the marker-valued export for provenance")
     marked_graph = compile_model(marked, prune_hidden=opts.prune_hidden, head_dims=opts.prune_head_dims).graph
     provenance: dict = {}
+    derived: dict = {}  # folded constants forward recomputes from cut parameters: never written back
     frozen: dict[int, str] = {}
     unadapted = {slot.name: owner for slot in table.slots if (owner := unadapted_owner(module, slot.module))}
 
+    def follows_split(node_name: str) -> bool:
+        path = scope_module(module, node_name)
+        return path is not None and splits_in_proportion(module.get_submodule(path))
+
     def freeze(compiled) -> dict[int, str]:
         provenance.update(confirmed(decode_graph(marked_graph, table), compiled.graph, flat))
-        frozen.update(channel_slicing_groups(compiled.graph, compiled.analysis))
+        derived.update(derived_provenance(module, table, compiled.graph, compiled.analysis, provenance))
+        provenance.update(derived)
+        frozen.update(channel_slicing_groups(compiled.graph, compiled.analysis, follows_split))
         frozen.update(unmappable_groups(compiled.analysis, provenance, table, unadapted))
         if saliency is not None:
             saliency.provenance = provenance
@@ -124,7 +134,8 @@ def _prune(module: torch.nn.Module, inputs: tuple, opts: PruneOptions, say, sali
     say("cutting the module like the graph")
     after = after_rewrite(result.compiled.analysis, result.plan, provenance)
     cuts = find_cuts(table, provenance, after)
-    apply_cuts(module, table, cuts, changed_values(result.model, after, flat))
+    written = {name: index for name, index in after.items() if name not in derived}
+    apply_cuts(module, table, cuts, changed_values(result.model, written, flat))
     unknown = update_attributes(module, cuts)
     pruned_error = _mismatch(module, inputs, result.model)
     report = dict(result.report)
