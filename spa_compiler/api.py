@@ -25,7 +25,7 @@ from .modelio import (EXTERNAL_DATA_THRESHOLD, ModelLike, check_input_file, chec
 from .pipeline import (Compiled, bn_free_conv_warning, choose_hessian_source, compile_model,
                        consumer_nodes, load_calib, plan_pruning, require_prunable, score_groups)
 from .options import PruneOptions
-from .plan import SNAP_MIN_CHANNELS, Plan, PlanOptions
+from .plan import SNAP_MIN_CHANNELS, SNAP_WIDE_CHANNELS, Plan, PlanOptions
 from .ranking import CANDIDATES as RANKING_CANDIDATES, measured_ranking
 from .rewrite import rewrite
 from .runtime import check_checker, check_pruned
@@ -153,7 +153,7 @@ def prune_with(model: ModelLike, opts: PruneOptions, progress: Optional[Callable
     search, ranking = None, None
     speed = SpeedCheck(opts, compiled, input_path or model, say) if opts.latency_target or opts.check_speed else None
     if opts.latency_target:
-        plan = speed.plan_for_target(scores, options)
+        plan = speed.plan_for_target(scores, options, measurement, updates_for)
     elif max_error is not None:
         search = MaxErrorSearch(compiled, scores, options, measurement, max_error, target_macs, updates_for, progress)
         plan = _within_max_error(search, target_macs, say)
@@ -303,7 +303,8 @@ def build_report(compiled: Compiled, pruned_graph, plan: Plan, log, criterion: s
         "ratio": options.ratio,
         "global": options.global_ranking,
         "round_to": options.round_to,
-        "snap": {"multiple": options.snap, "min_channels": SNAP_MIN_CHANNELS} if options.snap > 1 else None,
+        "snap": {"multiple": options.snap, "min_channels": SNAP_MIN_CHANNELS, "wide_multiple": 2 * options.snap,
+                 "wide_channels": SNAP_WIDE_CHANNELS} if options.snap > 1 else None,
         "target_macs": target_macs,
         "params": {"before": params0, "after": params1},
         "macs": {"before": macs0, "after": macs1},

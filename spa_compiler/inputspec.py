@@ -69,16 +69,17 @@ class InputSpec:
     roles: tuple[Optional[str], ...]  # per axis: BATCH, SPATIAL, SEQUENCE for symbolic dims, None for static
     high: int = INT_HIGH
     kind: str = FLOAT  # inputfacts kind: ids, mask, int, bool, float
+    weights: Optional[tuple[float, ...]] = None  # ids: probability of each value in [0, high)
 
     def feed(self, rng: np.random.Generator, noise: str = "white") -> np.ndarray:
         """Seeded values at the chosen dims, drawn for the input's kind (:func:`inputvalues.draw`)."""
-        return inputvalues.draw(self.kind, self.dims, self.dtype, self.high, rng, noise)
+        return inputvalues.draw(self.kind, self.dims, self.dtype, self.high, rng, noise, self.weights)
 
     def with_facts(self, facts: Optional[InputFacts]) -> "InputSpec":
         """This input with the kind (and ids' table size) the graph shows."""
         if facts is None:
             return self
-        return replace(self, kind=facts.kind, high=facts.high or INT_HIGH)
+        return replace(self, kind=facts.kind, high=facts.high or INT_HIGH, weights=facts.weights)
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ class InputSpecs:
 
     def facts(self) -> dict[str, InputFacts]:
         """Each input's kind and ids' bound, to carry over to a spec chosen again (another session)."""
-        return {s.name: InputFacts(s.kind, s.high) for s in self.inputs}
+        return {s.name: InputFacts(s.kind, s.high, s.weights) for s in self.inputs}
 
     def samples_per_run(self, samples: int) -> tuple["InputSpecs", int]:
         """A spec holding *samples* samples in one run where it can, and how many it holds.

@@ -9,7 +9,8 @@ batch, NCHW or NHWC) and every (batch, time, features) input of at least
 ``MIN_SPECTROGRAM_SIDE`` frames and features gets 1/f² noise, standardized to
 zero mean and unit variance per sample and channel, and every other float
 input N(0,1); ``white`` keeps every float N(0,1).  Whatever the noise kind,
-ids are drawn within the table they index, masks are padded ones, other
+ids are drawn within the table they index (each as often as its embedding row
+says: :func:`inputfacts.row_weights`), masks are padded ones, other
 integers lie in ``[0, high)`` and bools are fair coins.
 """
 from __future__ import annotations
@@ -75,13 +76,16 @@ def floats(shape: tuple[int, ...], dtype, rng: np.random.Generator, noise: str =
 
 
 def draw(kind: str, shape: tuple[int, ...], dtype, high: int, rng: np.random.Generator,
-         noise: str = "auto") -> np.ndarray:
-    """Seeded values of one input of *kind* (``high``: exclusive bound of ids and other integers)."""
+         noise: str = "auto", weights=None) -> np.ndarray:
+    """Seeded values of one input of *kind* (``high``: exclusive bound of ids and other integers;
+    *weights*: each id's probability, uniform when None)."""
     dtype = np.dtype(dtype)
     if kind == MASK:
         return padded_masks(shape, dtype, rng)
     if kind == BOOL or dtype == np.bool_:
         return rng.random(shape) > 0.5
+    if kind == IDS and weights is not None and len(weights) == high:
+        return rng.choice(high, size=shape, p=np.asarray(weights, np.float64)).astype(dtype)
     if kind == IDS or not np.issubdtype(dtype, np.floating):
         return rng.integers(0, high, size=shape).astype(dtype)
     return floats(shape, dtype, rng, noise)

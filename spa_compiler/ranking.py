@@ -134,13 +134,13 @@ def ranked_error(fidelity: dict) -> float:
 
 
 def clearly_better(errors: dict[str, float], macs: dict[str, float], error: float, kept: float,
-                   target: Optional[float]) -> Optional[str]:
+                   target: Optional[float], margin: float = ERROR_MARGIN) -> Optional[str]:
     """The candidate of lowest error below ``ERROR_MARGIN`` x *error* (the current plan's, keeping *kept*
     MACs), keeping no more MACs than it or than the *target* where it landed under the target (plans
     compare at the budget asked for: the global plan can overshoot it, digits ViT at r = 0.3 reached MACs
-    0.672 for a target of 0.732); None when none is."""
+    0.672 for a target of 0.732); None when none is.  *margin* replaces ``ERROR_MARGIN`` (1: any lower error)."""
     ceiling = max(kept, target or 0.0) + MACS_SLACK
-    better = [name for name in errors if errors[name] < ERROR_MARGIN * error and macs[name] <= ceiling]
+    better = [name for name in errors if errors[name] < margin * error and macs[name] <= ceiling]
     return min(better, key=errors.__getitem__) if better else None
 
 

@@ -29,6 +29,7 @@ from typing import BinaryIO, Iterator, Optional
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx import numpy_helper
 from onnx.external_data_helper import uses_external_data
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
@@ -162,10 +163,8 @@ def embed_external(model: onnx.ModelProto) -> None:
     for tensor in _all_initializers(model):
         if not uses_external_data(tensor):
             continue
-        info = external_info(tensor)
         if tensor.data_type in _PLAIN:
-            values = MappedValues(tensor, Path(info.get("location", ""))).load()
-            tensor.raw_data = values.tobytes()
+            tensor.raw_data = tensor_array(tensor).tobytes()
         else:
             from onnx.external_data_helper import load_external_data_for_tensor
 
@@ -173,6 +172,14 @@ def embed_external(model: onnx.ModelProto) -> None:
             continue
         del tensor.external_data[:]
         tensor.data_location = onnx.TensorProto.DEFAULT
+
+
+def tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
+    """An initializer's values, external ones (absolute location, see :func:`resolve_locations`) mapped
+    read-only (onnx's own reader refuses absolute locations)."""
+    if uses_external_data(tensor) and tensor.data_type in _PLAIN:
+        return MappedValues(tensor, Path(external_info(tensor).get("location", ""))).load()
+    return numpy_helper.to_array(tensor)
 
 
 def stream_weights(graph: gs.Graph, data_path: Path, location: str,

@@ -10,7 +10,7 @@ from spa_compiler.errors import UsageError
 from spa_compiler.pipeline import compile_model, score_groups
 from spa_compiler.oracle import masked_model
 from spa_compiler.pipeline import apply_plan
-from spa_compiler.plan import SNAP_MIN_CHANNELS, PlanOptions, make_plan
+from spa_compiler.plan import SNAP_MIN_CHANNELS, SNAP_WIDE_CHANNELS, PlanOptions, make_plan
 from spa_compiler.runtime import random_inputs, session
 
 
@@ -94,14 +94,18 @@ def test_round_to_holds_in_concat_groups(options):
 
 @pytest.mark.parametrize("options", [dict(ratio=0.37), dict(ratio=0.6, global_ranking=True, max_group_ratio=0.7)])
 def test_default_snap_keeps_wide_layers_on_multiples_of_8(options):
-    """Default plans: a layer of 32+ channels keeps a multiple of 8, a narrower one any count; round_to=1 exact."""
+    """Default plans: a layer of 32+ channels keeps a multiple of 8, of 64+ a multiple of 16, a narrower one any
+    count; round_to=1 exact."""
     model = builders.demo_cnn()
     snapped = prune(model, criterion="l2", verify=False, **options)
     cut = _cut_weight_dims(model, snapped.model)
     assert cut and all(new % 8 == 0 for _, old, new in cut if old >= SNAP_MIN_CHANNELS), cut
+    assert all(new % 16 == 0 for _, old, new in cut if old >= SNAP_WIDE_CHANNELS), cut
+    assert any(old >= SNAP_WIDE_CHANNELS for _, old, _ in cut), "the demo has 64- and 96-wide layers"
     exact = _cut_weight_dims(model, prune(model, criterion="l2", round_to=1, verify=False, **options).model)
     assert any(new % 8 for _, old, new in exact if old >= SNAP_MIN_CHANNELS), "round_to=1 must stay exact"
-    assert snapped.report["snap"] == {"multiple": 8, "min_channels": SNAP_MIN_CHANNELS}
+    assert snapped.report["snap"] == {"multiple": 8, "min_channels": SNAP_MIN_CHANNELS, "wide_multiple": 16,
+                                      "wide_channels": SNAP_WIDE_CHANNELS}
 
 
 def test_a_macs_target_lands_with_exact_widths():
@@ -127,7 +131,8 @@ def test_snapped_plans_pass_the_mask_oracle(demo):
     compiled, scores = demo
     plan = make_plan(compiled.analysis, scores, PlanOptions(ratio=0.37, snap=8))
     for gid, space, size, kept in kept_per_space(compiled.analysis, plan):
-        assert kept == size or size < SNAP_MIN_CHANNELS or kept % 8 == 0, (gid, space, kept)
+        assert kept == size or size < SNAP_MIN_CHANNELS or kept % (16 if size >= SNAP_WIDE_CHANNELS else 8) == 0, \
+            (gid, space, kept)
     assert oracle_plan_error(compiled, plan) < 1e-5
 
 

@@ -123,7 +123,14 @@ def check_one(name: str, source: str, ratio: float) -> dict:
             "train_step": trained, "params_before": f"{params / 1e6:.2f}M",
             "params_after": f"{sum(p.numel() for p in module.parameters()) / 1e6:.2f}M",
             "macs_kept": round(macs["after"] / macs["before"], 3), "frozen_by_torch": len(frozen),
-            "why": _frozen_summary(frozen.values()), "seconds": round(seconds, 1)}
+            "why": _frozen_summary(frozen.values()), "seconds": round(seconds, 1), "peak_rss_gb": _peak_rss_gb()}
+
+
+def _peak_rss_gb() -> float:
+    """This process's peak resident memory (the forked child starts from the parent's resident torch import)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
 
 
 def _frozen_summary(reasons) -> str:

@@ -6,6 +6,7 @@ verification), and what goes into the report and warnings.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Optional
 
 from ..plan import Plan
@@ -27,9 +28,16 @@ class SpeedCheck:
         self.target: Optional[SpeedTarget] = None
         self.measured: Optional[Measured] = None
         self.tables: dict = {}
+        self.out_of_reach: Optional[str] = None
 
-    def plan_for_target(self, scores, plan_options) -> Plan:
-        """The latency planner's first plan (tables measured where the cache lacks them)."""
+    def plan_for_target(self, scores, plan_options, measurement=None, updates_for=None) -> Plan:
+        """The first plan for the target (tables measured where the cache lacks them).
+
+        With *measurement* (the measurement inputs), the latency plan is measured against a uniform plan
+        at the same predicted latency (:mod:`.choice`); *updates_for* compensates a plan as it will be
+        written (OBSPA).
+        """
+        from .choice import PlanChoice
         from .layers import timed_layers
         from .planner import LatencyModel, LatencyPlanner
         from .table import open_table
@@ -43,12 +51,22 @@ class SpeedCheck:
         table.save()
         steps = {kind if dtype == "float32" else f"{kind}:{dtype}": table.step(kind, dtype)
                  for kind, dtype in sorted({(layer.kind, layer.dtype) for layer in layers})}
+
+        def planner(scaling: Optional[str] = None) -> LatencyPlanner:
+            options = replace(plan_options, score_scaling=scaling) if scaling else plan_options
+            return LatencyPlanner(compiled.analysis, scores, options, model, table)
+
+        reachable = dense_ms / max(planner().floor_ms(), 1e-9)
         self.tables = {"cache": str(table.path) if table.path else None, "layers": len(layers),
                        "signatures": len({layer.signature for layer in layers}), "timed_now": table.measured,
-                       "steps": steps}
-        self.target = SpeedTarget(lambda: LatencyPlanner(compiled.analysis, scores, plan_options, model, table),
-                                  dense_ms, opts.target_speedup, opts.target_latency)
+                       "steps": steps, "reachable_speedup": reachable}
+        judge = _judge(compiled, scores, plan_options, measurement, updates_for) if measurement is not None else None
+        choice = PlanChoice(planner, judge)
+        self.target = SpeedTarget(lambda: choice, dense_ms, opts.target_speedup, opts.target_latency)
         self.say(f"planning for {self._asked()} (dense {dense_ms:.3f} ms)")
+        self.out_of_reach = reachable_line(self.target.fraction, reachable, model)
+        if self.out_of_reach:
+            self.say(self.out_of_reach)
         return self.target.plan()
 
     def _asked(self) -> str:
@@ -76,7 +94,25 @@ class SpeedCheck:
         lines = []
         if self.target is not None:
             entry.update(self.target.report(self.measured), tables=self.tables)
-            lines.append(self.target.missed_line(self.measured))
+            lines += [self.out_of_reach, self.target.missed_line(self.measured)]
         else:
             lines.append(slower_line(self.measured, self.opts.round_to))
         return entry, [line for line in lines if line]
+
+
+def reachable_line(fraction: float, reachable: float, model) -> Optional[str]:
+    """The Amdahl line when the asked fraction of dense latency is below what pruning every group can reach."""
+    if fraction * reachable >= 1.0:
+        return None
+    share = 1.0 - model.rest / max(model.dense_ms, 1e-9)
+    return (f"at most {reachable:.2f}x is reachable by pruning (predicted with every group at its --max-group-ratio "
+            f"cap; the timed prunable layers are {share:.0%} of the dense latency)")
+
+
+def _judge(compiled, scores, plan_options, measurement, updates_for) -> Callable:
+    """Output fidelity of a plan on the measurement inputs, as ranking.py measures its candidates."""
+    from ..budget import MaxErrorSearch
+
+    search = MaxErrorSearch(compiled, scores, replace(plan_options, global_ranking=False), measurement,
+                            float("inf"), None, updates_for or (lambda _plan: None))
+    return search.fidelity

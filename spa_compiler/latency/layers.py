@@ -1,5 +1,7 @@
 """The layers a latency table times: each prunable Conv/Gemm/MatMul with its fixed dims and its two widths.
 
+A Conv1d (a sequence model's conv) is its own kind: onnxruntime runs it as
+im2col and GEMM, not on the blocked 2-D kernels, so it has its own staircase.
 A layer's latency depends on its output width (the group of its output
 channels) and its input width (the group of its input channels); everything
 else (batch, spatial size, kernel, strides) is fixed by the model and the
@@ -21,8 +23,9 @@ from ..shapes import concrete_shapes
 
 Space = tuple[str, int]
 
-CONV_1X1, CONV, DEPTHWISE, MATMUL = "conv1x1", "conv", "depthwise", "matmul"
-KINDS = (CONV_1X1, CONV, DEPTHWISE, MATMUL)
+CONV_1X1, CONV, DEPTHWISE, MATMUL, CONV1D = "conv1x1", "conv", "depthwise", "matmul", "conv1d"
+KINDS = (CONV_1X1, CONV, DEPTHWISE, MATMUL, CONV1D)
+CONVS = (CONV_1X1, CONV, DEPTHWISE, CONV1D)
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,14 @@ class Layer:
         """Cache key: kind, full widths, fixed dims (depthwise: one width for both) and a non-fp32 dtype."""
         key = f"{self.kind}:{self.c_in}x{self.c_out}:" + "x".join(map(str, self.fixed))
         return key if self.dtype == "float32" else f"{key}:{self.dtype}"
+
+
+def conv_dims(fixed: tuple) -> tuple[int, list, list, list, list, list]:
+    """A conv layer's fixed dims unpacked: batch, spatial dims, kernel, strides, pads, dilations (1-D or 2-D)."""
+    rank = (len(fixed) - 1) // 6
+    cut = [1, 1 + rank, 1 + 2 * rank, 1 + 3 * rank, 1 + 5 * rank, len(fixed)]
+    n, *parts = [list(fixed[a:b]) for a, b in zip([0] + cut[:-1], cut)]
+    return (n[0], *parts)
 
 
 def timed_layers(graph: gs.Graph, analysis: DependencyAnalysis, spec=None) -> list[Layer]:
@@ -72,16 +83,17 @@ def _layer(node: gs.Node, shapes, space) -> Optional[Layer]:
     dtype = _float_dtype(node.inputs[1])
     if dtype is None:  # an integer weight (quantized layer): not a float op this table times
         return None
-    if node.op == "Conv" and len(xs) == 4 and len(w) == 4:
+    if node.op == "Conv" and len(xs) == len(w) and len(xs) in (3, 4):
+        spatial = len(xs) - 2
         group = int(node.attrs.get("group", 1))
-        strides = tuple(node.attrs.get("strides", [1, 1]))
-        pads = tuple(node.attrs.get("pads", [0, 0, 0, 0]))
-        dilations = tuple(node.attrs.get("dilations", [1, 1]))
-        fixed = (xs[0], xs[2], xs[3], w[2], w[3], *strides, *pads, *dilations)
+        strides = tuple(node.attrs.get("strides", [1] * spatial))
+        pads = tuple(node.attrs.get("pads", [0] * 2 * spatial))
+        dilations = tuple(node.attrs.get("dilations", [1] * spatial))
+        fixed = (xs[0], *xs[2:], *w[2:], *strides, *pads, *dilations)
         if group == 1:
-            kind = CONV_1X1 if tuple(w[2:]) == (1, 1) and strides == (1, 1) else CONV
+            kind = CONV1D if spatial == 1 else CONV_1X1 if tuple(w[2:]) == (1, 1) and strides == (1, 1) else CONV
             return Layer(node.name, kind, xs[1], ys[1], space(y, 1), space(x, 1), fixed, dtype)
-        if group == xs[1] == ys[1]:
+        if group == xs[1] == ys[1] and spatial == 2:  # a depthwise Conv1d is not timed: part of the rest
             return Layer(node.name, DEPTHWISE, xs[1], ys[1], space(y, 1), space(x, 1), fixed, dtype)
         return None
     if node.op in ("Gemm", "MatMul") and len(w) == 2 and len(xs) >= 2:

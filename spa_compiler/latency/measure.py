@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .layers import CONV, CONV_1X1, DEPTHWISE, Layer
+from .layers import CONVS, DEPTHWISE, Layer, conv_dims
 
 ROUNDS, RUNS, WARMUP = 3, 7, 2
 
@@ -30,15 +30,14 @@ def op_model(layer: Layer, c_in: int, c_out: int, seed: int = 0) -> onnx.ModelPr
     """A one-node model of *layer* at widths (c_in, c_out) with random weights."""
     rng = np.random.default_rng(seed)
     dtype = np.dtype(layer.dtype)
-    if layer.kind in (CONV_1X1, CONV, DEPTHWISE):
-        n, h, w, kh, kw, sh, sw, *rest = layer.fixed
-        pads, dilations = list(rest[:4]), list(rest[4:6])
+    if layer.kind in CONVS:
+        n, dims, kernel, strides, pads, dilations = conv_dims(layer.fixed)
         group = c_in if layer.kind == DEPTHWISE else 1
         c_out = c_in if layer.kind == DEPTHWISE else c_out
-        weight = rng.standard_normal((c_out, c_in // group, kh, kw)).astype(dtype)
-        node = helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[kh, kw], strides=[sh, sw], pads=pads,
+        weight = rng.standard_normal((c_out, c_in // group, *kernel)).astype(dtype)
+        node = helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=kernel, strides=strides, pads=pads,
                                 dilations=dilations, group=group)
-        x_dims = [n, c_in, h, w]
+        x_dims = [n, c_in, *dims]
         inits = [numpy_helper.from_array(weight, "w"),
                  numpy_helper.from_array(rng.standard_normal(c_out).astype(dtype), "b")]
     else:

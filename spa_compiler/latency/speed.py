@@ -111,14 +111,14 @@ class SpeedTarget:
         self.fraction *= self.goal(measured.dense_ms) / measured.ratio
         self.replans += 1
         tighter = self.plan()
-        if _same(tighter, plan):
+        if same_plan(tighter, plan):
             return None
         return tighter
 
     def report(self, measured: Measured) -> dict:
         return {"target_speedup": self.target_speedup, "target_latency_ms": self.target_ms,
                 "met": self.met(measured), "replans": self.replans, "attempts": self.history,
-                "predicted_ms": self.info.get("predicted_ms")}
+                "predicted_ms": self.info.get("predicted_ms"), "plans": self.info.get("plans")}
 
     def missed_line(self, measured: Measured) -> Optional[str]:
         if self.met(measured):
@@ -130,5 +130,6 @@ class SpeedTarget:
                 f"{self.replans} replan(s); groups are at their caps or the rest of the model does not shrink")
 
 
-def _same(a: Plan, b: Plan) -> bool:
+def same_plan(a: Plan, b: Plan) -> bool:
+    """The same atoms removed (plans of one planner remove each group's lowest-ranked atoms: counts tell)."""
     return a.removed.keys() == b.removed.keys() and all(len(a.removed[k]) == len(b.removed[k]) for k in a.removed)

@@ -33,7 +33,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .layers import CONV, CONV_1X1, DEPTHWISE, KINDS, MATMUL, Layer
+from .layers import CONV, CONV1D, CONV_1X1, DEPTHWISE, KINDS, MATMUL, Layer
 from .measure import Timer
 
 CACHE_ENV = "SPAC_LATENCY_CACHE"
@@ -48,6 +48,7 @@ PROBES = {
     CONV: (64, 64, (1, 28, 28, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1)),
     DEPTHWISE: (64, 64, (1, 56, 56, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1)),
     MATMUL: (256, 64, (256,)),
+    CONV1D: (64, 64, (1, 128, 3, 1, 1, 1, 1)),
 }
 
 

@@ -17,9 +17,9 @@ from typing import Optional
 import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper
 
 from ..errors import CompileError
+from ..weights import tensor_array
 from .markers import TensorSlot, TensorTable
 from .provenance import Provenance
 
@@ -81,7 +81,7 @@ def changed_values(model: onnx.ModelProto, after: Provenance, flat: np.ndarray) 
         index = after.get(init.name)
         if index is None:
             continue
-        values = numpy_helper.to_array(init)
+        values = tensor_array(init)
         if values.shape != index.shape:
             raise CompileError(f"torch: pruned constant {init.name} has shape {list(values.shape)}, "
                                f"its provenance {list(index.shape)}")

@@ -1,25 +1,35 @@
-"""Export a module to ONNX twice over: once with marker values (provenance), once with its real weights.
+"""Export a module to ONNX with marker values (provenance), then write the same graph with its real weights.
 
 The TorchScript exporter is used with ``do_constant_folding=False`` so that
 BatchNorm stays a layer and weights reach the graph as initializers (see
 ``models/export_torchvision.py``); the static input shapes of the example
-inputs make normalization of both graphs identical.
+inputs make normalization of both graphs identical.  Both models are files
+in a temporary folder (``prune.py`` removes it): the exporter needs a path to
+write a model over 2 GiB at all (ViT-H, RegNetY-128GF), and the pipeline
+then maps their weights from disk (``weights.py``) instead of holding
+protobuf, graph and runtime copies of them.
 """
 from __future__ import annotations
 
-import io
 import warnings
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-import onnx
 import torch
 from onnx import numpy_helper
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from ..errors import CompileError, UsageError, first_line
-from .markers import TensorTable
+from ..ir import constants_of, meta_of, to_graph
+from ..modelio import EXTERNAL_DATA_THRESHOLD, load_model, staged_output, write_graph
+from ..weights import EXTERNAL_MIN_BYTES, MappedValues
+from .markers import ModuleValues, TensorTable
 
 OPSET = 17
+# Module weights (bytes) above which the real model and the pruned one keep their weights in external data
+# files: protobuf refuses messages over 2 GiB.  A module constant so that tests can lower it.
+EXTERNAL_EXPORT_BYTES = EXTERNAL_DATA_THRESHOLD
 
 
 def as_tuple(example_inputs) -> tuple:
@@ -58,39 +68,63 @@ def flat_outputs(outputs) -> list[torch.Tensor]:
     raise UsageError(f"module output of type {type(outputs).__name__} is not a tensor, tuple, list or dict")
 
 
-def export_marked(table: TensorTable, module: torch.nn.Module, inputs: tuple) -> onnx.ModelProto:
-    """Export a marker-valued copy of *module* (eval mode) at the example inputs' shapes."""
-    marked = table.marked_copy(module).eval()
-    buffer = io.BytesIO()
+def export_marked(table: TensorTable, module: torch.nn.Module, inputs: tuple, path: Path) -> Path:
+    """Export *module* (eval mode) with its tensors holding the markers into *path*, at the inputs' shapes.
+
+    A file, not a buffer: above 2 GiB the exporter can only write the weights
+    as external data files next to the model, and a path lets every later step
+    map them instead of holding them.
+    """
     try:
-        with warnings.catch_warnings():
+        with table.marked(module) as marked, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer and legacy-exporter warnings: not the user's concern here
-            torch.onnx.export(marked, inputs, buffer, dynamo=False, do_constant_folding=False,
+            torch.onnx.export(marked, inputs, str(path), dynamo=False, do_constant_folding=False,
                               keep_initializers_as_inputs=False, opset_version=OPSET,
                               input_names=input_names(inputs))
     except Exception as exc:  # noqa: BLE001 - the exporter raises many types
         raise CompileError(f"torch.onnx.export of {type(module).__name__} failed: {first_line(exc)}") from exc
-    return onnx.load_from_string(buffer.getvalue())
+    return path
 
 
-def with_real_values(marked: onnx.ModelProto, table: TensorTable, flat: np.ndarray) -> onnx.ModelProto:
-    """A copy of *marked* whose marker-valued initializers and Constant nodes hold the real values."""
-    real = onnx.ModelProto()
-    real.CopyFrom(marked)
+class RealValues(LazyValues):
+    """A marker-valued constant's real values, gathered from the module only when written (one at a time)."""
 
-    def restore(proto: onnx.TensorProto) -> None:
-        index = table.decode(numpy_helper.to_array(proto))
-        if index is not None:
-            proto.CopyFrom(numpy_helper.from_array(flat[index], proto.name))
+    def __init__(self, marked: LazyValues, table: TensorTable, values: ModuleValues):
+        super().__init__(marked.tensor)
+        self.marked, self.table, self.values = marked, table, values
 
-    for init in real.graph.initializer:
-        restore(init)
-    for node in real.graph.node:
+    def load(self) -> np.ndarray:
+        return real_array(self.marked.load(), self.table, self.values)
+
+
+def real_array(marked: np.ndarray, table: TensorTable, values: ModuleValues) -> np.ndarray:
+    """*marked* with every marker replaced by the module value it names (unchanged unless all are markers)."""
+    index = table.decode(marked)
+    return marked if index is None else values[index]
+
+
+def write_real_model(marked: Path, table: TensorTable, values: ModuleValues, path: Path, external: bool) -> Path:
+    """The exported graph with the module's real values, written to *path* (weights in external data when
+    *external*: streamed tensor by tensor by :func:`modelio.write_graph`, never all in memory)."""
+    model = load_model(marked)  # external data checked and referenced, not read
+    for node in model.graph.node:
         if node.op_type == "Constant":
             for attr in node.attribute:
                 if attr.name == "value":
-                    restore(attr.t)
-    return real
+                    attr.t.CopyFrom(numpy_helper.from_array(
+                        real_array(numpy_helper.to_array(attr.t), table, values), attr.t.name))
+    meta = meta_of(model)
+    graph = to_graph(model)
+    del model
+    for const in constants_of(graph).values():
+        lazy = const._values
+        if external and isinstance(lazy, MappedValues) and lazy.nbytes >= EXTERNAL_MIN_BYTES:  # streamed
+            const._values = RealValues(lazy, table, values)
+        else:  # in the protobuf already, small, or about to be embedded (gs exports a lazy value's own proto)
+            const.values = real_array(np.asarray(const.values), table, values)
+    with staged_output(path) as stage:
+        write_graph(graph, meta, stage, external)
+    return path
 
 
 def scope_module(root: torch.nn.Module, tensor_name: str) -> Optional[str]:

@@ -9,32 +9,57 @@ element, to the module tensor elements it was moved from: exact provenance
 through any layout op, without trusting names.
 
 The markers are the float32 bit patterns ``MARKER_BASE + i`` for the i-th
-element of all tensors, then the same patterns with the sign bit set: normal
-numbers of magnitude below 1e-28, a range no real constant (eps, scales,
-means) falls into; 2^29 elements in all (ViT-L's 306 M fit).
+element of all tensors, then the same patterns with the sign bit set: 2^29
+patterns per sign, 2^30 (1.07 G) elements in all (ViT-H's 632 M and
+RegNetY-128GF's 645 M fit).  They are normal numbers of magnitude in
+(1.18e-38, 2.2e-19]: exponents 1 to 65 of 254.  Why there: no real constant
+lives in that window.  The smallest eps of a normalization layer is 1e-12
+(Hugging Face's LayerNorm), 2^22 times above the top marker; masks and clamps
+use 0, +-inf, +-3.4e38 (finfo.max) or finfo.tiny (1.18e-38, the smallest
+normal), which is exactly why the markers start one pattern above it.
+Subnormals are left out too (zero is one, and runtimes may flush them).
+A constant computed from markers (a product folded by normalization) may
+land on another marker: :func:`provenance.confirmed` rejects any provenance
+whose real constant does not hold the module values it names.  Indices are
+int32 (2^30 < 2^31): on a 600 M element model the provenance of every
+constant is 2.5 GB, not 5.
 """
 from __future__ import annotations
 
-import copy
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
 
 from ..errors import UsageError
 
-MARKER_BASE = 0x00800000  # the smallest positive normal float32
-HALF = 2**28  # markers of either sign stay below ~5e-29 in magnitude
+MARKER_BASE = 0x00800001  # one above the smallest positive normal float32 (finfo.tiny, a real clamp floor)
+HALF = 2**29  # markers of either sign: bit patterns up to 0x20800000, magnitude at most 2^-62 (2.2e-19)
 SIGN = 0x80000000
 MAX_ELEMENTS = 2 * HALF
+_HALF_BITS = HALF.bit_length() - 1
 
 
 def encode(indices: np.ndarray) -> np.ndarray:
     """The marker values of global element *indices* (float32)."""
-    indices = indices.astype(np.int64)
+    indices = np.asarray(indices, dtype=np.int64)
     bits = (MARKER_BASE + indices % HALF) | np.where(indices >= HALF, SIGN, 0)
     return bits.astype(np.uint32).view(np.float32)
+
+
+def encode_range(start: int, count: int) -> np.ndarray:
+    """The markers of elements ``start .. start + count - 1`` without an int64 array per element."""
+    out = np.empty(count, dtype=np.uint32)
+    done = 0
+    while done < count:  # at most one change of sign inside the range
+        index = start + done
+        step = min(count - done, HALF - index % HALF)
+        first = (MARKER_BASE + index % HALF) | (SIGN if index >= HALF else 0)
+        out[done:done + step] = np.arange(first, first + step, dtype=np.uint32)
+        done += step
+    return out.view(np.float32)
 
 
 @dataclass(frozen=True)
@@ -73,39 +98,86 @@ class TensorTable:
         self.starts = np.array([s.offset for s in slots], dtype=np.int64)
         self.by_name = {s.name: s for s in slots}
 
-    def flat_values(self, module: torch.nn.Module) -> np.ndarray:
-        """All elements of *module*'s tensors in table order, as one float32 array."""
-        state = dict(module.named_parameters())
-        state.update(dict(module.named_buffers()))
-        flat = np.empty(self.total, dtype=np.float32)
-        for slot in self.slots:
-            flat[slot.offset:slot.offset + slot.size] = state[slot.name].detach().cpu().reshape(-1).numpy()
-        return flat
+    def values(self, module: torch.nn.Module) -> "ModuleValues":
+        """*module*'s elements by global index, read from its own tensors (no copy of the weights)."""
+        return ModuleValues(self, module)
 
     def slot_of(self, index: int) -> TensorSlot:
         return self.slots[int(np.searchsorted(self.starts, index, side="right")) - 1]
 
-    def marked_copy(self, module: torch.nn.Module) -> torch.nn.Module:
-        """A deep copy of *module* whose tensors hold the marker values (the user's module is untouched)."""
-        marked = copy.deepcopy(module)
-        tensors = dict(marked.named_parameters())
-        tensors.update(dict(marked.named_buffers()))
-        with torch.no_grad():
-            for slot in self.slots:
-                values = encode(np.arange(slot.offset, slot.offset + slot.size))
-                tensors[slot.name].copy_(torch.from_numpy(values.reshape(slot.shape)))
-        return marked
+    @contextmanager
+    def marked(self, module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+        """*module* with its tensors' data swapped for the marker values, swapped back on exit.
+
+        Why a swap and not a deep copy: the copy held a third set of weights
+        (module, copy, export); the swap holds the markers only while the
+        exporter runs, and the module's own tensor objects come back untouched.
+        """
+        tensors = _tensors(module)
+        originals = {}
+        try:
+            with torch.no_grad():
+                for slot in self.slots:
+                    tensor = tensors[slot.name]
+                    originals[slot.name] = tensor.data
+                    markers = torch.from_numpy(encode_range(slot.offset, slot.size).reshape(slot.shape))
+                    tensor.data = markers.to(tensor.device)
+            yield module
+        finally:
+            with torch.no_grad():
+                for name, data in originals.items():
+                    tensors[name].data = data
 
     def decode(self, values) -> Optional[np.ndarray]:
         """Global element indices of *values* (same shape), or None unless every element is a marker."""
         array = np.asarray(values)
         if array.dtype != np.float32 or array.size == 0:
             return None
-        bits = np.ascontiguousarray(array).view(np.uint32).astype(np.int64)
-        magnitude = (bits & (SIGN - 1)) - MARKER_BASE
-        if magnitude.min() < 0 or magnitude.max() >= HALF:
+        bits = np.ascontiguousarray(array).view(np.uint32)
+        magnitude = bits & np.uint32(SIGN - 1)
+        low, high = magnitude.min(), magnitude.max()  # cheap rejection before any index array is made
+        if low < MARKER_BASE or high >= MARKER_BASE + HALF:
             return None
-        index = magnitude + (bits >> 31) * HALF
+        index = (magnitude - np.uint32(MARKER_BASE)).view(np.int32)
+        index |= (bits >> np.uint32(31)).view(np.int32) << _HALF_BITS  # the sign bit: the upper half
         if index.max() >= self.total:
             return None
         return index
+
+
+def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    tensors = dict(module.named_parameters())
+    tensors.update(dict(module.named_buffers()))
+    return tensors
+
+
+class ModuleValues:
+    """The real value of every global element, gathered from the module's tensors when asked.
+
+    ``values[index]`` is what a flat float32 copy of all tensors indexed by
+    *index* would give, without that copy (on ViT-H, 2.5 GB).  The views are
+    taken when made: build it before the module is cut.
+    """
+
+    def __init__(self, table: TensorTable, module: torch.nn.Module):
+        tensors = _tensors(module)
+        self.starts = table.starts
+        self.views = [tensors[s.name].detach().cpu().reshape(-1).numpy() for s in table.slots]
+
+    def release(self) -> None:
+        """Drop the views (once the module's tensors are about to be replaced, their old storage can go)."""
+        self.views = []
+
+    def __getitem__(self, index: np.ndarray) -> np.ndarray:
+        index = np.asarray(index)
+        if index.size == 0:
+            return np.zeros(index.shape, dtype=np.float32)
+        first, last = np.searchsorted(self.starts, [index.min(), index.max()], side="right") - 1
+        if first == last:  # the usual case: one tensor, maybe transposed or sliced
+            return self.views[first][index - self.starts[first]]
+        slots = np.searchsorted(self.starts, index, side="right") - 1
+        out = np.empty(index.shape, dtype=np.float32)
+        for i in np.unique(slots):
+            where = slots == i
+            out[where] = self.views[i][index[where] - self.starts[i]]
+        return out

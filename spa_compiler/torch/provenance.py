@@ -53,16 +53,32 @@ def confirmed(marked: Provenance, real_graph: gs.Graph, flat: np.ndarray) -> Pro
 
 
 def shared_constants(provenance: Provenance, total: int) -> tuple[set[str], set[str]]:
-    """(constants holding a module element another constant holds too, constants only repeating their own)."""
-    if not provenance:
-        return set(), set()
-    counts = np.bincount(np.concatenate([index.ravel() for index in provenance.values()]), minlength=total)
+    """(constants holding a module element another constant holds too, constants only repeating their own).
+
+    One byte per module element (how many constants hold it: 0, 1, or 2 for more), not a count per element
+    of every constant: on ViT-H a bincount of all provenances was 5 GB.
+    """
+    holders = np.zeros(total, dtype=np.uint8)
+    for index in provenance.values():
+        flat = index.ravel()
+        holders[flat] = np.minimum(holders[flat], 1) + 1  # repeats inside one constant count once
     shared, repeating = set(), set()
     for name, index in provenance.items():
-        if (counts[index] > 1).any():
-            elements, own = np.unique(index, return_counts=True)
-            (shared if (counts[elements] > own).any() else repeating).add(name)
+        if (holders[index] > 1).any():
+            shared.add(name)
+        elif _repeats(index):
+            repeating.add(name)
     return shared, repeating
+
+
+def _repeats(index: np.ndarray) -> bool:
+    """True when *index* names some element twice (one flag per element of its span, no sort)."""
+    low, high = int(index.min()), int(index.max())
+    if high - low + 1 < index.size:
+        return True
+    seen = np.zeros(high - low + 1, dtype=bool)
+    seen[index.ravel() - low] = True
+    return int(np.count_nonzero(seen)) < index.size
 
 
 def repeats_stay_in_one_channel(index: np.ndarray, axis: int) -> bool:
