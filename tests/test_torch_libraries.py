@@ -13,6 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import spa_compiler.torch as spt  # noqa: E402
+from spa_compiler.torch.derived import scope_module  # noqa: E402
 from spa_compiler.torch.provenance import repeats_stay_in_one_channel  # noqa: E402
 from tests.test_torch import module_vs_onnx, train_step  # noqa: E402
 from tools.torch_roundtrip import randomize_zero_parameters  # noqa: E402
@@ -66,17 +67,56 @@ def test_torchvision_swin_heads():
     assert sum(a.num_heads for a in attentions) == 4, "half of the 8 heads go"
 
 
-def test_torchvision_swin_v2_heads_are_frozen_with_their_reason():
-    """V2 computes its bias with an MLP in forward (folded to a constant in the graph): heads stay, units go."""
+def test_torchvision_swin_v2_heads_follow_their_derived_constants():
+    """V2 computes its position bias (an MLP), logit scale (clamp, exp) and qkv bias (key third zeroed) in
+    forward; the graph holds them folded.  Heads are cut at their sources: the MLP's last rows, the scales."""
     swin = pytest.importorskip("torchvision.models.swin_transformer")
     torch.manual_seed(0)
     body = swin.SwinTransformer(patch_size=[2, 2], embed_dim=16, depths=[2], num_heads=[4], window_size=[2, 2],
                                 num_classes=5, block=swin.SwinTransformerBlockV2,
                                 downsample_layer=swin.PatchMergingV2)
+    for block in body.features[1]:  # distinct scales per head, so a wrong row would show
+        block.attn.logit_scale.data = torch.log(torch.arange(1.0, 5.0) + 5).view(4, 1, 1)
     result = prune_tiny(body, torch.randn(2, 3, 8, 8))
-    reasons = list(result.report["torch"]["frozen"].values())
-    assert len(reasons) == 2 and all("computed in forward" in r for r in reasons)
-    assert all(block.attn.num_heads == 4 and block.mlp[0].out_features < 64 for block in body.features[1])
+    assert not result.report["torch"]["frozen"]
+    attentions = [block.attn for block in body.features[1]]
+    for attn in attentions:
+        assert attn.cpb_mlp[2].out_features == attn.logit_scale.shape[0] == attn.num_heads
+        assert attn.qkv.out_features == 3 * 4 * attn.num_heads and attn.proj.in_features == 4 * attn.num_heads
+        assert (attn.num_heads < 4) == (type(attn).__name__ == "PrunedShiftedWindowAttentionV2")
+    assert sum(a.num_heads for a in attentions) < 8, "heads go"
+
+
+def test_torchvision_maxvit_heads_and_mlp():
+    """MaxViT's attention chunks its fused qkv in thirds and reshapes its output to the input width: a pruned one
+    gets a forward of its own; the MLP of its PartitionAttentionLayer (which stores n_heads) is cut too."""
+    maxvit = pytest.importorskip("torchvision.models.maxvit")
+    torch.manual_seed(0)
+    body = maxvit.MaxVit(input_size=(32, 32), stem_channels=8, partition_size=4, block_channels=[64],
+                         block_layers=[1], head_dim=8, stochastic_depth_prob=0.0, num_classes=5)  # 8 heads
+    result = prune_tiny(body, torch.randn(2, 3, 32, 32))
+    assert not result.report["torch"]["frozen"]
+    layers = [m for m in body.modules() if isinstance(m, maxvit.PartitionAttentionLayer)]
+    attentions = [layer.attn_layer[1] for layer in layers]
+    for layer, attn in zip(layers, attentions):
+        assert attn.to_qkv.out_features == 3 * 8 * attn.n_heads == 3 * attn.merge.in_features
+        assert attn.relative_position_bias_table.shape[1] == attn.n_heads == layer.n_heads
+        assert (attn.n_heads < 8) == (type(attn).__name__ == "PrunedRelativePositionalMultiHeadAttention")
+    assert sum(a.n_heads for a in attentions) < 16, "heads go"
+    assert any(layer.mlp_layer[1].out_features < 256 for layer in layers), "MLP units go"
+
+
+def test_scope_module_follows_the_exporter_scope_names():
+    swin = pytest.importorskip("torchvision.models.swin_transformer")
+    body = swin.SwinTransformer(patch_size=[2, 2], embed_dim=16, depths=[2], num_heads=[4], window_size=[2, 2])
+    assert scope_module(body, "/features/features.1/features.1.0/attn/Mul_output_0") == "features.1.0.attn"
+    assert scope_module(body, "/features/features.1/features.1.0/attn/cpb/Mul_output_0") == "features.1.0.attn"
+    assert scope_module(body, "onnx::Mul_12") is None
+    maxvit = pytest.importorskip("torchvision.models.maxvit")
+    net = maxvit.MaxVit(input_size=(32, 32), stem_channels=8, partition_size=4, block_channels=[16], block_layers=[1],
+                        head_dim=8, stochastic_depth_prob=0.0)
+    name = "/blocks.0/layers.0/layers/grid_attention/attn_layer/attn_layer.1/Slice"
+    assert scope_module(net, name) == "blocks.0.layers.0.layers.grid_attention.attn_layer.1"
 
 
 def test_timm_window_attention_heads():

@@ -216,13 +216,14 @@ def main() -> None:
                         "workers share one list, e.g. one from each end with --reverse)")
     parser.add_argument("--reverse", action="store_true", help="run the list from its end")
     parser.add_argument("--table-from", nargs="+", metavar="JSONL",
-                        help="only write the table of rows saved with --jsonl (runs split over processes)")
+                        help="only write the table of rows saved with --jsonl (runs split over processes; a model's last "
+                        "row wins, so a rerun's file listed after the first replaces its rows)")
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--timeout", type=int, default=1200, help="seconds per model")
     args = parser.parse_args()
     if args.table_from:
         rows = [json.loads(line) for path in args.table_from for line in Path(path).read_text().splitlines()]
-        write_table(rows, Path(args.out), args.ratio)
+        write_table(latest_rows(rows), Path(args.out), args.ratio)
         return
     _preload()
     jobs = [] if args.no_torchvision else [("torchvision", n) for n in (args.names or torchvision_names())]
@@ -241,14 +242,38 @@ def main() -> None:
     write_table(rows, Path(args.out), args.ratio)
 
 
+COLUMNS = {"source": "source", "model": "model", "input": "input", "result": "result", "error": "module vs ONNX",
+           "train_step": "train step", "params": "params", "macs_kept": "MACs kept",
+           "frozen_by_torch": "groups frozen by the torch side", "why": "why frozen / failed"}
+
+
+def latest_rows(rows: list[dict]) -> list[dict]:
+    """One row per (source, model): the last one saved wins (a rerun replaces its row), in first-seen order."""
+    by_key: dict[tuple, dict] = {}
+    for row in rows:
+        by_key[(row.get("source", "torchvision"), row["model"])] = row
+    return list(by_key.values())
+
+
 def write_table(rows: list[dict], out: Path, ratio: float) -> None:
-    columns = ["source", "model", "input", "result", "error", "train_step", "params_before", "params_after",
-               "macs_kept", "frozen_by_torch", "why", "seconds"]
-    table = markdown_table(rows, columns)
-    passed = sum(r["result"] == "pass" for r in rows)
+    """The docs/torch.md table (its column names; params as before -> after) with a pass count per source."""
+    cells = []
+    for row in rows:
+        cell = {**row, "result": row["result"] if row["result"] == "pass" else "**FAIL**",
+                "train_step": {True: "ok", False: "not finite"}.get(row.get("train_step"), "")}
+        if "params_before" in row:
+            cell["params"] = f"{row['params_before']} → {row['params_after']}"
+        cells.append({title: cell.get(key, "") for key, title in COLUMNS.items()})
+    table = markdown_table(cells, list(COLUMNS.values()))
+    counts = {}
+    for row in rows:
+        passed, total = counts.get(row.get("source", "torchvision"), (0, 0))
+        counts[row.get("source", "torchvision")] = (passed + (row["result"] == "pass"), total + 1)
+    summary = ", ".join(f"{source} {p}/{n} pass" for source, (p, n) in counts.items())
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(f"{passed}/{len(rows)} pass (ratio {ratio})\n\n{table}\n")
-    print(f"{passed}/{len(rows)} pass -> {out}")
+    out.write_text(f"{summary} (ratio {ratio})\n\n{table}\n")
+    print(f"{summary} -> {out}")
+
 
 if __name__ == "__main__":
     main()

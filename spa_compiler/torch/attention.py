@@ -197,6 +197,62 @@ else:
                     _tv_swin.ShiftedWindowAttentionV2: PrunedShiftedWindowAttentionV2}
 
 
+# torchvision MaxViT: RelativePositionalMultiHeadAttention reshapes q, k, v with n_heads and head_dim (head_dim
+# unchanged when whole heads go) but its output back to its input width, so a cut instance gets a forward that
+# reshapes to -1.  Its ``torch.chunk(qkv, 3)`` splits whatever width it gets in thirds, which follows the cut: the
+# group removes the same heads from q, k and v.  Its bias table is (positions, heads), read back with view(..., -1).
+
+def _is_torchvision_maxvit(module: nn.Module) -> bool:
+    return type(module) in _PRUNED_MAXVIT or type(module) in _PRUNED_MAXVIT.values()
+
+
+def _torchvision_maxvit(module: nn.Module, cuts: SubtreeCuts) -> None:
+    cut = cuts.get("to_qkv.weight")
+    if cut is not None:
+        module.n_heads = _whole_heads(cut, 3, module.n_heads, type(module).__name__)
+    module.__class__ = _PRUNED_MAXVIT.get(type(module), type(module))
+
+
+def _maxvit_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """torchvision's ``RelativePositionalMultiHeadAttention.forward`` with the attention width of its tensors."""
+    batch, groups, tokens, _ = x.shape
+    q, k, v = (t.reshape(batch, groups, tokens, self.n_heads, self.head_dim).permute(0, 1, 3, 2, 4)
+               for t in torch.chunk(self.to_qkv(x), 3, dim=-1))
+    scores = torch.einsum("bghid,bghjd->bghij", q, k * self.scale_factor) + self.get_relative_positional_bias()
+    out = torch.einsum("bghij,bghjd->bghid", F.softmax(scores, dim=-1), v)
+    return self.merge(out.permute(0, 1, 3, 2, 4).reshape(batch, groups, tokens, -1))
+
+
+def _is_torchvision_maxvit_layer(module: nn.Module) -> bool:
+    """MaxViT's PartitionAttentionLayer: stores n_heads, which its forward never reads (its MLP may be cut)."""
+    return _tv_maxvit is not None and isinstance(module, _tv_maxvit.PartitionAttentionLayer)
+
+
+def _torchvision_maxvit_layer(module: nn.Module, cuts: SubtreeCuts) -> None:
+    attention = next(m for m in module.modules() if _is_torchvision_maxvit(m))
+    module.n_heads = attention.to_qkv.weight.shape[0] // 3 // attention.head_dim
+
+
+try:
+    from torchvision.models import maxvit as _tv_maxvit
+except ImportError:
+    _tv_maxvit = None
+    _PRUNED_MAXVIT: dict[type, type] = {}
+else:
+    class PrunedRelativePositionalMultiHeadAttention(_tv_maxvit.RelativePositionalMultiHeadAttention):
+        """torchvision MaxViT attention whose attention width (heads x head dim) follows its tensors."""
+
+        forward = _maxvit_forward
+
+    _PRUNED_MAXVIT = {_tv_maxvit.RelativePositionalMultiHeadAttention: PrunedRelativePositionalMultiHeadAttention}
+
+
+def splits_in_proportion(module: nn.Module) -> bool:
+    """True for modules whose forward splits a tensor into equal parts of whatever width it has (``chunk``), so a
+    cut that removes the same heads from every part is followed (MaxViT's q, k, v)."""
+    return _is_torchvision_maxvit(module)
+
+
 def _reads_heads_from_its_table(module: nn.Module, cuts: SubtreeCuts) -> None:
     """Nothing to set: the module reads the head count off its table's shape."""
 
@@ -207,6 +263,8 @@ ATTENTION_ADAPTERS: list[tuple[Callable[[nn.Module], bool], Callable[[nn.Module,
     (_is_hf_attention, _hf_attention),
     (_is_hf_position_bias, _reads_heads_from_its_table),
     (_is_torchvision_swin, _torchvision_swin),
+    (_is_torchvision_maxvit, _torchvision_maxvit),
+    (_is_torchvision_maxvit_layer, _torchvision_maxvit_layer),
 ]
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import onnx
@@ -159,3 +159,28 @@ def write_real_model(marked: Path, table: TensorTable, values: ModuleValues, pat
     with staged_output(path) as stage:
         write_graph(graph, meta, stage, external)
     return path
+
+
+def scope_module(root: torch.nn.Module, tensor_name: str) -> Optional[str]:
+    """The dotted path of the module whose export scope produced *tensor_name*, or None.
+
+    TorchScript names nodes by scope, ``/features/features.1/features.1.0/attn/Mul`` or
+    ``/grid_attention/attn_layer/attn_layer.1/Slice``: each part names a child of the module so far, or a
+    path from one of its ancestors (a container's children carry the container's name)."""
+    path = None
+    for part in tensor_name.split("/")[1:-1]:
+        prefixes = [] if path is None else [".".join(path.split(".")[:n]) for n in range(path.count(".") + 1, -1, -1)]
+        candidates = [f"{prefix}.{part}" if prefix else part for prefix in prefixes] or [part]
+        found = next((c for c in candidates if _has_submodule(root, c)), None)
+        if found is None:
+            break
+        path = found
+    return path
+
+
+def _has_submodule(root: torch.nn.Module, path: str) -> bool:
+    try:
+        root.get_submodule(path)
+    except AttributeError:
+        return False
+    return True

@@ -34,10 +34,12 @@ from ..runtime import run
 from ..weights import embed_external, release_pages
 from . import export
 from .apply import apply_cuts, changed_values, find_cuts
+from .attention import splits_in_proportion
 from .criteria import CURRENT, TORCH_CRITERIA, compute_saliency
+from .derived import derived_provenance
 from .distill import distill_inputs
 from .hazards import channel_slicing_groups
-from .export import as_tuple, flat_outputs, input_names, one_sample
+from .export import as_tuple, flat_outputs, input_names, one_sample, scope_module
 from .markers import ModuleValues, TensorTable
 from .modules import unadapted_owner, update_attributes
 from .provenance import after_rewrite, confirmed, decode_graph, unmappable_groups
@@ -113,13 +115,20 @@ def _prune(module: torch.nn.Module, inputs: tuple, opts: PruneOptions, say, sali
     with _work_folder() as folder:
         marked_provenance, real, export_error = _export(module, inputs, table, values, folder, opts, external, say)
         provenance: dict = {}
+        derived: dict = {}  # folded constants forward recomputes from cut parameters: never written back
         frozen: dict[int, str] = {}
         unadapted = {slot.name: owner for slot in table.slots if (owner := unadapted_owner(module, slot.module))}
+
+        def follows_split(node_name: str) -> bool:
+            path = scope_module(module, node_name)
+            return path is not None and splits_in_proportion(module.get_submodule(path))
 
         def freeze(compiled) -> dict[int, str]:
             provenance.update(confirmed(marked_provenance, compiled.graph, values))
             marked_provenance.clear()  # only the confirmed ones are needed from here on
-            frozen.update(channel_slicing_groups(compiled.graph, compiled.analysis))
+            derived.update(derived_provenance(module, table, compiled.graph, compiled.analysis, provenance))
+            provenance.update(derived)
+            frozen.update(channel_slicing_groups(compiled.graph, compiled.analysis, follows_split))
             frozen.update(unmappable_groups(compiled.analysis, provenance, table, unadapted))
             if saliency is not None:
                 saliency.provenance = provenance
@@ -134,7 +143,8 @@ def _prune(module: torch.nn.Module, inputs: tuple, opts: PruneOptions, say, sali
         say("cutting the module like the graph")
         after = after_rewrite(result.compiled.analysis, result.plan, provenance)
         cuts = find_cuts(table, provenance, after)
-        changes = changed_values(pruned, after, values)
+        changes = changed_values(pruned, {name: index for name, index in after.items() if name not in derived},
+                                 values)
         values.release()  # views of the tensors about to be cut: let the old ones go with them
         provenance.clear()
         del after
