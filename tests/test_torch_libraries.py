@@ -106,6 +106,19 @@ def test_torchvision_maxvit_heads_and_mlp():
     assert any(layer.mlp_layer[1].out_features < 256 for layer in layers), "MLP units go"
 
 
+def test_torchvision_vit_encoder_block_stores_its_head_count():
+    """EncoderBlock keeps num_heads (its forward never reads it): it must not freeze its MLP and attention."""
+    vit = pytest.importorskip("torchvision.models.vision_transformer")
+    torch.manual_seed(0)
+    module = vit.VisionTransformer(image_size=32, patch_size=16, num_layers=2, num_heads=4, hidden_dim=64,
+                                   mlp_dim=128, num_classes=5)
+    result = prune_tiny(module, torch.randn(2, 3, 32, 32))
+    assert not result.report["torch"]["frozen"]
+    blocks = list(module.encoder.layers)
+    assert all(block.num_heads == block.self_attention.num_heads for block in blocks)
+    assert any(block.mlp[0].out_features < 128 for block in blocks), "MLP units go"
+
+
 def test_scope_module_follows_the_exporter_scope_names():
     swin = pytest.importorskip("torchvision.models.swin_transformer")
     body = swin.SwinTransformer(patch_size=[2, 2], embed_dim=16, depths=[2], num_heads=[4], window_size=[2, 2])

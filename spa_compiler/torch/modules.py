@@ -265,7 +265,9 @@ def update_attributes(root: nn.Module, cuts: dict[str, Cut]) -> list[str]:
             adapter(module, module_cuts)
         elif _subtree_adapter(module) is None:
             unknown.append(f"{path or '<root>'} ({type(module).__name__})")
-    for path, module in root.named_modules():  # attention: heads read off the cut projections of its subtree
+    # attention: heads read off the cut projections of its subtree; deepest first, so a block that stores its
+    # attention's head count copies the updated one
+    for path, module in reversed(list(root.named_modules())):
         adapter = _subtree_adapter(module)
         prefix = _child(path, "")
         subtree = {name[len(prefix):]: cut for name, cut in cuts.items() if name.startswith(prefix)}
