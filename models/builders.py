@@ -330,6 +330,32 @@ RULE_MODELS = {f.__name__: f for f in (residual, concat_dense, split_branches, d
                                         linear_layouts, misc_layouts)}
 
 
+def einsum_attention(width: int = 16, heads: int = 4) -> onnx.ModelProto:
+    """A one-layer attention written with Einsum (as some exporters do): one group of *heads* head atoms."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (width, width)).astype(np.float32), n)
+             for n in ("wq", "wk", "wv", "wo")]
+    inits.append(numpy_helper.from_array(np.array([0, 0, heads, width // heads], np.int64), "split_shape"))
+    inits.append(numpy_helper.from_array(np.array([0, 0, width], np.int64), "merge_shape"))
+    nodes = []
+    for p in ("q", "k", "v"):
+        nodes += [helper.make_node("MatMul", ["x", f"w{p}"], [f"{p}0"]),
+                  helper.make_node("Reshape", [f"{p}0", "split_shape"], [f"{p}1"]),
+                  helper.make_node("Transpose", [f"{p}1"], [p], perm=[0, 2, 1, 3])]
+    nodes += [helper.make_node("Einsum", ["q", "k"], ["s"], equation="bhqd,bhkd->bhqk"),
+              helper.make_node("Softmax", ["s"], ["p"], axis=-1),
+              helper.make_node("Einsum", ["p", "v"], ["c"], equation="bhqk,bhkd->bhqd"),
+              helper.make_node("Transpose", ["c"], ["c1"], perm=[0, 2, 1, 3]),
+              helper.make_node("Reshape", ["c1", "merge_shape"], ["c2"]),
+              helper.make_node("MatMul", ["c2", "wo"], ["y"])]
+    graph = helper.make_graph(nodes, "einsum_attention",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
 def demo_cnn(seed: int = 0) -> onnx.ModelProto:
     """The quick-start model: a small ResNet-style CNN (BN, residuals, SE, depthwise, concat, Gemm head)."""
     net = Net("demo_cnn", in_ch=3, hw=32, seed=seed)

@@ -181,6 +181,9 @@ def prune_with(model: ModelLike, opts: PruneOptions, progress: Optional[Callable
             if compensating:
                 say("compensating consumer weights and folding into BatchNorm")
             updates = updates_for(plan)
+            if context is not None and search is None and speed is None:  # no other plan follows: free the memory
+                compensated.clear()
+                context.release()
             say(f"rewriting {len(plan.removed)} groups")
             graph, log = rewrite(compiled.graph, compiled.meta, compiled.analysis, plan, updates)
             guard_written_weights(graph, nonfinite)

@@ -59,14 +59,17 @@ def default_kind(dtype) -> str:
     return BOOL if dtype == np.bool_ else INT if is_integer(dtype) else FLOAT
 
 
-def _table_rows(data, axis: int) -> Optional[int]:
-    """Rows of a Gather's table: a constant, or a Constant node's value (graphs not yet folded)."""
+def _table(data):
+    """A Gather's constant table: a constant, or a Constant node's value (graphs not yet folded); else None."""
     if isinstance(data, gs.Constant):
-        shape = data.shape
-    elif len(data.inputs) == 1 and data.inputs[0].op == "Constant" and "value" in data.inputs[0].attrs:
-        shape = getattr(data.inputs[0].attrs["value"], "shape", None)
-    else:
-        return None
+        return data
+    if len(data.inputs) == 1 and data.inputs[0].op == "Constant" and "value" in data.inputs[0].attrs:
+        return data.inputs[0].attrs["value"]
+    return None
+
+
+def _table_rows(data, axis: int) -> Optional[int]:
+    shape = getattr(_table(data), "shape", None)
     return int(shape[axis]) if shape is not None and len(shape) > axis else None
 
 
@@ -96,14 +99,6 @@ def _index_bound(tensor: gs.Variable, limit: int = 64) -> Optional[tuple[int, Op
     return rows, row_weights(node) if node.op == "Gather" else None
 
 
-def _table_values(data) -> Optional[np.ndarray]:
-    if isinstance(data, gs.Constant):
-        return np.asarray(data.values)
-    if len(data.inputs) == 1 and data.inputs[0].op == "Constant" and "value" in data.inputs[0].attrs:
-        return np.asarray(getattr(data.inputs[0].attrs["value"], "values", None))
-    return None
-
-
 def row_weights(gather: gs.Node) -> Optional[tuple[float, ...]]:
     """Each id's probability, in proportion to the norm of its embedding row, where the table shows that
     its rows grew with use (some rows are exactly zero); None (every id alike) otherwise.
@@ -121,10 +116,10 @@ def row_weights(gather: gs.Node) -> Optional[tuple[float, ...]]:
     squared overshoot (bilstm loses more at MACs x0.75).  A quantized table is measured from its zero point
     (the ``DequantizeLinear`` reading the gathered rows).
     """
-    values = _table_values(gather.inputs[0])
-    if values is None or values.ndim < 1 or values.dtype.kind not in "iuf":
+    values = getattr(_table(gather.inputs[0]), "values", None)
+    if values is None or np.ndim(values) < 1 or np.asarray(values).dtype.kind not in "iuf":
         return None
-    table = np.moveaxis(values.astype(np.float64), int(gather.attrs.get("axis", 0)), 0)
+    table = np.moveaxis(np.asarray(values, np.float64), int(gather.attrs.get("axis", 0)), 0)
     zero = _zero_point(gather.outputs[0]) if gather.outputs else None
     if zero is not None:
         table = table - zero

@@ -96,6 +96,17 @@ def space_multiple(channels: int, round_to: int, snap: int = 1) -> int:
     return math.lcm(round_to, 2 * snap if channels >= SNAP_WIDE_CHANNELS else snap)
 
 
+def group_snap(group: Group, snap: int) -> int:
+    """The snap a group's widths keep: none where an atom is a block of channels (attention heads).
+
+    A head already is a block of ``head_dim`` channels and the attention kernels
+    tile on ``head_dim``, which pruning never changes; a snap in channels would
+    instead demand a head count (12-channel heads, snap 16: only all 4 heads),
+    so a light plan could never cut a head of a small-head model.
+    """
+    return 1 if _atom_channels(group) > 1 else snap
+
+
 def _rounded_keep(group: Group, keep: int, round_to: int) -> int:
     """Round the kept atom count up so kept channels are a multiple of *round_to*."""
     n = group.n_atoms
@@ -143,7 +154,7 @@ def _remove_lowest(plan: Plan, groups: list[Group], scores: dict[int, np.ndarray
                    options: PlanOptions) -> Plan:
     """Remove the *counts* lowest-scored atoms of each group (rounded, every tensor kept non-empty)."""
     for group in groups:
-        multiple = space_multiple(group.width, options.round_to, options.snap)
+        multiple = space_multiple(group.width, options.round_to, group_snap(group, options.snap))
         keep = _rounded_keep(group, group.n_atoms - counts[group.id], multiple)
         n_remove = group.n_atoms - keep
         if n_remove <= 0:
@@ -197,6 +208,7 @@ def round_every_space(group: Group, removed: np.ndarray, scores: np.ndarray, rou
     only gives atoms back, so the caps still hold and the loop ends (at worst
     with the whole group kept).
     """
+    snap = group_snap(group, snap)
     if max(round_to, snap) <= 1 or not len(removed):
         return removed
     gone = np.zeros(group.n_atoms, dtype=bool)

@@ -135,15 +135,20 @@ def test_planner_spends_the_budget_where_importance_is_cheap(demo):
     assert np.all(skewed[cheap][plan.removed[cheap]] < 1e-3), "the worthless channels go first"
 
 
-def test_speed_target_replans_while_the_measurement_misses():
-    planned = []
+def _recording_planner(planned: list):
+    """A planner factory whose plans differ every call and predict the target exactly; targets go to *planned*."""
 
     class Planner:
         def plan(self, target_ms):
             planned.append(target_ms)
             return Plan(removed={0: np.arange(len(planned))}), {"predicted_ms": target_ms}
 
-    target = SpeedTarget(Planner, dense_ms=10.0, target_speedup=2.0)
+    return Planner
+
+
+def test_speed_target_replans_while_the_measurement_misses():
+    planned = []
+    target = SpeedTarget(_recording_planner(planned), dense_ms=10.0, target_speedup=2.0)
     plan = target.plan()
     assert planned == [5.0]
     tighter = target.after(Measured(10.0, 6.25, "CPUExecutionProvider"), plan)  # 1.6x measured
@@ -155,6 +160,18 @@ def test_speed_target_replans_while_the_measurement_misses():
     assert "--target-speedup 2" in line and "1.60x" in line and "6.250 vs 10.000 ms" in line
     assert target.after(Measured(10.0, 4.9, "CPUExecutionProvider"), plan) is None
     assert target.missed_line(Measured(10.0, 4.9, "CPUExecutionProvider")) is None
+
+
+def test_replans_are_not_tightened_by_a_noisy_measurement():
+    """A narrower plan measured slower than a wider one is noise: the next target comes from the best attempt."""
+    planned = []
+    target = SpeedTarget(_recording_planner(planned), dense_ms=10.0, target_speedup=1.3)
+    plan = target.plan()
+    plan = target.after(Measured(10.0, 8.22, "CPUExecutionProvider"), plan)  # 0.822 for 0.769: 1.069x inflated
+    first = planned[-1]
+    assert first == pytest.approx(10.0 / 1.3 * (1 / 1.3) / 0.822)
+    target.after(Measured(10.0, 9.99, "CPUExecutionProvider"), plan)  # narrower, measured slower: noise
+    assert planned[-1] == pytest.approx(first), "the noisy figure does not tighten the plan further"
 
 
 def test_slower_than_dense_line_names_the_fix():

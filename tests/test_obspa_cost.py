@@ -17,7 +17,7 @@ import spa_compiler
 from models.builders import resnet50
 from spa_compiler.analysis.rules.linear import _im2col
 from spa_compiler.obspa import statistics
-from spa_compiler.obspa.compensate import LayerEntry
+from spa_compiler.obspa.compensate import LayerEntry, output_error
 from spa_compiler.obspa.greedy import ConsumerState
 from spa_compiler.obspa.obs import ConsumerLayer, KroneckerHessian, compensate_units, damped_inverse
 from spa_compiler.obspa.statistics import ChannelStats, LayerStats, add_batch
@@ -141,6 +141,15 @@ def test_obspa_at_channel_granularity_prunes_a_resnet(monkeypatch):
         assert any("written without it" in w for w in result.report["warnings"])
 
 
+def _matmul_entry(features: int, out: int, seed: int) -> tuple[LayerEntry, np.ndarray, np.ndarray]:
+    """A MatMul consumer with a random positive definite H (damping 0.01): (entry, H, W)."""
+    rng = np.random.default_rng(seed)
+    h = _spd(features, rng)
+    w = rng.normal(size=(out, features))
+    layer = ConsumerLayer(gs.Node("MatMul", name="mm"), None, w.shape, w, 1)
+    return LayerEntry(layer, LayerStats(h, np.zeros(features), np.zeros(features), 100), 0.01), h, w
+
+
 def test_damped_inverse_is_the_inverse_of_the_damped_matrix():
     rng = np.random.default_rng(0)
     h = _spd(7, rng)
@@ -151,12 +160,8 @@ def test_damped_inverse_is_the_inverse_of_the_damped_matrix():
 def test_one_unit_atoms_take_the_indexed_path_with_the_same_costs_and_downdates():
     """Atoms of one unit each (every MatMul column, every channel of a structured Hessian) are costed and
     removed by array indexing (greedy.ConsumerState.single); the general block path must agree."""
-    rng = np.random.default_rng(3)
-    features, out = 12, 5
-    h = _spd(features, rng)
-    w = rng.normal(size=(out, features))
-    layer = ConsumerLayer(gs.Node("MatMul", name="mm"), None, w.shape, w, 1)
-    entry = LayerEntry(layer, LayerStats(h, np.zeros(features), np.zeros(features), 100), 0.01)
+    features = 12
+    entry, _, _ = _matmul_entry(features, 5, seed=3)
     atoms = [np.array([a]) for a in range(features - 1)] + [np.zeros(0, int)]  # the last atom has no column here
     fast, general = ConsumerState(entry, atoms), ConsumerState(entry, atoms)
     general.single = None
@@ -184,3 +189,80 @@ def test_small_matrices_run_with_one_blas_thread():
     with threads_for(SMALL):
         assert blas_threads() == before
     assert blas_threads() == before
+
+
+@pytest.mark.parametrize("keep_weights", [True, False])
+def test_greedy_state_after_many_steps_is_obs_on_the_kept_units(keep_weights):
+    """The greedy zeroes removed rows and compacts its matrices only now and then (greedy.COMPACT_BELOW):
+    after any number of steps its inverse Hessian is the inverse of the damped H over the kept units and its
+    weights are the jointly compensated ones, whether or not a compaction just happened."""
+    features = 40
+    entry, h, w = _matmul_entry(features, 6, seed=5)
+    rng = np.random.default_rng(5)
+    state = ConsumerState(entry, [np.array([a]) for a in range(features)])
+    if not keep_weights:
+        state.w, state.gram = None, w.T @ w
+    damped = h + 0.01 * np.mean(np.diag(h)) * np.eye(features)
+    gone: list[int] = []
+    sizes = []
+    for take in np.array_split(rng.permutation(features)[:34], 12):
+        state.remove(take)
+        gone.extend(take)
+        sizes.append(len(state._hinv))
+        kept = np.setdiff1d(np.arange(features), gone)
+        np.testing.assert_array_equal(state.alive, kept)
+        np.testing.assert_allclose(state.hinv, np.linalg.inv(damped[np.ix_(kept, kept)]), rtol=1e-8, atol=1e-10)
+        w1 = compensate_units(w, entry.hessian, entry.hinv, np.array(gone))[:, kept]
+        if keep_weights:
+            np.testing.assert_allclose(state.w[:, :, 0], w1, rtol=1e-8, atol=1e-10)
+        else:
+            np.testing.assert_allclose(state.gram, w1.T @ w1, rtol=1e-8, atol=1e-10)
+        expected = 0.5 * np.sum(w1 ** 2, axis=0) / np.diag(state.hinv) / state.energy
+        np.testing.assert_allclose(state.costs(kept), expected, rtol=1e-8)
+    assert features in sizes and len(set(sizes)) > 2  # some steps ran uncompacted, several compactions ran
+
+
+@pytest.mark.parametrize("k,mean", [(1, 0.0), (1, 1.5), (4, 0.0), (4, 1.5)])
+def test_compensation_output_moments_equal_the_direct_products(k, mean):
+    """The fold's output moments come from one product of the weight change with H
+    (LayerEntry.compensation); they must equal diag(W H W^T) computed directly, for exact and
+    channel-granularity Hessians, with and without a mean, compensated or plain removal."""
+    rng = np.random.default_rng(7)
+    channels, out = 6, 5
+    w = rng.normal(size=(out, channels * k))
+    if k == 1:
+        x = rng.normal(size=(400, channels)) + mean
+        stats = LayerStats(x.T @ x / 400, x.mean(axis=0), np.abs(x).mean(axis=0), 400)
+    else:
+        stats = ChannelStats(_spd(channels, rng) + mean ** 2, _spd(k, rng), np.full(channels, mean),
+                             np.full(channels, abs(mean)), k, 400)
+    layer = ConsumerLayer(gs.Node("Conv", name="conv"), None, w.shape, w, k)
+    entry = LayerEntry(layer, stats, 0.01)
+    hessian = entry.hessian
+    for positions in (np.array([1]), np.array([0, 3, 4])):
+        outcome = entry.compensation(positions)
+        np.testing.assert_allclose(outcome.power_before, hessian.power(w), rtol=1e-10)
+        np.testing.assert_allclose(outcome.power_after, hessian.power(outcome.w), rtol=1e-9, atol=1e-12)
+        assert outcome.error(entry.mean) == pytest.approx(output_error(w - outcome.w, hessian, entry.mean),
+                                                          rel=1e-9, abs=1e-12)
+        plain = entry._outcome(np.where(np.isin(np.arange(w.shape[1]) // k, positions), 0.0, w),
+                               entry.units(positions))
+        np.testing.assert_allclose(plain.power_after, hessian.power(plain.w), rtol=1e-9, atol=1e-12)
+
+
+def test_compensation_updates_come_in_the_constants_types():
+    """Compensated weights and folds are handed over as the rewrite stores them (float32 here), not as the
+    float64 they are solved in: the ranking keeps up to three plans' updates at once."""
+    from spa_compiler.obspa.compensate import ObsContext, compensate
+    from spa_compiler.options import PruneOptions
+    from spa_compiler.pipeline import plan_pruning, score_groups
+
+    compiled = compile_model(resnet50(hw=32, blocks=(1, 1, 1, 1), width=8, classes=10))
+    stats = statistics.collect(compiled, consumer_nodes(compiled), "bnstat", samples=16)
+    obs = ObsContext(compiled.graph, compiled.analysis, stats)
+    scores = score_groups(compiled, "obspa", obs=obs)
+    plan = plan_pruning(compiled, scores, PruneOptions(criterion="obspa", target_macs=0.7).plan_options(), 0.7)
+    updates = compensate(obs, plan)
+    assert updates and all(value.dtype == obs.constant(name).dtype == np.float32 for name, value in updates.items())
+    obs.release()
+    assert obs.stats == {} and not obs.entries(compiled.analysis.groups[next(iter(plan.removed))])[0].stats

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models import builders
 from models.skeleton import load_materialized
 from spa_compiler.oracle import masked_model
 from spa_compiler.pipeline import apply_plan, compile_model, score_groups
@@ -107,39 +108,10 @@ def test_prune_hidden_shrinks_the_residual_stream(folder, name):
         assert out.shape == (2 if seq < 8 else 3, seq, 100) and np.isfinite(out).all()
 
 
-def _einsum_attention_model():
-    """A one-layer attention written with Einsum (as some exporters do), built with onnx.helper."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    d, h = 16, 4
-    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (d, d)).astype(np.float32), n)
-             for n in ("wq", "wk", "wv", "wo")]
-    inits.append(numpy_helper.from_array(np.array([0, 0, h, d // h], np.int64), "split_shape"))
-    inits.append(numpy_helper.from_array(np.array([0, 0, d], np.int64), "merge_shape"))
-    nodes = []
-    for p in ("q", "k", "v"):
-        nodes += [helper.make_node("MatMul", ["x", f"w{p}"], [f"{p}0"]),
-                  helper.make_node("Reshape", [f"{p}0", "split_shape"], [f"{p}1"]),
-                  helper.make_node("Transpose", [f"{p}1"], [p], perm=[0, 2, 1, 3])]
-    nodes += [helper.make_node("Einsum", ["q", "k"], ["s"], equation="bhqd,bhkd->bhqk"),
-              helper.make_node("Softmax", ["s"], ["p"], axis=-1),
-              helper.make_node("Einsum", ["p", "v"], ["c"], equation="bhqk,bhkd->bhqd"),
-              helper.make_node("Transpose", ["c"], ["c1"], perm=[0, 2, 1, 3]),
-              helper.make_node("Reshape", ["c1", "merge_shape"], ["c2"]),
-              helper.make_node("MatMul", ["c2", "wo"], ["y"])]
-    graph = helper.make_graph(nodes, "einsum_attention",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", d])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
-
-
 def test_einsum_attention_heads_prune_exactly():
     from spa_compiler.oracle import oracle_check
 
-    compiled = compile_model(_einsum_attention_model())
+    compiled = compile_model(builders.einsum_attention())
     assert [g.n_atoms for g in compiled.analysis.prunable_groups] == [4]
     assert oracle_check(compiled, 0.5).relative_error < 1e-5
 

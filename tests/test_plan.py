@@ -136,6 +136,14 @@ def test_snapped_plans_pass_the_mask_oracle(demo):
     assert oracle_plan_error(compiled, plan) < 1e-5
 
 
+def test_the_snap_never_demands_a_head_count():
+    """Heads of 20 channels in an 80-wide layer: a 16-channel snap would keep all 4 heads; heads keep no snap."""
+    compiled = compile_model(builders.einsum_attention(width=80, heads=4))
+    (group,) = compiled.analysis.prunable_groups
+    plan = make_plan(compiled.analysis, score_groups(compiled, "l2"), PlanOptions(ratio=0.5, snap=8))
+    assert len(plan.removed.get(group.id, ())) == 2
+
+
 def test_global_ranking_caps_every_group(demo):
     compiled, scores = demo
     plan = make_plan(compiled.analysis, scores, PlanOptions(ratio=0.6, global_ranking=True, max_group_ratio=0.7))

@@ -218,7 +218,8 @@ def test_timm_attention_heads():
     torch.manual_seed(0)
     module = Block()
     x = torch.randn(1, 5, 6)
-    result = spt.prune(module, x, ratio=0.5)
+    # per group: the adapter is under test, not the measured allocation (which may keep every head or cut 3)
+    result = spt.prune(module, x, ratio=0.5, global_ranking=False)
     assert module.attn.num_heads == 2 and module.attn.qkv.out_features == 3 * 2 * 12
     assert module_vs_onnx(module, (x,), result.model) < 1e-4
     train_step(module, (x,))

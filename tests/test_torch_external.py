@@ -68,3 +68,19 @@ def test_over_the_threshold_an_output_keeps_its_weights_in_external_data(tmp_pat
     assert result.report["output"] == str(out)
     assert module_vs_onnx(module, x, str(out)) < 1e-4
     assert result.model.graph.initializer[0].data_location, "as from spa_compiler.prune: weights stay in the file"
+
+
+def test_a_folder_left_by_a_killed_run_is_removed(tmp_path, monkeypatch):
+    import subprocess
+    import tempfile
+
+    from spa_compiler.modelio import stage_prefix
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f"{stage_prefix(tmp_path / 'spac-torch', dead.pid)}x"
+    stale.mkdir()
+    (stale / "real.onnx.data").write_bytes(b"0" * 10)
+    pruned("convnet", monkeypatch)
+    assert not stale.exists() and not list(tmp_path.iterdir()), "the stale folder and this run's are gone"

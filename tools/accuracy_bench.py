@@ -79,13 +79,17 @@ def accuracy(model, bench: Bench) -> float:
 
 
 def macs_budgets(bench: Bench, ratios: list[float]) -> dict[float, float]:
-    """The MACs fraction that removing *ratio* of every group's channels leaves (the column's budget)."""
+    """The MACs fraction that removing *ratio* of every group's channels leaves (the column's budget).
+
+    Exact widths (``round_to=1``): the default snap keeps a 64-wide layer at 32 channels for both r=0.5
+    and r=0.7, so snapped budgets would collapse two columns into one.
+    """
     import spa_compiler
 
     budgets = {}
     for ratio in ratios:
         report = spa_compiler.prune(bench.file(".onnx"), ratio=ratio, criterion="l2", global_ranking=False,
-                                    verify=False).report
+                                    round_to=1, verify=False).report
         budgets[ratio] = report["macs"]["after"] / report["macs"]["before"]
     return budgets
 

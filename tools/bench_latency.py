@@ -114,7 +114,7 @@ def part1(args) -> list[dict]:
                 result = spa_compiler.prune(dense, criterion=criterion, round_to=round_to, input_shapes=shapes,
                                             **options)
                 label = (f"{criterion} {'--ratio 0.45 ' if options else ''}"
-                         f"{'(defaults: snap 8)' if round_to is None else '--round-to 1'}")
+                         f"{'(defaults: snap 8/16)' if round_to is None else '--round-to 1'}")
                 rows += rows_at_batches(name, label, result, dense, args)
                 print(markdown_table(rows[-len(args.bench_batches):], COLUMNS), flush=True)
     return rows

@@ -28,6 +28,15 @@ def _controller():
 @contextmanager
 def threads_for(size: int) -> Iterator[None]:
     """One BLAS thread inside the block when the matrices it works on are at most *size* wide and small."""
-    controller = _controller() if size < SMALL else None
+    with (one_thread() if size < SMALL else nullcontext()):
+        yield
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """One BLAS thread inside the block, whatever the size: for LAPACK calls whose threaded versions
+    synchronize so often that they cost more than one thread (a 2304-wide Cholesky: 3.3 CPU-s and 8 s
+    on two threads of the loaded machine, 0.18 CPU-s and 0.5 s on one)."""
+    controller = _controller()
     with (controller.limit(limits=1, user_api="blas") if controller is not None else nullcontext()):
         yield

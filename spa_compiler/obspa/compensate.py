@@ -74,6 +74,12 @@ class ObsContext:
             self._entries[group.id] = out
         return self._entries[group.id]
 
+    def release(self) -> None:
+        """Drop the statistics and everything made from them (inverse Hessians: on a ResNet-50 at 224x224 1 GB
+        together) once no plan is left to score or compensate; the fallbacks stay for :meth:`warnings`."""
+        self.stats = {}
+        self._entries.clear()
+
     def fall_back(self, reason: str, layer: str) -> None:
         """Record that *layer* got no compensation (or no statistics) for *reason*."""
         names = self.fallbacks.setdefault(reason, [])
@@ -109,6 +115,7 @@ class LayerEntry:
     context: Optional[ObsContext] = None
     _hinv: Optional[np.ndarray] = None
     _hessian: Optional[KroneckerHessian] = None
+    _power: Optional[np.ndarray] = None
 
     @property
     def hessian(self) -> KroneckerHessian:
@@ -127,6 +134,14 @@ class LayerEntry:
     def mean(self) -> np.ndarray:
         return self.stats.mean if self.stats is not None else np.zeros(self.layer.w.shape[1])
 
+    @property
+    def output_power(self) -> np.ndarray:
+        """``diag(W H W^T)`` of the dense weights, per output row (H's moments of the outputs; made once:
+        the greedy's energy and every plan's BatchNorm fold read it)."""
+        if self._power is None:
+            self._power = self.hessian.power(self.layer.w)
+        return self._power
+
     def units(self, positions: np.ndarray) -> np.ndarray:
         """The units of :attr:`hessian` (and of :attr:`hinv`) that removing *positions* removes."""
         return self.layer.units(positions, self.hessian)
@@ -143,7 +158,7 @@ class LayerEntry:
                 hinv, self.damping = robust_inverse(self.hessian.units, self.damping)
             if hinv is None:
                 self._note(NO_INVERSE)
-                self.stats, self._hessian = None, None
+                self.stats, self._hessian, self._power = None, None, None
                 hinv = self.hessian.units  # the identity
             self._hinv = hinv
         return self._hinv
@@ -153,16 +168,21 @@ class LayerEntry:
             self.context.fall_back(reason, self.layer.node.name)
 
     def compensated(self, positions: np.ndarray) -> np.ndarray:
-        """W with *positions* removed and the rest re-solved, never worse than plain removal and always finite.
+        """W with *positions* removed and the rest re-solved, never worse than plain removal and always finite
+        (see :meth:`compensation`)."""
+        return self.compensation(positions).w
+
+    def compensation(self, positions: np.ndarray) -> "Compensation":
+        """The weights to write for *positions* removed, and the output moments they give.
 
         A non-finite result is retried with damping x10 up to ``MAX_DAMPING``, then given up; a result
         whose output error on the measured statistics exceeds plain removal's is given up too.  Giving up
         means plain removal (the columns zeroed, the others untouched), recorded for the report.
         """
         with threads_for(max(len(self.hessian.units), len(self.layer.w))):
-            return self._compensated(positions)
+            return self._compensation(positions)
 
-    def _compensated(self, positions: np.ndarray) -> np.ndarray:
+    def _compensation(self, positions: np.ndarray) -> "Compensation":
         w0, hinv, damping, hessian = self.layer.w, self.hinv, self.damping, self.hessian
         units = self.units(positions)
         removed = w0.copy()
@@ -173,15 +193,44 @@ class LayerEntry:
                 break
             if damping >= MAX_DAMPING:
                 self._note(NONFINITE_COMPENSATION)
-                return removed
+                return self._outcome(removed, units)
             damping = min(MAX_DAMPING, damping * 10)
             hinv = damped_inverse(hessian.units, damping)
         w1 = self.layer.representable(w1)  # integer weights: judged as they will be stored
+        outcome = self._outcome(w1)
         if self.stats is not None:  # the mean shift is folded downstream: compare output covariances
-            if output_error(w0 - w1, hessian, self.mean) > output_error(w0 - removed, hessian, self.mean) * (1 + 1e-9):
+            if outcome.error(self.mean) > output_error(w0 - removed, hessian, self.mean) * (1 + 1e-9):
                 self._note(WORSE_THAN_NONE)
-                return removed
-        return w1
+                return self._outcome(removed, units)
+        return outcome
+
+    def _outcome(self, w: np.ndarray, changed: Optional[np.ndarray] = None) -> "Compensation":
+        """*w* with its output moments, from the dense ones and one product of the weight change with H
+        (only its *changed* units' columns, when given): with ``D = W0 - W``,
+        ``diag(W H W^T) = diag(W0 H W0^T) - 2 diag(W0 H D^T) + diag(D H D^T)`` (H symmetric), instead of
+        two more products of whole weight matrices with H per plan (a third of a ResNet-50's compensation)."""
+        w0, hessian = self.layer.w, self.hessian
+        delta = w0 - w
+        mixed = hessian.mixed(delta, changed)                        # D (units (x) taps)
+        change = np.sum(mixed * delta, axis=1)                       # diag(D H D^T) without H's mean term
+        dense = self.output_power if hessian.mean is None else self.output_power - (w0 @ hessian.mean) ** 2
+        after = hessian.with_mean(w, dense - 2 * np.sum(mixed * w0, axis=1) + change)
+        return Compensation(w, self.output_power, after, float(np.sum(hessian.with_mean(delta, change))), delta)
+
+
+@dataclass
+class Compensation:
+    """A consumer's weights to write and what they do to its outputs under the statistics."""
+
+    w: np.ndarray             # (out, features)
+    power_before: np.ndarray  # diag(W0 H W0^T): each output's second moment with the dense weights
+    power_after: np.ndarray   # diag(W H W^T)
+    change_power: float       # tr(D H D^T), D = W0 - W
+    delta: np.ndarray
+
+    def error(self, mean: np.ndarray) -> float:
+        """:func:`output_error` of the weight change: ``tr(D C D^T)``, C = H - m m^T."""
+        return self.change_power - float(np.sum((self.delta @ mean) ** 2))
 
 
 def compensate(ctx: ObsContext, plan: Plan, fold_batchnorm: bool = True) -> dict[str, np.ndarray]:
@@ -196,14 +245,16 @@ def compensate(ctx: ObsContext, plan: Plan, fold_batchnorm: bool = True) -> dict
             positions = np.flatnonzero(gone[group.atom_of[layer.param.space]])
             if not len(positions):
                 continue
-            w0, w1 = layer.w, entry.compensated(positions)
-            h, mean = entry.hessian, entry.mean
+            outcome = entry.compensation(positions)
+            w0, w1, mean = layer.w, outcome.w, entry.mean
             updates[layer.param.tensor] = layer.weight_values(w1)
             bn = ctx.next_batchnorm(layer.node) if fold_batchnorm else None
             if bn is not None:
-                _fold_into_batchnorm(ctx, bn, w0, w1, h, mean, updates)
+                _fold_into_batchnorm(ctx, bn, outcome, w0, mean, updates)
             else:
                 _fold_into_bias(ctx, layer, w0, w1, mean, updates)
+    # in the constants' own types (as the rewrite stores them): a ResNet-50's float64 updates took 200 MB per plan
+    updates = {name: np.asarray(value, dtype=ctx.constant(name).dtype) for name, value in updates.items()}
     for name in [n for n, value in updates.items() if not np.all(np.isfinite(value))]:
         del updates[name]  # a fold from extreme statistics: leave that tensor as it was
         ctx.fall_back(NONFINITE_FOLD, name)
@@ -235,15 +286,15 @@ def _fold_into_bias(ctx: ObsContext, layer, w0, w1, mean, updates) -> None:
         updates[name] = folded
 
 
-def _fold_into_batchnorm(ctx: ObsContext, bn: gs.Node, w0, w1, h, mean, updates) -> None:
+def _fold_into_batchnorm(ctx: ObsContext, bn: gs.Node, outcome: Compensation, w0, mean, updates) -> None:
     """Shift BN's running mean by the predicted output mean change and scale its variance likewise."""
     mean_name, var_name = bn.inputs[3].name, bn.inputs[4].name
     running_mean, running_var = ctx.constant(mean_name).astype(np.float64), ctx.constant(var_name).astype(np.float64)
     if running_mean.shape[0] != w0.shape[0]:
         return
-    mu0, mu1 = w0 @ mean, w1 @ mean
-    var0 = h.power(w0) - mu0 ** 2
-    var1 = h.power(w1) - mu1 ** 2
+    mu0, mu1 = w0 @ mean, outcome.w @ mean
+    var0 = outcome.power_before - mu0 ** 2
+    var1 = outcome.power_after - mu1 ** 2
     ratio = np.where(var0 > 1e-12, var1 / np.maximum(var0, 1e-12), 1.0)
     ratio = np.clip(ratio, *VAR_RATIO_BOUNDS)
     updates[mean_name] = running_mean - (mu0 - mu1)

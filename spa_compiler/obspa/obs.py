@@ -24,6 +24,7 @@ import onnx_graphsurgeon as gs
 
 from ..analysis import ParamSlice
 from ..analysis.rules import rule_for
+from .blas import one_thread
 
 DEFAULT_DAMPING = 0.01
 
@@ -38,7 +39,8 @@ def damped_inverse(h: np.ndarray, damping: float = DEFAULT_DAMPING) -> np.ndarra
     scale = float(np.mean(np.diag(h))) or 1.0
     h[np.diag_indices_from(h)] += damping * scale
     try:
-        np.linalg.cholesky(h)  # positive definite: the plain inverse (half the work of inverting the factor) is fine
+        with one_thread():  # only a check; OpenBLAS's threaded potrf took 18x the CPU of one thread (n = 2304)
+            np.linalg.cholesky(h)  # positive definite: the plain inverse (half the work of inverting the factor) is fine
         inverse = np.linalg.inv(h)
         return (inverse + inverse.T) / 2
     except np.linalg.LinAlgError:
@@ -140,13 +142,23 @@ class KroneckerHessian:
         A three-operand ``einsum`` would loop over out x in x in in C without BLAS:
         minutes on a 3x3 conv with 512 inputs.
         """
+        return self.with_mean(w, np.sum(self.mixed(w) * w, axis=1))
+
+    def with_mean(self, w: np.ndarray, quadratic: np.ndarray) -> np.ndarray:
+        """:meth:`power` from its ``units (x) taps`` part *quadratic* (the mean term added, if any)."""
+        return quadratic if self.mean is None else quadratic + (w @ self.mean) ** 2
+
+    def mixed(self, w: np.ndarray, units: Optional[np.ndarray] = None) -> np.ndarray:
+        """``W (units (x) taps)`` as an (out, features) matrix; with *units*, *w* is taken as zero outside
+        those units' columns (a plain removal touches a few: a product that small)."""
+        w3 = self.split(w)
+        matrix = self.units
+        if units is not None:
+            w3, matrix = w3[:, units, :], matrix[units, :]
         if self.k == 1:
-            power = np.sum((w @ self.units) * w, axis=1)
-        else:
-            w3 = self.split(w)
-            mixed = np.swapaxes(np.swapaxes(w3, 1, 2) @ self.units, 1, 2) @ self.taps  # W (x)_U units (x)_k taps
-            power = np.sum(mixed * w3, axis=(1, 2))
-        return power if self.mean is None else power + (w @ self.mean) ** 2
+            return w3[:, :, 0] @ matrix
+        mixed = np.swapaxes(np.swapaxes(w3, 1, 2) @ matrix, 1, 2) @ self.taps  # W (x)_U units (x)_k taps
+        return mixed.reshape(len(w), -1)
 
     def gram(self, w: np.ndarray) -> np.ndarray:
         """``G[u, v] = sum_o w_o,u taps w_o,v^T``: what the OBS costs of removing units read of *w* (no mean)."""
@@ -230,7 +242,3 @@ class ConsumerLayer:
         if hessian.k != self.cols_per_position:
             raise ValueError(f"{self.node.name}: {hessian.k} taps per unit for {self.cols_per_position} columns")
         return np.asarray(positions)
-
-    def energy(self, hessian: KroneckerHessian) -> float:
-        """tr(W H W^T): the layer's output energy, so costs compare across layers."""
-        return float(np.sum(hessian.power(self.w))) or 1.0

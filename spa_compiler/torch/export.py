@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+import onnx
 import torch
 from onnx import numpy_helper
 from onnx_graphsurgeon.ir.tensor import LazyValues
@@ -24,7 +25,7 @@ from ..errors import CompileError, UsageError, first_line
 from ..ir import constants_of, meta_of, to_graph
 from ..modelio import EXTERNAL_DATA_THRESHOLD, load_model, staged_output, write_graph
 from ..weights import EXTERNAL_MIN_BYTES, MappedValues
-from .markers import ModuleValues, TensorTable
+from .markers import ModuleValues, TensorSlot, TensorTable, encode_range, module_tensors
 
 OPSET = 17
 # Module weights (bytes) above which the real model and the pruned one keep their weights in external data
@@ -71,19 +72,51 @@ def flat_outputs(outputs) -> list[torch.Tensor]:
 def export_marked(table: TensorTable, module: torch.nn.Module, inputs: tuple, path: Path) -> Path:
     """Export *module* (eval mode) with its tensors holding the markers into *path*, at the inputs' shapes.
 
-    A file, not a buffer: above 2 GiB the exporter can only write the weights
-    as external data files next to the model, and a path lets every later step
-    map them instead of holding them.
+    The exporter writes the graph only (``export_params=False``): its parameters become graph inputs named as
+    in the state dict, which are then made marker-valued constants streamed to external data next to *path*
+    (:func:`modelio.write_graph`).  Why: exporting the weights themselves held the serialized model and a
+    parsed copy of it on top of the module and its markers (ViT-L: 7.7 GB resident at 1.2 GB of weights),
+    and over 2 GiB the exporter can only write them as one file per tensor anyway.  The markers still sit in
+    the module while it is traced: the exporter merges inputs of equal values otherwise.
     """
+    skeleton = path.with_name(f"{path.stem}.graph.onnx")
     try:
         with table.marked(module) as marked, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer and legacy-exporter warnings: not the user's concern here
-            torch.onnx.export(marked, inputs, str(path), dynamo=False, do_constant_folding=False,
-                              keep_initializers_as_inputs=False, opset_version=OPSET,
-                              input_names=input_names(inputs))
+            torch.onnx.export(marked, inputs, str(skeleton), dynamo=False, do_constant_folding=False,
+                              export_params=False, opset_version=OPSET, input_names=input_names(inputs))
     except Exception as exc:  # noqa: BLE001 - the exporter raises many types
         raise CompileError(f"torch.onnx.export of {type(module).__name__} failed: {first_line(exc)}") from exc
+    model = load_model(skeleton)
+    graph = to_graph(model)
+    examples = set(input_names(inputs))
+    tensors = module_tensors(module)
+    for var in graph.inputs:
+        slot = table.by_name.get(var.name)
+        if slot is not None:
+            var.to_constant(MarkerValues(slot) if slot.size * 4 >= EXTERNAL_MIN_BYTES else
+                            encode_range(slot.offset, slot.size).reshape(slot.shape))
+        elif var.name in tensors:  # not float32 (an integer buffer): its own values
+            var.to_constant(tensors[var.name].detach().cpu().numpy())
+        elif var.name not in examples:
+            raise CompileError(f"torch.onnx.export of {type(module).__name__}: graph input {var.name} is neither "
+                               "an example input nor a module parameter or buffer")
+    graph.inputs = [var for var in graph.inputs if var.name in examples]
+    with staged_output(path) as stage:
+        write_graph(graph, meta_of(model), stage, external=True)
+    skeleton.unlink()
     return path
+
+
+class MarkerValues(LazyValues):
+    """One module tensor's markers, made when written (one tensor in memory at a time)."""
+
+    def __init__(self, slot: TensorSlot):
+        super().__init__(onnx.TensorProto(name=slot.name, data_type=onnx.TensorProto.FLOAT, dims=slot.shape))
+        self.slot = slot
+
+    def load(self) -> np.ndarray:
+        return encode_range(self.slot.offset, self.slot.size).reshape(self.slot.shape)
 
 
 class RealValues(LazyValues):
@@ -122,6 +155,7 @@ def write_real_model(marked: Path, table: TensorTable, values: ModuleValues, pat
             const._values = RealValues(lazy, table, values)
         else:  # in the protobuf already, small, or about to be embedded (gs exports a lazy value's own proto)
             const.values = real_array(np.asarray(const.values), table, values)
+            const.data_location = None  # gs would otherwise keep the marker file's EXTERNAL flag
     with staged_output(path) as stage:
         write_graph(graph, meta, stage, external)
     return path

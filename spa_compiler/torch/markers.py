@@ -113,7 +113,7 @@ class TensorTable:
         (module, copy, export); the swap holds the markers only while the
         exporter runs, and the module's own tensor objects come back untouched.
         """
-        tensors = _tensors(module)
+        tensors = module_tensors(module)
         originals = {}
         try:
             with torch.no_grad():
@@ -145,7 +145,8 @@ class TensorTable:
         return index
 
 
-def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+def module_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer by state-dict name."""
     tensors = dict(module.named_parameters())
     tensors.update(dict(module.named_buffers()))
     return tensors
@@ -160,7 +161,7 @@ class ModuleValues:
     """
 
     def __init__(self, table: TensorTable, module: torch.nn.Module):
-        tensors = _tensors(module)
+        tensors = module_tensors(module)
         self.starts = table.starts
         self.views = [tensors[s.name].detach().cpu().reshape(-1).numpy() for s in table.slots]
 

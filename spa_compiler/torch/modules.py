@@ -233,9 +233,23 @@ def unadapted_owner(root: nn.Module, path: str) -> Optional[str]:
     parts = path.split(".") if path else []
     for depth in range(len(parts), -1, -1):
         ancestor = root.get_submodule(".".join(parts[:depth]))
-        if any(isinstance(getattr(ancestor, name, None), int) for name in HEAD_COUNTS) and not has_adapter(ancestor):
+        if _head_counts(ancestor) and not has_adapter(ancestor) and not _mirrors_adapted_attention(ancestor):
             return f"{type(ancestor).__name__} (head count without an adapter)"
     return None
+
+
+def _head_counts(module: nn.Module) -> set[int]:
+    return {value for name in HEAD_COUNTS if isinstance(value := getattr(module, name, None), int)}
+
+
+def _mirrors_adapted_attention(module: nn.Module) -> bool:
+    """True when *module*'s head count is that of an attention module below it which has an adapter: a block
+    that keeps the count it built its attention with (torchvision's ViT EncoderBlock, whose forward never
+    reads it), so its own tensors (the MLP's) may be cut.  Were its forward to read it, the final
+    module-vs-graph check would say so."""
+    counts = _head_counts(module)
+    return any(child is not module and _subtree_adapter(child) is not None and _head_counts(child) & counts
+               for child in module.modules())
 
 
 def update_attributes(root: nn.Module, cuts: dict[str, Cut]) -> list[str]:

@@ -15,9 +15,10 @@ import copy
 import gc
 import tempfile
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
 import onnx
@@ -25,7 +26,7 @@ import torch
 
 from ..api import PruneResult, prune_with
 from ..errors import CompileError, UsageError
-from ..modelio import load_model
+from ..modelio import load_model, remove_stale_stages, stage_prefix
 from ..options import PruneOptions
 from ..pipeline import compile_model
 from ..plan import Plan
@@ -111,8 +112,7 @@ def _prune(module: torch.nn.Module, inputs: tuple, opts: PruneOptions, say, sali
     # External data unless the user's own output is small (it then stays one file, as spa_compiler.prune
     # writes it): the driver maps external weights from disk instead of holding a protobuf of them.
     external = opts.output is None or table.total * 4 > export.EXTERNAL_EXPORT_BYTES
-    with tempfile.TemporaryDirectory(prefix="spac-torch-") as tmp:  # removed on any exit
-        folder = Path(tmp)
+    with _work_folder() as folder:
         marked_provenance, real, export_error = _export(module, inputs, table, values, folder, opts, external, say)
         provenance: dict = {}
         derived: dict = {}  # folded constants forward recomputes from cut parameters: never written back
@@ -162,6 +162,16 @@ def _prune(module: torch.nn.Module, inputs: tuple, opts: PruneOptions, say, sali
                       f"{pruned_error:.3g}); modules without an adapter: {', '.join(unknown) or 'none'}",
                       stacklevel=3)
     return TorchPruneResult(module, result.model, result.plan, report, result)
+
+
+@contextmanager
+def _work_folder() -> Iterator[Path]:
+    """A temporary folder for the models, removed on exit; the next run removes one that a killed run (out of
+    memory: SIGKILL) left, which its name tells by process id (``modelio.stage_prefix``)."""
+    anchor = Path(tempfile.gettempdir()) / "spac-torch"
+    remove_stale_stages(anchor)
+    with tempfile.TemporaryDirectory(prefix=stage_prefix(anchor), dir=anchor.parent) as tmp:
+        yield Path(tmp)
 
 
 def _export(module: torch.nn.Module, inputs: tuple, table: TensorTable, values: ModuleValues, folder: Path,

@@ -391,7 +391,8 @@ def _im2col(node: gs.Node, x: np.ndarray, count: Optional[int] = None,
     if node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET", "VALID", b"VALID"):
         total = [(k - 1) * d for k, d in zip(kernel, dilations)]
         pads = [t // 2 for t in total] + [t - t // 2 for t in total]
-    x = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    if any(pads):  # a copy of the whole batch: not for the unpadded (1x1) convolutions
+        x = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
     n, c, height, width = x.shape
     kh, kw = kernel
     dh, dw = dilations
