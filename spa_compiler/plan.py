@@ -97,14 +97,20 @@ def space_multiple(channels: int, round_to: int, snap: int = 1) -> int:
 
 
 def group_snap(group: Group, snap: int) -> int:
-    """The snap a group's widths keep: none where an atom is a block of channels (attention heads).
+    """The snap a group's widths keep: none where every layer holds an atom as blocks of a snap or more (heads).
 
-    A head already is a block of ``head_dim`` channels and the attention kernels
-    tile on ``head_dim``, which pruning never changes; a snap in channels would
-    instead demand a head count (12-channel heads, snap 16: only all 4 heads),
-    so a light plan could never cut a head of a small-head model.
+    A head already is a block of ``head_dim`` channels in every projection and the
+    attention kernels tile on ``head_dim``, which pruning never changes; a snap in
+    channels would instead demand a head count (12-channel heads, snap 16: only
+    all 4 heads), so a light plan could never cut a head of a small-head model.
+    A group with a layer of one channel per atom (any conv or linear group, with
+    reshaped spaces or not) keeps the snap.
     """
-    return 1 if _atom_channels(group) > 1 else snap
+    spaces = weight_spaces(group)
+    if not spaces:
+        return snap
+    per_atom = min(len(group.atom_of[s]) // max(len(np.unique(group.atom_of[s])), 1) for s in spaces)
+    return 1 if per_atom >= snap else snap
 
 
 def _rounded_keep(group: Group, keep: int, round_to: int) -> int:
