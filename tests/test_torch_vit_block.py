@@ -43,5 +43,6 @@ def test_torchvision_vit_mlp_and_heads_are_cut():
     assert not result.report["torch"]["frozen"]
     layer = vit.encoder.layers.encoder_layer_0
     assert layer.mlp[0].out_features < 48 and layer.self_attention.num_heads < 4
+    assert layer.num_heads == layer.self_attention.num_heads  # the stored count follows the cut
     assert module_vs_onnx(vit, (x,), result.model) < 1e-4
     train_step(vit, (x,))

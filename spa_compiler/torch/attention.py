@@ -223,23 +223,6 @@ def _maxvit_forward(self, x: torch.Tensor) -> torch.Tensor:
     return self.merge(out.permute(0, 1, 3, 2, 4).reshape(batch, groups, tokens, -1))
 
 
-# Blocks that store the head count of the attention inside them and never read it in forward: torchvision ViT's
-# EncoderBlock (num_heads, around an nn.MultiheadAttention), MaxViT's PartitionAttentionLayer (n_heads).  Without
-# an adapter the head-count rule of modules.py would freeze everything under them (their MLPs too); the count is
-# copied from the attention, whose adapter runs first (update_attributes adapts the deepest modules first).
-STORED_HEADS = {("torchvision.models.vision_transformer", "EncoderBlock"): ("num_heads", "self_attention", "num_heads"),
-                ("torchvision.models.maxvit", "PartitionAttentionLayer"): ("n_heads", "attn_layer.1", "n_heads")}
-
-
-def _stored_heads(module: nn.Module) -> Optional[tuple[str, str, str]]:
-    return STORED_HEADS.get((type(module).__module__, type(module).__name__))
-
-
-def _copy_stored_heads(module: nn.Module, cuts: SubtreeCuts) -> None:
-    attr, attention, count = _stored_heads(module)
-    setattr(module, attr, getattr(module.get_submodule(attention), count))
-
-
 try:
     from torchvision.models import maxvit as _tv_maxvit
 except ImportError:
@@ -271,7 +254,6 @@ ATTENTION_ADAPTERS: list[tuple[Callable[[nn.Module], bool], Callable[[nn.Module,
     (_is_hf_position_bias, _reads_heads_from_its_table),
     (_is_torchvision_swin, _torchvision_swin),
     (_is_torchvision_maxvit, _torchvision_maxvit),
-    (lambda module: _stored_heads(module) is not None, _copy_stored_heads),
 ]
 
 

@@ -244,12 +244,26 @@ def _head_counts(module: nn.Module) -> set[int]:
 
 def _mirrors_adapted_attention(module: nn.Module) -> bool:
     """True when *module*'s head count is that of an attention module below it which has an adapter: a block
-    that keeps the count it built its attention with (torchvision's ViT EncoderBlock, whose forward never
-    reads it), so its own tensors (the MLP's) may be cut.  Were its forward to read it, the final
+    that keeps the count it built its attention with (torchvision's ViT EncoderBlock, MaxViT's
+    PartitionAttentionLayer: their forwards never read it), so its own tensors (the MLP's) may be cut and
+    :func:`update_attributes` copies the attention's new count into it.  Were its forward to read it, the final
     module-vs-graph check would say so."""
-    counts = _head_counts(module)
-    return any(child is not module and _subtree_adapter(child) is not None and _head_counts(child) & counts
-               for child in module.modules())
+    return bool(_mirrored_counts(module))
+
+
+def _mirrored_counts(module: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """(own head-count attribute, adapted attention below, its attribute) for every count *module* mirrors."""
+    found = []
+    for name in HEAD_COUNTS:
+        value = getattr(module, name, None)
+        if not isinstance(value, int):
+            continue
+        source = next(((child, other) for child in module.modules() if child is not module
+                       and _subtree_adapter(child) is not None
+                       for other in HEAD_COUNTS if getattr(child, other, None) == value), None)
+        if source is not None:
+            found.append((name, *source))
+    return found
 
 
 def update_attributes(root: nn.Module, cuts: dict[str, Cut]) -> list[str]:
@@ -265,14 +279,18 @@ def update_attributes(root: nn.Module, cuts: dict[str, Cut]) -> list[str]:
             adapter(module, module_cuts)
         elif _subtree_adapter(module) is None:
             unknown.append(f"{path or '<root>'} ({type(module).__name__})")
-    # attention: heads read off the cut projections of its subtree; deepest first, so a block that stores its
-    # attention's head count copies the updated one
-    for path, module in reversed(list(root.named_modules())):
+    mirrors = [(module, mirrored) for module in root.modules() if _subtree_adapter(module) is None
+               and (mirrored := _mirrored_counts(module))]  # read before the attention adapters change the counts
+    # attention: heads read off the cut projections of its subtree
+    for path, module in root.named_modules():
         adapter = _subtree_adapter(module)
         prefix = _child(path, "")
         subtree = {name[len(prefix):]: cut for name, cut in cuts.items() if name.startswith(prefix)}
         if adapter is not None and subtree:
             adapter(module, subtree)
+    for module, mirrored in mirrors:  # blocks that store their attention's head count copy the new one
+        for name, attention, attr in mirrored:
+            setattr(module, name, getattr(attention, attr))
     for module in root.modules():
         if isinstance(module, nn.TransformerEncoderLayer) and isinstance(module.self_attn, PrunedMultiheadAttention):
             # the inference fast path calls a fused kernel with embed_dim and num_heads, bypassing our forward;
