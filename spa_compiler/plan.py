@@ -106,7 +106,7 @@ def group_snap(group: Group, snap: int) -> int:
     A group with a layer of one channel per atom (any conv or linear group, with
     reshaped spaces or not) keeps the snap.
     """
-    spaces = weight_spaces(group)
+    spaces = weight_spaces(group) if snap > 1 else []
     if not spaces:
         return snap
     per_atom = min(len(group.atom_of[s]) // max(len(np.unique(group.atom_of[s])), 1) for s in spaces)
