@@ -71,10 +71,29 @@ def _options(threads: int = 0, lean: bool = False):
 
 
 def session(model, providers: Optional[Sequence[str]] = None, threads: int = 0, lean: bool = False):
-    """An onnxruntime session of a ModelProto or of a model file (a path keeps weights out of Python)."""
+    """An onnxruntime session of a ModelProto or of a model file (a path keeps weights out of Python).
+
+    The measurement graphs this package builds feed weights as inputs and expose inner tensors as
+    outputs, and onnxruntime's layout-level optimizers (ORT_ENABLE_ALL) can refuse such a graph: a Conv
+    whose weight is an input, added to another such Conv's exposed output, fails with "Failed to find
+    node output ..." (onnxruntime 1.32).  onnxruntime's own fallback then printed an "EP Error" banner
+    and retried; here the session is retried once without those optimizers, silently, and the first
+    error is raised when that fails too.
+    """
     ort = _ort()
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(source, _options(threads, lean), providers=list(providers or default_providers()))
+    chosen = list(providers or default_providers())
+    try:
+        return ort.InferenceSession(source, _options(threads, lean), providers=chosen, enable_fallback=0)
+    except (RuntimeError, ValueError) as error:
+        if lean:  # no graph optimization was asked for: nothing left to turn off
+            raise
+        options = _options(threads, lean)
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        try:
+            return ort.InferenceSession(source, options, providers=chosen, enable_fallback=0)
+        except (RuntimeError, ValueError):
+            raise error from None
 
 
 def size_on_disk(path) -> int:
