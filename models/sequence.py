@@ -115,9 +115,10 @@ def lstm_states() -> onnx.ModelProto:
     return s.model([s.linear(seq, 6, 3), s.linear(cell, 6, 2)])
 
 
-def tagger(hidden: int = 8) -> onnx.ModelProto:
+def tagger(hidden: int = 8, head: int = 0) -> onnx.ModelProto:
     """A character tagger like the int8 diacritizers: embedding, two bidirectional LSTMs with zero
-    states built at run time (one ConstantOfShape sliced per layer), a linear head."""
+    states built at run time (one ConstantOfShape sliced per layer), a linear head (with *head*: a hidden
+    ReLU layer that wide before it, a group no recurrence reads)."""
     s = Seq("tagger")
     s.inputs = [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 7])]  # steps: recurrence matters
     emb = s.one("Gather", [s.weight("table", (20, 6)), "ids"], axis=0)
@@ -130,6 +131,8 @@ def tagger(hidden: int = 8) -> onnx.ModelProto:
                       n_out=3, hidden_size=hidden, direction="bidirectional")
         x, cin = _merge_directions(s, lstm[0]), 2 * hidden
     out = s.one("Transpose", [x], perm=[1, 0, 2])
+    if head:
+        out, cin = s.one("Relu", [s.linear(out, cin, head)]), head
     return s.model([s.linear(out, cin, 5)])
 
 

@@ -166,6 +166,7 @@ class MaxErrorSearch:
     progress: Optional[Callable[[str], None]] = None
     probe_ratios: tuple[float, ...] = PROBE_RATIOS
     compensate_probes: bool = True  # False: probes measure plain removal (OBSPA's solves cost far more than a run)
+    compensated_groups: frozenset[int] = frozenset()  # probed compensated all the same (obspa/recurrence.py)
     probes: dict[int, list[Probe]] = field(default_factory=dict)
     evaluations: int = 0
     _order: list[tuple[int, float]] = field(default_factory=list)
@@ -207,7 +208,8 @@ class MaxErrorSearch:
         if probe:
             keep = self.probe_batches
             reference, batches = Reference(reference.names, reference.outputs[:keep]), batches[:keep]
-        updates = None if plain or (probe and not self.compensate_probes) else self.updates_for(plan)
+        plain_probe = probe and not self.compensate_probes and not set(plan.removed) <= self.compensated_groups
+        updates = None if plain or plain_probe else self.updates_for(plan)
         analysis = self.compiled.analysis
         exact = all(analysis.groups[gid].exact for gid in plan.removed)
         if self._runner is not None and (exact or probe):

@@ -8,7 +8,9 @@ every group is probed alone at a few ratios and the MACs are taken from the grou
 outputs least per MACs saved (:meth:`budget.MaxErrorSearch.meet_target`), with the criterion still choosing
 which channels inside a group go.  Probes measure plain removal, not OBSPA's compensation: its solves cost a
 hundred masked runs (deepcut: 57 of 70 s) and on attacut-c both probe kinds allocate the same plan; the
-candidate plans themselves are measured compensated.
+candidate plans themselves are measured compensated.  Groups that a recurrent layer OBSPA compensates reads
+are the exception: a recurrence carries a removal's error through every later step, and their probes are
+compensated (:mod:`obspa.recurrence`).
 
 Every criterion goes through it (issue 13, ``--ratio 0.1`` on the dev set): the criterion's own plan (the
 same ratio in every group for l2, global for OBSPA) sets the MACs, and the sensitivity plan at those MACs
@@ -31,6 +33,7 @@ from typing import Callable, Optional
 
 from .budget import TARGET_PROBE_RATIOS, MaxErrorSearch, batch_samples
 from .fidelity import relative_error
+from .obspa.recurrence import compensated_recurrent_groups
 from .options import PruneOptions
 from .pipeline import Compiled, plan_pruning
 from .plan import Plan, PlanOptions
@@ -76,8 +79,10 @@ def measured_ranking(compiled: Compiled, scores, opts: PruneOptions, default_pla
     default = "global" if default_options.global_ranking else "local"
     say(f"measuring {'global, per-group' if default == 'global' else 'per-group'} and sensitivity-allocated "
         f"plans on the measurement inputs")
+    recurrent = compensated_recurrent_groups(compiled.graph, compiled.analysis) if compensating else frozenset()
     judge = MaxErrorSearch(compiled, scores, local_options, measurement, float("inf"), opts.target_macs,
-                           updates_for, progress, probe_ratios=TARGET_PROBE_RATIOS, compensate_probes=False)
+                           updates_for, progress, probe_ratios=TARGET_PROBE_RATIOS, compensate_probes=False,
+                           compensated_groups=recurrent)
     plans = {default: default_plan}
     if default == "global":
         local_plan = plan_pruning(compiled, scores, local_options, opts.target_macs)
