@@ -49,6 +49,14 @@ PROBE_RATIOS = (1 / 64, 1 / 32, 1 / 16, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.
 # layer may afford only 1/64 of its channels within a tight limit).
 TARGET_PROBE_RATIOS = (1 / 16, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
 PROBE_SAMPLES = 8  # probes run on the first measurement batches only; the bisection uses all of them
+# ... and on at least this many output values (up to every measurement batch): a probe's relative error is a
+# ratio of norms over the values it sees, and a model with one number per sample (a window tagger's sigmoid)
+# gave 8.  oskut-ws-augment-60p's first 8 were dominated by one or two saturated outputs that no group alone
+# moves: every group of its sensitivity plan probed at 0.005-0.10, the plan on the same 8 samples at 0.87,
+# while on all 16 measurement samples and on real text each group's error adds up to the plan's
+# (docs/realmodels.md).  16 is every batch of the default measurement there; open-nsfw (two scores per
+# image, 16 per batch) and every model with more outputs per sample probe as before.
+PROBE_VALUES = 16
 
 TARGET_MACS_SLACK = 0.005  # the MACs estimate of a plan that meets a target to within rounding
 REFINE_STEPS = 8  # bisections of the last increment's ratio towards the MACs target
@@ -164,6 +172,7 @@ class MaxErrorSearch:
     _order: list[tuple[int, float]] = field(default_factory=list)
     _budget: int = 0
     _runner: Optional[MaskedRunner] = None
+    probe_batches: int = 0  # measurement batches a probe runs (:func:`probe_batch_count`)
 
     def __post_init__(self) -> None:
         # the shapes of the input spec, as the MACs target's own plan and the report count them
@@ -172,6 +181,7 @@ class MaxErrorSearch:
         self._macs = MacsEstimator(self.compiled.graph, self._shapes)
         self.groups = [g for g in candidate_groups(self.compiled.analysis, self.options, Plan())
                        if g.id in self.scores]
+        self.probe_batches = probe_batch_count(self.measurement.inputs.batches, self.measurement.reference)
         try:
             self._runner = MaskedRunner(self.compiled, _updatable(self.compiled, self.groups),
                                         self.measurement.reference.names)
@@ -196,7 +206,7 @@ class MaxErrorSearch:
         self.evaluations += 1
         reference, batches = self.measurement.reference, self.measurement.inputs.batches
         if probe:
-            keep = max(1, -(-PROBE_SAMPLES // max(1, len(next(iter(batches[0].values()))))))
+            keep = self.probe_batches
             reference, batches = Reference(reference.names, reference.outputs[:keep]), batches[:keep]
         plain_probe = probe and not self.compensate_probes and not set(plan.removed) <= self.compensated_groups
         updates = None if plain or plain_probe else self.updates_for(plan)
@@ -321,6 +331,23 @@ class MaxErrorSearch:
                 "increments": len(self._order), "evaluations": self.evaluations,
                 "groups_probed": len(self.probes),
                 "groups_insensitive": sum(1 for p in self.probes.values() if p and p[-1].ratio >= 0.5)}
+
+
+def batch_samples(batches: list[dict[str, np.ndarray]]) -> int:
+    """Samples in one measurement batch (the leading dim of its first input; 1 for a model without inputs)."""
+    first = next(iter(batches[0].values()), None) if batches else None
+    return max(1, len(first)) if first is not None and np.ndim(first) else 1
+
+
+def probe_batch_count(batches: list[dict[str, np.ndarray]], reference: Reference) -> int:
+    """How many of the measurement *batches* a sensitivity probe runs: enough for ``PROBE_SAMPLES`` samples,
+    and more (up to all of them) until the probe sees ``PROBE_VALUES`` output values of the *reference*."""
+    keep = min(len(batches), max(1, -(-PROBE_SAMPLES // batch_samples(batches))))
+    values = sum(int(np.size(o)) for outputs in reference.outputs[:keep] for o in outputs)
+    while values < PROBE_VALUES and keep < len(batches):
+        values += sum(int(np.size(o)) for o in reference.outputs[keep])
+        keep += 1
+    return max(1, keep)
 
 
 def _last_true(lo: int, hi: int, ok: Callable[[int], bool]) -> int:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from .budget import PROBE_SAMPLES, TARGET_PROBE_RATIOS, MaxErrorSearch
+from .budget import TARGET_PROBE_RATIOS, MaxErrorSearch, batch_samples
 from .fidelity import relative_error
 from .obspa.recurrence import compensated_recurrent_groups
 from .options import PruneOptions
@@ -53,9 +53,10 @@ COLLAPSED_COSINE = 0.0  # see collapsed()
 GOOD_ENOUGH = 0.05
 STOP_CAP = 1.0  # no group is probed past a relative output error of 1 (its outputs are gone)
 # The sensitivity search runs each group alone at up to len(TARGET_PROBE_RATIOS) ratios on PROBE_SAMPLES
-# samples.  Its work grows as dense MACs x groups, so on a large CNN it turns a default prune of seconds into
-# many minutes (a ResNet-50 at 224x224, 37 groups: about 1e13 MACs of probes; the default l2 run went from
-# seconds to over 10 minutes on the loaded 2-core machine).  Above this many MACs of probe work the default
+# samples (more where a sample has few output values, budget.PROBE_VALUES).  Its work grows as dense MACs x
+# groups, so on a large CNN it turns a default prune of seconds into many minutes (a ResNet-50 at 224x224,
+# 37 groups: about 1e13 MACs of probes; the default l2 run went from seconds to over 10 minutes on the loaded
+# 2-core machine).  Above this many MACs of probe work the default
 # compares only the criterion's own plans (global and per group) and says so in the report; the real taggers,
 # diacritizers and speaker embedder of the dev set, where the search matters, need 2e8-3e11.
 PROBE_MACS_BUDGET = 1e12
@@ -122,7 +123,8 @@ def measured_ranking(compiled: Compiled, scores, opts: PruneOptions, default_pla
 
 def probe_macs(judge: MaxErrorSearch) -> float:
     """An upper bound on the MACs the sensitivity probes run: every group at every probe ratio, whole model."""
-    return float(judge.dense_macs) * PROBE_SAMPLES * len(judge.groups) * len(TARGET_PROBE_RATIOS)
+    samples = judge.probe_batches * batch_samples(judge.measurement.inputs.batches)
+    return float(judge.dense_macs) * samples * len(judge.groups) * len(TARGET_PROBE_RATIOS)
 
 
 def collapsed(fidelity: dict) -> bool:

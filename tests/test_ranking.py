@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import numpy_helper
 
 import spa_compiler
 from models.builders import Net
 from spa_compiler import fidelity
-from spa_compiler.budget import TARGET_PROBE_RATIOS, MaxErrorSearch
+from spa_compiler.budget import PROBE_SAMPLES, PROBE_VALUES, TARGET_PROBE_RATIOS, MaxErrorSearch, probe_batch_count
 from spa_compiler.pipeline import compile_model, plan_pruning, score_groups
 from spa_compiler.plan import PlanOptions
 from spa_compiler.ranking import clearly_better
@@ -72,3 +73,32 @@ def test_plans_compare_at_the_macs_target_when_the_global_plan_lands_under_it():
     assert clearly_better(errors, macs, errors["global"], macs["global"], None) is None  # no target: no more MACs
     assert clearly_better(errors, {**macs, "sensitivity": 0.75}, errors["global"], macs["global"], 0.732) is None
     assert clearly_better({**errors, "sensitivity": 0.19}, macs, errors["global"], macs["global"], 0.732) is None
+
+
+def test_probes_see_enough_output_values():
+    """A probe's relative error is a ratio of norms over the values it sees: 8 samples of one number each
+    (a window tagger's sigmoid) are not enough, so probes take more measurement batches until they see
+    PROBE_VALUES values; a model with more outputs per sample keeps PROBE_SAMPLES samples."""
+    def batches(n, samples):
+        return [{"x": np.zeros((samples, 3), np.float32)} for _ in range(n)]
+
+    def reference(n, samples, values):
+        return fidelity.Reference(["y"], [[np.zeros((samples, values), np.float32)] for _ in range(n)])
+
+    assert probe_batch_count(batches(2, 8), reference(2, 8, 1)) == 2       # 8 values per batch: both batches
+    assert probe_batch_count(batches(4, 8), reference(4, 8, 1)) == PROBE_VALUES // 8
+    assert probe_batch_count(batches(2, 8), reference(2, 8, 5)) == 1       # 40 values: the first batch
+    assert probe_batch_count(batches(16, 1), reference(16, 1, 16)) == PROBE_SAMPLES  # a fixed batch of 1
+    assert probe_batch_count(batches(1, 8), reference(1, 8, 1)) == 1       # never more than there are
+
+    net = Net("one_score", in_ch=4, hw=8)
+    model = net.model([net.gemm(net.flatten(net.gap(net.act(net.conv(net.act(net.conv("x", 12)), 8)))), 1)])
+    compiled = compile_model(model)
+    scores = score_groups(compiled, "l2")
+    measurement = fidelity.measure_dense(model)
+    assert len(measurement.inputs.batches) == 2
+    search = MaxErrorSearch(compiled, scores, PlanOptions(ratio=0.5), measurement, 1.0, 0.7,
+                            probe_ratios=TARGET_PROBE_RATIOS)
+    assert search.probe_batches == 2
+    plan = search.plan_for({search.groups[0].id: 0.5})
+    assert search.error(plan, probe=True) == pytest.approx(search.error(plan), rel=1e-5)  # every sample
