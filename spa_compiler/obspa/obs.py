@@ -174,7 +174,10 @@ def compensate_units(w: np.ndarray, hessian: KroneckerHessian, hinv: np.ndarray,
     """*w* (out x features) with *units* removed and the rest re-solved: ``W -= W[:,Q] M`` per tap."""
     w3 = hessian.split(w)
     m = np.linalg.solve(hinv[np.ix_(units, units)], hinv[units, :])           # (|Q|, U)
-    moved = np.swapaxes(np.swapaxes(w3[:, units, :], 1, 2) @ m, 1, 2)       # (out, U, k)
+    # one GEMM over every (row, tap): a batched product per row is a matrix-vector loop (3.5x slower for
+    # an LSTM's 2048 gate rows, where the recurrent sensitivity probes compensate dozens of plans)
+    wq = np.swapaxes(w3[:, units, :], 1, 2).reshape(-1, len(units))          # (out * k, |Q|)
+    moved = np.swapaxes((wq @ m).reshape(w3.shape[0], w3.shape[2], -1), 1, 2)  # (out, U, k)
     out = w3 - moved
     out[:, units, :] = 0.0
     return out.reshape(w.shape)
