@@ -14,7 +14,7 @@ import pytest
 from models.builders import resnet50
 from spa_compiler.obspa import statistics
 from spa_compiler.obspa.compensate import ObsContext, compensate
-from spa_compiler.obspa.parallel import pool_map, prefetched
+from spa_compiler.obspa.parallel import overlapped, pool_map
 from spa_compiler.options import PruneOptions
 from spa_compiler.pipeline import compile_model, consumer_nodes, plan_pruning, score_groups
 
@@ -66,4 +66,9 @@ def test_pool_map_keeps_the_order_reports_each_result_and_raises(monkeypatch):
 
     with pytest.raises(ValueError, match="task 3"):
         pool_map(fail, range(6))
-    assert list(prefetched(lambda x: x + 1, iter(range(5)))) == [(x, x + 1) for x in range(5)]
+    started = []
+    for x, y, start_next in overlapped(lambda x: started.append(x) or x + 1, range(5)):
+        assert y == x + 1 and started == list(range(x + 1))  # the next run waits for start_next
+        if x % 2:
+            start_next()
+    assert started == list(range(5))

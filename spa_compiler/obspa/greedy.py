@@ -48,10 +48,11 @@ class ConsumerState:
         self.single: Optional[np.ndarray] = None
         if len(sizes) and sizes.max() <= 1:
             self.single = np.array([u[0] if len(u) else -1 for u in self.atom_units], dtype=np.int64)
-        out, k = layer.w.shape[0], hessian.k
+        out, k = layer.matrix_shape[0], hessian.k
         keep_weights = out * k < 3 * units
         self._w: Optional[np.ndarray] = hessian.split(layer.w).copy() if keep_weights else None  # (out, U, k)
         self._gram: Optional[np.ndarray] = None if keep_weights else hessian.gram(layer.w)
+        entry.compact()  # the greedy reads no more of H
 
     @property
     def alive(self) -> np.ndarray:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from typing import Callable, Iterable, Optional, Sequence, TypeVar
+from typing import Callable, Iterable, Iterator, Optional, Sequence, TypeVar
 
 from .blas import pinned
 
@@ -85,21 +85,31 @@ def pool_map(fn: Callable[[T], R], items: Sequence[T], cost: Optional[Callable[[
     return results
 
 
-def prefetched(run: Callable[[T], R], items: Iterable[T]) -> Iterable[tuple[T, R]]:
-    """``(item, run(item))`` for each of *items*, ``run`` of the next item working in a background thread
-    while the caller handles the current one (onnxruntime's next statistics batch while the second moments
-    of this one are summed).  Serial when :func:`parallel` is false."""
+def overlapped(run: Callable[[T], R], items: Iterable[T]) -> Iterator[tuple[T, R, Callable[[], None]]]:
+    """``(item, run(item), start_next)`` for each of *items*; ``start_next()`` starts ``run`` of the next item
+    in a background thread, to work while the caller finishes with this one (onnxruntime's next statistics
+    batch while the second moments of this one are summed).  The caller starts it once it has let go of
+    the big part of the result (a ResNet-50's exposed activations: 290 MB a batch), so that two results
+    are never held at once; it starts when the caller asks for the next item otherwise.  Runs in the
+    caller's thread when :func:`parallel` is false."""
+    items = iter(items)
     if not parallel():
         for item in items:
-            yield item, run(item)
+            yield item, run(item), lambda: None
         return
     with ThreadPoolExecutor(1) as runner:
-        current = None
-        for item in items:
-            future = runner.submit(run, item)
-            if current is not None:
-                yield current[0], current[1].result()
-            current = (item, future)
-        if current is not None:
-            yield current[0], current[1].result()
+        item = next(items, _END)
+        pending = [runner.submit(run, item)] if item is not _END else []
+        while pending:
+            following = next(items, _END)
 
+            def start_next(following=following) -> None:
+                if not pending and following is not _END:
+                    pending.append(runner.submit(run, following))
+            # the result goes to the caller only: no reference here once the caller drops it
+            yield item, pending.pop(0).result(), start_next
+            start_next()
+            item = following
+
+
+_END = object()

@@ -34,7 +34,7 @@ from ..progress import step
 from .blas import pinned, threads_for
 from .bodies import expose, unstack
 from .obs import KroneckerHessian
-from .parallel import parallel, pool_map, prefetched
+from .parallel import overlapped, parallel, pool_map
 
 SOURCES = ("bnstat", "bn", "weights", "synthetic", "calib", "identity")
 CLOSED_FORM = ("bn", "weights")
@@ -89,6 +89,10 @@ class LayerStats:
             self._mean += x.sum(axis=0, dtype=np.float64)
             self._abs_mean += np.abs(x).sum(axis=0, dtype=np.float64)
         self.rows += len(x)
+
+    def keep_in_float32(self) -> None:
+        """Hold ``h`` in float32 from here on (see :meth:`compensate.LayerEntry.compact`)."""
+        self._h = self._means()[0].astype(np.float32)
 
     def _means(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self._summed:
@@ -369,7 +373,7 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
     limit = ROWS_PER_SAMPLE * batch  # rows per run in proportion to the samples a run stands for (8192 at 64)
     with active(spec), pinned() if parallel() else nullcontext():  # noise at the input spec's dims
         runs = _batches(sess, source, calib, samples, batch, seed, noise, spec)
-        for feeds, outs in prefetched(lambda feeds: sess.run(None, feeds), runs):  # the next run meanwhile
+        for feeds, outs, start_next in overlapped(lambda feeds: sess.run(None, feeds), runs):
             values = dict(zip(names, outs))
             sums = []  # the draws here, in the serial order; the sums, the costly part, on every core
             for node in consumers:
@@ -384,6 +388,7 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
                 if x is not None:
                     sums.append(hidden_rows(stats, key, x, rng, limit))
             del values, outs  # the drawn rows keep what they need
+            start_next()  # the next run meanwhile
             pool_map(lambda stream: stream(), sums)
             seen += len(next(iter(feeds.values())))
             step(progress, min(seen, total), total, f"statistics ({source})")
