@@ -7,7 +7,7 @@ the registry refuses a criterion that does not derive from this base.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Optional
+from typing import TYPE_CHECKING, Callable, ClassVar, Optional, Sequence
 
 import numpy as np
 
@@ -33,3 +33,13 @@ class Criterion:
 
     def score(self, ctx: "ScoringContext", group: "Group") -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def score_all(self, ctx: "ScoringContext", groups: Sequence["Group"],
+                  done: Callable[[int, np.ndarray], None]) -> list[np.ndarray]:
+        """``score`` of every group, in order, calling *done(index, scores)* as each is finished; a criterion
+        whose groups are costly and independent runs them side by side (OBSPA's greedy)."""
+        out = []
+        for index, group in enumerate(groups):
+            out.append(self.score(ctx, group))
+            done(index, out[-1])
+        return out

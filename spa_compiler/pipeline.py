@@ -119,17 +119,21 @@ def score_groups(compiled: Compiled, criterion: Union[str, registry.PassInfo] = 
 
         obs = ObsContext(compiled.graph, compiled.analysis)  # identity statistics
     ctx = ScoringContext(compiled.graph, compiled.analysis, np.random.default_rng(seed), obs, progress)
-    scores = {}
     todo = list(groups if groups is not None else compiled.analysis.prunable_groups)
-    for done, group in enumerate(todo, 1):
-        values = np.asarray(pass_.score(ctx, group), dtype=np.float64)
-        if values.shape != (group.n_atoms,):
-            raise CompileError(f"criterion {criterion} returned {values.shape} scores for "
+    finished = 0
+
+    def done(index: int, values: np.ndarray) -> None:
+        nonlocal finished
+        group = todo[index]
+        if np.shape(values) != (group.n_atoms,):
+            raise CompileError(f"criterion {criterion} returned {np.shape(values)} scores for "
                                f"{group.n_atoms} atoms of group {group.id}")
-        scores[group.id] = values
         release_pages()  # weights mapped from disk: keep only one group's pages resident
-        step(progress, done, len(todo), f"scoring ({criterion})")
-    return scores
+        finished += 1
+        step(progress, finished, len(todo), f"scoring ({criterion})")
+
+    values = pass_.score_all(ctx, todo, done)
+    return {group.id: np.asarray(v, dtype=np.float64) for group, v in zip(todo, values)}
 
 
 def plan_pruning(compiled: Compiled, scores: dict[int, np.ndarray], options: PlanOptions,

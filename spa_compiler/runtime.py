@@ -49,7 +49,7 @@ def default_providers() -> tuple[str, ...]:
 LEAN_SESSION_BYTES = 512 * 2**20
 
 
-def _options(threads: int = 0, lean: bool = False):
+def _options(threads: int = 0, lean: bool = False, spinning: bool = True):
     """Session options; *lean* for verifying large models with the least memory.
 
     A lean session skips graph optimizations (constant folding would turn
@@ -67,11 +67,15 @@ def _options(threads: int = 0, lean: bool = False):
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    if not spinning:  # idle threads sleep: other work shares the cores (obspa/parallel.py)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
-def session(model, providers: Optional[Sequence[str]] = None, threads: int = 0, lean: bool = False):
-    """An onnxruntime session of a ModelProto or of a model file (a path keeps weights out of Python).
+def session(model, providers: Optional[Sequence[str]] = None, threads: int = 0, lean: bool = False,
+            spinning: bool = True):
+    """An onnxruntime session of a ModelProto or of a model file (a path keeps weights out of Python);
+    *spinning* False when other threads of this process compute while it runs.
 
     The measurement graphs this package builds feed weights as inputs and expose inner tensors as
     outputs, and onnxruntime's layout-level optimizers (ORT_ENABLE_ALL) can refuse such a graph: a Conv
@@ -84,11 +88,11 @@ def session(model, providers: Optional[Sequence[str]] = None, threads: int = 0, 
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     chosen = list(providers or default_providers())
     try:
-        return ort.InferenceSession(source, _options(threads, lean), providers=chosen, enable_fallback=0)
+        return ort.InferenceSession(source, _options(threads, lean, spinning), providers=chosen, enable_fallback=0)
     except (RuntimeError, ValueError) as error:
         if lean:  # no graph optimization was asked for: nothing left to turn off
             raise
-        options = _options(threads, lean)
+        options = _options(threads, lean, spinning)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         try:
             return ort.InferenceSession(source, options, providers=chosen, enable_fallback=0)

@@ -19,7 +19,8 @@ from spa_compiler.analysis.rules.linear import _im2col
 from spa_compiler.obspa import statistics
 from spa_compiler.obspa.compensate import LayerEntry, output_error
 from spa_compiler.obspa.greedy import ConsumerState
-from spa_compiler.obspa.obs import ConsumerLayer, KroneckerHessian, compensate_units, damped_inverse
+from spa_compiler.obspa.obs import (ConsumerLayer, KroneckerHessian, compensate_units, damped_inverse, taps_product,
+                                   unit_product)
 from spa_compiler.obspa.statistics import ChannelStats, LayerStats, add_batch
 from spa_compiler.pipeline import compile_model, consumer_nodes
 
@@ -148,6 +149,35 @@ def _matmul_entry(features: int, out: int, seed: int) -> tuple[LayerEntry, np.nd
     w = rng.normal(size=(out, features))
     layer = ConsumerLayer(gs.Node("MatMul", name="mm"), None, w.shape, w, 1)
     return LayerEntry(layer, LayerStats(h, np.zeros(features), np.zeros(features), 100), 0.01), h, w
+
+
+@pytest.mark.parametrize("k", [1, 9])
+def test_per_tap_products_are_the_stacked_products(k):
+    """unit_product and taps_product run one GEMM where a stacked matmul ran one small product per output
+    (a matrix-vector product at k = 1); they compute the same thing."""
+    rng = np.random.default_rng(k)
+    w3, matrix, taps = rng.normal(size=(7, 5, k)), rng.normal(size=(5, 11)), rng.normal(size=(k, k))
+    np.testing.assert_allclose(unit_product(w3, matrix), np.swapaxes(np.swapaxes(w3, 1, 2) @ matrix, 1, 2),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(taps_product(w3, taps), w3 @ taps, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(taps_product(w3[:, [[0, 2], [1, 3]], :], taps), w3[:, [[0, 2], [1, 3]], :] @ taps,
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_streamed_moments_are_the_moments_of_all_rows_whenever_read():
+    """LayerStats keeps sums while rows stream in and means once read: reading between batches, then adding
+    more, must still give the moments of every row so far."""
+    rng = np.random.default_rng(4)
+    batches = [rng.normal(size=(n, 6)).astype(np.float32) + 0.5 for n in (40, 7, 100)]
+    stats = LayerStats.empty(6)
+    for i, x in enumerate(batches):
+        stats.add(x)
+        seen = np.concatenate(batches[: i + 1]).astype(np.float64)
+        if i != 1:  # read after the first and last batch only: the second adds to sums never read
+            assert stats.rows == len(seen)
+            np.testing.assert_allclose(stats.h, seen.T @ seen / len(seen), rtol=1e-6)
+            np.testing.assert_allclose(stats.mean, seen.mean(axis=0), rtol=1e-6)
+            np.testing.assert_allclose(stats.abs_mean, np.abs(seen).mean(axis=0), rtol=1e-6)
 
 
 def test_damped_inverse_is_the_inverse_of_the_damped_matrix():

@@ -24,6 +24,7 @@ from typing import Optional
 import numpy as np
 
 from .compensate import LayerEntry
+from .obs import taps_product, unit_product
 
 COMPACT_BELOW = 0.75  # compact the matrices once fewer than this fraction of their rows are alive
 
@@ -47,10 +48,11 @@ class ConsumerState:
         self.single: Optional[np.ndarray] = None
         if len(sizes) and sizes.max() <= 1:
             self.single = np.array([u[0] if len(u) else -1 for u in self.atom_units], dtype=np.int64)
-        out, k = layer.w.shape[0], hessian.k
+        out, k = layer.matrix_shape[0], hessian.k
         keep_weights = out * k < 3 * units
         self._w: Optional[np.ndarray] = hessian.split(layer.w).copy() if keep_weights else None  # (out, U, k)
         self._gram: Optional[np.ndarray] = None if keep_weights else hessian.gram(layer.w)
+        entry.compact()  # the greedy reads no more of H
 
     @property
     def alive(self) -> np.ndarray:
@@ -114,7 +116,7 @@ class ConsumerState:
         """``diag(G)`` over every row (removed rows: zero)."""
         if self._gram is not None:
             return np.diag(self._gram)
-        return np.sum((self._w @ self.taps) * self._w, axis=(0, 2))
+        return np.sum(taps_product(self._w, self.taps) * self._w, axis=(0, 2))
 
     def _gram_blocks(self, rows: np.ndarray) -> np.ndarray:
         """``G[Q, Q]`` for every row of *rows* (n, size) of local unit indices: (n, size, size)."""
@@ -122,7 +124,7 @@ class ConsumerState:
             return self._gram[rows[:, :, None], rows[:, None, :]]
         wq = np.moveaxis(self._w[:, rows, :], 0, 1)                         # (n, out, size, k)
         wq = wq.transpose(0, 2, 1, 3).reshape(len(rows), rows.shape[1], -1)  # (n, size, out * k)
-        mixed = (self._w[:, rows, :] @ self.taps).transpose(1, 2, 0, 3).reshape(wq.shape)
+        mixed = taps_product(self._w[:, rows, :], self.taps).transpose(1, 2, 0, 3).reshape(wq.shape)
         return mixed @ np.swapaxes(wq, 1, 2)
 
     def remove(self, atoms: np.ndarray) -> None:
@@ -141,7 +143,7 @@ class ConsumerState:
         hinv[q, :] = 0.0
         hinv[:, q] = 0.0
         if self._w is not None:
-            self._w -= np.swapaxes(np.swapaxes(self._w[:, q, :], 1, 2) @ m, 1, 2)
+            self._w -= unit_product(self._w[:, q, :], m)
             self._w[:, q, :] = 0.0
         else:
             g_rows = self._gram[q, :]                   # G[Q,:] (a copy), G symmetric

@@ -20,8 +20,9 @@ granularity, :class:`ChannelStats`), on one of these *sources*:
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -30,9 +31,10 @@ from ..analysis.rules import rule_for
 from ..errors import UsageError
 from ..ir import to_model
 from ..progress import step
-from .blas import threads_for
+from .blas import pinned, threads_for
 from .bodies import expose, unstack
 from .obs import KroneckerHessian
+from .parallel import overlapped, parallel, pool_map
 
 SOURCES = ("bnstat", "bn", "weights", "synthetic", "calib", "identity")
 CLOSED_FORM = ("bn", "weights")
@@ -41,35 +43,64 @@ EXPOSED_BYTES = 256 << 20  # consumer inputs one statistics run hands back at on
 MIN_BATCH = 8  # bnstat normalizes by each run's own batch statistics: not from fewer samples than this
 
 
-@dataclass
 class LayerStats:
-    """Streaming second moment and mean of one consumer layer's input features."""
+    """Streaming second moment and mean of one consumer layer's input features.
 
-    h: np.ndarray         # (features, features), float64, E[x x^T]
-    mean: np.ndarray      # (features,) E[x]
-    abs_mean: np.ndarray  # (features,) E[|x|], for activation-based criteria
-    rows: int
+    ``h`` (features x features, float64) is ``E[x x^T]``, ``mean`` ``E[x]`` and ``abs_mean`` ``E[|x|]`` (for
+    activation-based criteria) over ``rows`` rows.  While rows stream in they are kept as sums, one pass
+    over ``h`` per batch (a running mean scaled the 2304 x 2304 matrix and the batch's product as well),
+    and turned into means in place when first read.
+    """
+
+    def __init__(self, h: np.ndarray, mean: np.ndarray, abs_mean: np.ndarray, rows: int):
+        self._h, self._mean, self._abs_mean, self.rows = h, mean, abs_mean, rows
+        self._summed = False  # whether the three hold sums over the rows (streaming) or means
 
     @classmethod
     def empty(cls, features: int) -> "LayerStats":
         return cls(np.zeros((features, features)), np.zeros(features), np.zeros(features), 0)
 
     @property
+    def h(self) -> np.ndarray:
+        return self._means()[0]
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self._means()[1]
+
+    @property
+    def abs_mean(self) -> np.ndarray:
+        return self._means()[2]
+
+    @property
     def features(self) -> int:
-        return len(self.mean)
+        return len(self._mean)
 
     def hessian(self) -> KroneckerHessian:
         return KroneckerHessian.exact(self.h)
 
     def add(self, x: np.ndarray) -> None:
-        n = self.rows + len(x)
-        keep = self.rows / n
+        if not self._summed:
+            for part in (self._h, self._mean, self._abs_mean):
+                part *= self.rows
+            self._summed = True
         with np.errstate(over="ignore", invalid="ignore"):  # overflowing activations: judged downstream
-            _blend(self.h, keep, x, n)
-        x = np.asarray(x, dtype=np.float64)
-        self.mean = self.mean * keep + x.sum(axis=0) / n
-        self.abs_mean = self.abs_mean * keep + np.abs(x).sum(axis=0) / n
-        self.rows = n
+            self._h += _second_moment(x)
+            self._mean += x.sum(axis=0, dtype=np.float64)
+            self._abs_mean += np.abs(x).sum(axis=0, dtype=np.float64)
+        self.rows += len(x)
+
+    def keep_in_float32(self) -> None:
+        """Hold ``h`` in float32 from here on (see :meth:`compensate.LayerEntry.compact`)."""
+        self._h = self._means()[0].astype(np.float32)
+
+    def _means(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self._summed:
+            with np.errstate(over="ignore", invalid="ignore"):
+                for part in (self._h, self._mean, self._abs_mean):
+                    part /= max(self.rows, 1)
+            self._summed = False
+        return self._h, self._mean, self._abs_mean
 
 
 @dataclass
@@ -167,19 +198,33 @@ def channel_granular(node: gs.Node, x: np.ndarray) -> Optional[int]:
 
 def add_batch(stats: dict, node: gs.Node, x: np.ndarray, rng: np.random.Generator, limit: int) -> None:
     """Stream one batch of *node*'s input *x* (at most *limit* rows of it) into ``stats[node.name]``."""
+    batch_rows(stats, node, x, rng, limit)()
+
+
+def batch_rows(stats: dict, node: gs.Node, x: np.ndarray, rng: np.random.Generator,
+               limit: int) -> Callable[[], None]:
+    """Draw the rows of one batch of *node*'s input *x* (at most *limit*) and return the call that streams
+    them into ``stats[node.name]``: draws in the caller's order, sums on any thread (:mod:`.parallel`)."""
     k = channel_granular(node, x)
     if k is None:
         rows = feature_rows(node, x, rng, limit)
-        with threads_for(rows.shape[1]):
-            stats.setdefault(node.name, LayerStats.empty(rows.shape[1])).add(rows)
-        return
+        layer = stats.setdefault(node.name, LayerStats.empty(rows.shape[1]))
+
+        def stream_rows() -> None:
+            with threads_for(rows.shape[1]):
+                layer.add(rows)
+        return stream_rows
     channels = x.shape[1]
     pixels = np.moveaxis(x, 1, -1).reshape(-1, channels)
     if len(pixels) > limit:
         pixels = pixels[rng.choice(len(pixels), limit, replace=False)]
     patches = rule_for(node).feature_rows(node, x, TAP_ROWS, rng)
-    with threads_for(channels):
-        stats.setdefault(node.name, ChannelStats.empty(channels, k)).add(pixels, patches)
+    channel_stats = stats.setdefault(node.name, ChannelStats.empty(channels, k))
+
+    def stream_channels() -> None:
+        with threads_for(channels):
+            channel_stats.add(pixels, patches)
+    return stream_channels
 
 
 def recurrence_key(node_name: str) -> str:
@@ -199,10 +244,16 @@ def _recurrence_inputs(consumers: list[gs.Node]) -> dict[str, str]:
 
 def add_rows(stats: dict, key: str, x: np.ndarray, rng: np.random.Generator, limit: int) -> None:
     """Stream one batch of hidden states (last axis: the units) into ``stats[key]``, at most *limit* rows."""
+    hidden_rows(stats, key, x, rng, limit)()
+
+
+def hidden_rows(stats: dict, key: str, x: np.ndarray, rng: np.random.Generator, limit: int) -> Callable[[], None]:
+    """:func:`add_rows` as :func:`batch_rows` does it: the draw now, the returned call streams them in."""
     rows = x.reshape(-1, x.shape[-1])
     if len(rows) > limit:
         rows = rows[rng.choice(len(rows), limit, replace=False)]
-    stats.setdefault(key, LayerStats.empty(rows.shape[1])).add(rows)
+    layer = stats.setdefault(key, LayerStats.empty(rows.shape[1]))
+    return lambda: layer.add(rows)
 
 
 def feature_rows(node: gs.Node, x: np.ndarray, rng: np.random.Generator, limit: int) -> np.ndarray:
@@ -309,7 +360,7 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
     for tensor in graph.outputs:
         if tensor.dtype is None:
             tensor.dtype = np.float32
-    sess = session(to_model(graph, compiled.meta))
+    sess = session(to_model(graph, compiled.meta), spinning=not parallel())  # it shares the cores: parallel.py
     names = [o.name for o in sess.get_outputs()]
     rng = np.random.default_rng(seed)
     stats: dict[str, LayerStats] = {}
@@ -319,20 +370,26 @@ def collect(compiled, consumers: list[gs.Node], source: str, calib: Optional[dic
     if spec is not None and source != "calib":
         batch = min(batch, spec.statistics_batch(batch))  # large images: fewer per run, same memory
     batch = memory_batch(compiled, outputs, batch)
-    with active(spec):  # noise at the input spec's dims (the dims verification and the cost model use)
-        for feeds in _batches(sess, source, calib, samples, batch, seed, noise, spec):
-            values = dict(zip(names, sess.run(None, feeds)))
-            for node in consumers:  # rows per run in proportion to the samples a run stands for (8192 at 64)
+    limit = ROWS_PER_SAMPLE * batch  # rows per run in proportion to the samples a run stands for (8192 at 64)
+    with active(spec), pinned() if parallel() else nullcontext():  # noise at the input spec's dims
+        runs = _batches(sess, source, calib, samples, batch, seed, noise, spec)
+        for feeds, outs, start_next in overlapped(lambda feeds: sess.run(None, feeds), runs):
+            values = dict(zip(names, outs))
+            sums = []  # the draws here, in the serial order; the sums, the costly part, on every core
+            for node in consumers:
                 if node.name not in wanted:
                     continue
                 output, stacked = wanted[node.name]
                 x = unstack(values[output], stacked)
                 if x is not None:  # None: a branch this run did not take
-                    add_batch(stats, node, x, rng, ROWS_PER_SAMPLE * batch)
+                    sums.append(batch_rows(stats, node, x, rng, limit))
             for key, (output, stacked) in recurrences.items():
                 x = unstack(values[output], stacked)
                 if x is not None:
-                    add_rows(stats, key, x, rng, ROWS_PER_SAMPLE * batch)
+                    sums.append(hidden_rows(stats, key, x, rng, limit))
+            del values, outs  # the drawn rows keep what they need
+            start_next()  # the next run meanwhile
+            pool_map(lambda stream: stream(), sums)
             seen += len(next(iter(feeds.values())))
             step(progress, min(seen, total), total, f"statistics ({source})")
     return stats
