@@ -275,7 +275,7 @@ def test_compensation_output_moments_equal_the_direct_products(k, mean):
         np.testing.assert_allclose(outcome.power_after, hessian.power(outcome.w), rtol=1e-9, atol=1e-12)
         assert outcome.error(entry.mean) == pytest.approx(output_error(w - outcome.w, hessian, entry.mean),
                                                           rel=1e-9, abs=1e-12)
-        plain = entry._outcome(np.where(np.isin(np.arange(w.shape[1]) // k, positions), 0.0, w),
+        plain = entry._outcome(w, np.where(np.isin(np.arange(w.shape[1]) // k, positions), 0.0, w),
                                entry.units(positions))
         np.testing.assert_allclose(plain.power_after, hessian.power(plain.w), rtol=1e-9, atol=1e-12)
 

@@ -208,23 +208,23 @@ class LayerEntry:
                 break
             if damping >= MAX_DAMPING:
                 self._note(NONFINITE_COMPENSATION)
-                return self._outcome(removed, units)
+                return self._outcome(w0, removed, units)
             damping = min(MAX_DAMPING, damping * 10)
             hinv = damped_inverse(hessian.units, damping)
         w1 = self.layer.representable(w1)  # integer weights: judged as they will be stored
-        outcome = self._outcome(w1)
+        outcome = self._outcome(w0, w1)
         if self.stats is not None:  # the mean shift is folded downstream: compare output covariances
             if outcome.error(self.mean) > output_error(w0 - removed, hessian, self.mean) * (1 + 1e-9):
                 self._note(WORSE_THAN_NONE)
-                return self._outcome(removed, units)
+                return self._outcome(w0, removed, units)
         return outcome
 
-    def _outcome(self, w: np.ndarray, changed: Optional[np.ndarray] = None) -> "Compensation":
-        """*w* with its output moments, from the dense ones and one product of the weight change with H
-        (only its *changed* units' columns, when given): with ``D = W0 - W``,
+    def _outcome(self, w0: np.ndarray, w: np.ndarray, changed: Optional[np.ndarray] = None) -> "Compensation":
+        """*w* (replacing the dense *w0*) with its output moments, from the dense ones and one product of the
+        weight change with H (only its *changed* units' columns, when given): with ``D = W0 - W``,
         ``diag(W H W^T) = diag(W0 H W0^T) - 2 diag(W0 H D^T) + diag(D H D^T)`` (H symmetric), instead of
         two more products of whole weight matrices with H per plan (a third of a ResNet-50's compensation)."""
-        w0, hessian = self.layer.w, self.hessian
+        hessian = self.hessian
         delta = w0 - w
         mixed = hessian.mixed(delta, changed)                        # D (units (x) taps)
         change = np.sum(mixed * delta, axis=1)                       # diag(D H D^T) without H's mean term
@@ -296,7 +296,8 @@ def _solve(ctx: ObsContext, entry: LayerEntry, positions: np.ndarray) -> tuple[n
     layer = entry.layer
     outcome = entry.compensation(positions)
     mean = entry.mean
-    fold = Fold(layer.w @ mean, outcome.w @ mean, outcome.power_before, outcome.power_after)
+    after = outcome.w @ mean
+    fold = Fold(after + outcome.delta @ mean, after, outcome.power_before, outcome.power_after)  # W0 = W1 + D
     weights = np.asarray(layer.weight_values(outcome.w), dtype=ctx.constant(layer.param.tensor).dtype)
     return weights, fold
 

@@ -50,7 +50,7 @@ class ConsumerState:
             self.single = np.array([u[0] if len(u) else -1 for u in self.atom_units], dtype=np.int64)
         out, k = layer.matrix_shape[0], hessian.k
         keep_weights = out * k < 3 * units
-        self._w: Optional[np.ndarray] = hessian.split(layer.w).copy() if keep_weights else None  # (out, U, k)
+        self._w: Optional[np.ndarray] = hessian.split(layer.w_copy()) if keep_weights else None  # (out, U, k)
         self._gram: Optional[np.ndarray] = None if keep_weights else hessian.gram(layer.w)
         entry.compact()  # the greedy reads no more of H
 

@@ -230,8 +230,13 @@ class ConsumerLayer:
 
     @property
     def w(self) -> np.ndarray:
-        """The (out x features) weight matrix in float64 (a copy where it is kept in float32)."""
+        """The (out x features) weight matrix in float64 (a copy where it is kept in float32): read it once
+        per solve and pass it on, each access may convert the whole matrix."""
         return self.stored if self.stored.dtype == np.float64 else self.stored.astype(np.float64)
+
+    def w_copy(self) -> np.ndarray:
+        """A float64 copy of :attr:`w` to change in place (one conversion, not a conversion and a copy)."""
+        return self.stored.astype(np.float64)  # astype copies, float64 included
 
     @property
     def matrix_shape(self) -> tuple[int, int]:
