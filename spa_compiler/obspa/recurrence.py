@@ -22,22 +22,19 @@ from __future__ import annotations
 
 from ..analysis import CONSUMER, DependencyAnalysis
 from ..analysis.rules import rule_for
+from ..analysis.rules.recurrent import Recurrent
 from ..ir import all_nodes
 
-RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN", "DynamicQuantizeLSTM"})
+
+def compensated_recurrence(node) -> bool:
+    """Whether *node* is a recurrent layer (the rule table's :class:`Recurrent`) that OBSPA compensates."""
+    rule = rule_for(node)
+    return isinstance(rule, Recurrent) and rule.is_consumer_layer(node)
 
 
 def compensated_recurrent_groups(graph, analysis: DependencyAnalysis) -> frozenset[int]:
     """Ids of the prunable groups that a recurrent layer OBSPA compensates reads (through ``W`` or ``R``)."""
     nodes = {node.name: node for node in all_nodes(graph)}
-    out = set()
-    for group in analysis.prunable_groups:
-        for param in group.params_by_role(CONSUMER):
-            node = nodes.get(param.node)
-            if node is None or node.op not in RECURRENT_OPS:
-                continue
-            rule = rule_for(node)
-            if rule is not None and rule.is_consumer_layer(node):
-                out.add(group.id)
-                break
-    return frozenset(out)
+    return frozenset(group.id for group in analysis.prunable_groups
+                     if any(param.node in nodes and compensated_recurrence(nodes[param.node])
+                            for param in group.params_by_role(CONSUMER)))

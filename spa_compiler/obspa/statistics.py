@@ -242,13 +242,9 @@ def _recurrence_inputs(consumers: list[gs.Node]) -> dict[str, str]:
     return out
 
 
-def add_rows(stats: dict, key: str, x: np.ndarray, rng: np.random.Generator, limit: int) -> None:
-    """Stream one batch of hidden states (last axis: the units) into ``stats[key]``, at most *limit* rows."""
-    hidden_rows(stats, key, x, rng, limit)()
-
-
 def hidden_rows(stats: dict, key: str, x: np.ndarray, rng: np.random.Generator, limit: int) -> Callable[[], None]:
-    """:func:`add_rows` as :func:`batch_rows` does it: the draw now, the returned call streams them in."""
+    """Draw at most *limit* rows of one batch of hidden states (last axis: the units) and return the call that
+    streams them into ``stats[key]``, as :func:`batch_rows` does for a layer's input."""
     rows = x.reshape(-1, x.shape[-1])
     if len(rows) > limit:
         rows = rows[rng.choice(len(rows), limit, replace=False)]
