@@ -72,3 +72,19 @@ def test_pool_map_keeps_the_order_reports_each_result_and_raises(monkeypatch):
         if x % 2:
             start_next()
     assert started == list(range(5))
+
+
+@pytest.mark.parametrize("value", ["two", "0", "-1"])
+def test_a_bad_thread_count_is_one_line_and_writes_nothing(monkeypatch, tmp_path, demo_path, value):
+    """``SPAC_THREADS`` that is not a positive whole number is refused by name, not silently replaced."""
+    from click.testing import CliRunner
+
+    from spa_compiler.cli import main
+
+    monkeypatch.setenv("SPAC_THREADS", value)
+    out = tmp_path / "pruned.onnx"
+    result = CliRunner().invoke(main, ["prune", str(demo_path), "--criterion", "obspa", "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if "error:" in line]
+    assert len(lines) == 1 and "SPAC_THREADS" in lines[0] and repr(value) in lines[0], result.output
+    assert "Traceback" not in result.output and not out.exists()

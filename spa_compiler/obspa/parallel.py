@@ -19,6 +19,7 @@ import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Callable, Iterable, Iterator, Optional, Sequence, TypeVar
 
+from ..errors import UsageError
 from .blas import pinned
 
 T = TypeVar("T")
@@ -30,7 +31,9 @@ _inside = threading.local()  # set in a pool's worker: a nested map runs seriall
 def workers() -> int:
     """Threads for OBSPA's parallel work: ``SPAC_THREADS`` when set, else the cores this process may use."""
     configured = os.environ.get("SPAC_THREADS", "").strip()
-    if configured.isdigit() and int(configured) > 0:
+    if configured:
+        if not configured.isdigit() or int(configured) < 1:
+            raise UsageError(f"SPAC_THREADS must be a positive whole number of threads, not {configured!r}")
         return int(configured)
     try:
         return max(1, len(os.sched_getaffinity(0)))
