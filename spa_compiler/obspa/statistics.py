@@ -182,8 +182,14 @@ def _blend(moment: np.ndarray, keep: float, x: np.ndarray, n: int) -> None:
     moment += product
 
 
-DENSE_FEATURES = 4096  # Conv layers with more im2col features get channel-granularity statistics (a 3x3 conv
-# reading 512 channels: 4608); below it the exact second moment, whose costs the global ranking was measured with
+# Conv layers with more im2col features than this get channel-granularity statistics: a 3x3 conv reading 256
+# channels (2304) or more.  Below it the exact second moment.  At 4096 the 2304-wide exact H of a ResNet-50's
+# six layer3 3x3 convs were half its statistics products and most of its inversions (60 s, 2.0 GB); at 2048 it
+# takes 46 s and 1.7 GB with the same output error over seeds 0-2 (relative 0.250 / 0.250 / 0.281 vs
+# 0.237 / 0.248 / 0.287 exact), and open-nsfw, the one dev model with such layers, keeps its task at least as
+# well (x0.75: 1.000 of its labels, relative error 0.03, vs 0.958 and 0.09 exact).  Not lower: every 3x3 conv at
+# channel granularity broke the global ranking on a small ResNet (docs/obspa.md).
+DENSE_FEATURES = 2048
 TAP_ROWS = 1024        # patches per batch for a ChannelStats' tap correlation
 
 
