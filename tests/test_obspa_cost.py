@@ -30,9 +30,10 @@ def _conv(k: int, cin: int = 5, cout: int = 4, **attrs) -> gs.Node:
     return gs.Node("Conv", name="conv", inputs=[gs.Variable("x"), w], outputs=[gs.Variable("y")], attrs=attrs)
 
 
-@pytest.mark.parametrize("k,stride,dilation,pad", [(3, 1, 1, 1), (3, 2, 1, 1), (7, 2, 1, 3), (3, 1, 2, 2)])
-def test_sampled_patches_are_the_full_im2col_rows_at_the_drawn_positions(k, stride, dilation, pad):
-    node = _conv(k, strides=[stride] * 2, dilations=[dilation] * 2, pads=[pad] * 4)
+@pytest.mark.parametrize("k,stride,dilation,pads", [(3, 1, 1, [1] * 4), (3, 2, 1, [1] * 4), (7, 2, 1, [3] * 4),
+                                                     (3, 1, 2, [2] * 4), (3, 2, 1, [0, 1, 2, 0]), (1, 1, 1, [0] * 4)])
+def test_sampled_patches_are_the_full_im2col_rows_at_the_drawn_positions(k, stride, dilation, pads):
+    node = _conv(k, strides=[stride] * 2, dilations=[dilation] * 2, pads=pads)
     x = np.random.default_rng(0).normal(size=(3, 5, 13, 11))
     full = _im2col(node, x)
     sub = _im2col(node, x, 20, np.random.default_rng(1))
