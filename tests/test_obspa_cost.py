@@ -113,6 +113,16 @@ def test_channel_statistics_estimate_kronecker_inputs_as_well_as_the_exact_momen
     np.testing.assert_allclose(stats["conv"].mean, mean, atol=0.1)
 
 
+@pytest.mark.parametrize("channels,granular", [(227, False), (256, True)])
+def test_a_3x3_conv_reading_256_channels_is_kept_at_channel_granularity(channels, granular):
+    """The ResNet-50 cost target rests on this boundary (docs/obspa.md, Cost): 2304 im2col features go to
+    channel granularity, 2043 keep the exact second moment."""
+    x = np.random.default_rng(0).normal(size=(2, channels, 4, 4)).astype(np.float32)
+    stats: dict = {}
+    add_batch(stats, _conv(3, cin=channels, pads=[1] * 4), x, np.random.default_rng(0), limit=64)
+    assert isinstance(stats["conv"], ChannelStats if granular else LayerStats)
+
+
 def test_statistics_batches_are_bounded_by_the_exposed_bytes(monkeypatch):
     compiled = compile_model(resnet50(hw=64, blocks=(1, 1, 1, 1), width=16, classes=10))
     names = [n.inputs[0].name for n in consumer_nodes(compiled)]
