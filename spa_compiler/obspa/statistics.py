@@ -221,9 +221,7 @@ def batch_rows(stats: dict, node: gs.Node, x: np.ndarray, rng: np.random.Generat
                 layer.add(rows)
         return stream_rows
     channels = x.shape[1]
-    pixels = np.moveaxis(x, 1, -1).reshape(-1, channels)
-    if len(pixels) > limit:
-        pixels = pixels[rng.choice(len(pixels), limit, replace=False)]
+    pixels = at_most(np.moveaxis(x, 1, -1).reshape(-1, channels), limit, rng)
     patches = rule_for(node).feature_rows(node, x, TAP_ROWS, rng)
     channel_stats = stats.setdefault(node.name, ChannelStats.empty(channels, k))
 
@@ -251,9 +249,7 @@ def _recurrence_inputs(consumers: list[gs.Node]) -> dict[str, str]:
 def hidden_rows(stats: dict, key: str, x: np.ndarray, rng: np.random.Generator, limit: int) -> Callable[[], None]:
     """Draw at most *limit* rows of one batch of hidden states (last axis: the units) and return the call that
     streams them into ``stats[key]``, as :func:`batch_rows` does for a layer's input."""
-    rows = x.reshape(-1, x.shape[-1])
-    if len(rows) > limit:
-        rows = rows[rng.choice(len(rows), limit, replace=False)]
+    rows = at_most(x.reshape(-1, x.shape[-1]), limit, rng)
     layer = stats.setdefault(key, LayerStats.empty(rows.shape[1]))
     return lambda: layer.add(rows)
 
@@ -263,10 +259,12 @@ def feature_rows(node: gs.Node, x: np.ndarray, rng: np.random.Generator, limit: 
     rule = rule_for(node)
     if rule is None or not rule.is_consumer_layer(node):
         raise ValueError(f"no feature rows for {node.op}")
-    rows = rule.feature_rows(node, x, limit, rng)
-    if len(rows) > limit:
-        rows = rows[rng.choice(len(rows), limit, replace=False)]
-    return rows
+    return at_most(rule.feature_rows(node, x, limit, rng), limit, rng)
+
+
+def at_most(rows: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
+    """*rows*, or *limit* of them drawn without replacement by *rng* (one seeded draw, the statistics' order)."""
+    return rows[rng.choice(len(rows), limit, replace=False)] if len(rows) > limit else rows
 
 
 def memory_batch(compiled, tensors: list[str], batch: int) -> int:
